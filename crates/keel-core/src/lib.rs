@@ -1,0 +1,11 @@
+//! Keel's decision core.
+//!
+//! Pure functions and plain data only: no async runtime, no clock, no database or network client. The agent
+//! reads the store and PostgreSQL, hands the results in as values ([`view::ClusterView`], the local observation
+//! and the current [`time::Millis`]), and executes the typed actions that come back.
+
+pub mod dynconfig;
+pub mod lsn;
+pub mod store;
+pub mod time;
+pub mod view;
