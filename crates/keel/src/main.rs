@@ -1,1 +1,3 @@
-fn main() {}
+fn main() {
+    println!("keel {}", env!("CARGO_PKG_VERSION"));
+}
