@@ -1,0 +1,3 @@
+//! The REST API (Patroni-compatible paths and status codes).
+
+pub mod health;

@@ -1,0 +1,157 @@
+//! What this node knows about itself, as the agent last observed it: the snapshot the REST API and the member
+//! key are built from. The agent replaces it once per cycle; readers never block the HA loop.
+
+use keel_core::lsn::Lsn;
+use keel_core::view::{Role, Tags};
+use serde_json::{json, Map, Value};
+
+/// One row of `pg_stat_replication` on a primary.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ReplicationRow {
+    pub usename: Option<String>,
+    pub application_name: String,
+    pub client_addr: Option<String>,
+    pub state: Option<String>,
+    pub sync_state: Option<String>,
+    pub sync_priority: Option<i32>,
+}
+
+/// The node's state for REST responses and health checks.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NodeStatus {
+    pub scope: String,
+    pub name: String,
+    /// Patroni's member state: `running`, `stopped`, `starting`, `creating replica`, ...
+    pub state: String,
+    /// The role PostgreSQL reports (primary when not in recovery).
+    pub role: Option<Role>,
+    /// This node holds the leader key.
+    pub is_leader: bool,
+    pub server_version: Option<u32>,
+    pub postmaster_start_time: Option<String>,
+    pub timeline: Option<u32>,
+    /// `pg_current_wal_flush_lsn()` on a primary.
+    pub wal_location: Option<Lsn>,
+    pub received_location: Option<Lsn>,
+    pub replayed_location: Option<Lsn>,
+    pub replayed_timestamp: Option<String>,
+    pub replay_paused: bool,
+    /// `pg_stat_wal_receiver.latest_end_lsn` on a replica.
+    pub latest_end_lsn: Option<Lsn>,
+    pub replication_state: Option<String>,
+    pub replication: Vec<ReplicationRow>,
+    pub cluster_unlocked: bool,
+    /// Unix seconds of the last successful read of the store.
+    pub dcs_last_seen: Option<u64>,
+    pub tags: Tags,
+    pub system_identifier: Option<String>,
+    pub pending_restart: bool,
+    pub pause: bool,
+    pub failsafe_mode_is_active: bool,
+    /// Members the `sync` key lists as synchronous standbys.
+    pub sync_standbys: Vec<String>,
+    /// The leader's last published WAL position (`status.optime`).
+    pub cluster_optime: Option<Lsn>,
+    pub maximum_lag_on_failover: u64,
+    pub ttl: u64,
+    /// Unix milliseconds when the HA loop last finished a cycle.
+    pub last_cycle_ms: Option<u64>,
+    pub version: String,
+}
+
+impl NodeStatus {
+    pub fn is_running(&self) -> bool {
+        self.state == "running"
+    }
+
+    pub fn is_sync_standby(&self) -> bool {
+        self.sync_standbys.iter().any(|s| s.eq_ignore_ascii_case(&self.name))
+    }
+
+    /// Bytes this replica's replay is behind the cluster (Patroni: max(optime, latest_end_lsn) - replayed).
+    pub fn replica_lag(&self) -> Option<u64> {
+        let target = self.cluster_optime.max(self.latest_end_lsn)?;
+        let replayed = self.replayed_location.or(self.received_location)?;
+        Some(target.saturating_sub(replayed))
+    }
+
+    /// The role shown to users: Patroni reports the leader as `primary` and a lock-less primary as `demoted`.
+    pub fn display_role(&self) -> &'static str {
+        match self.role {
+            Some(Role::Primary) if self.is_leader => "primary",
+            Some(Role::Primary) => "demoted",
+            Some(role) => role.as_str(),
+            None => "uninitialized",
+        }
+    }
+
+    /// `GET /patroni`: Patroni's node status document.
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("state".into(), self.state.clone().into());
+        if let Some(t) = &self.postmaster_start_time {
+            m.insert("postmaster_start_time".into(), t.clone().into());
+        }
+        m.insert("role".into(), self.display_role().into());
+        if let Some(v) = self.server_version {
+            m.insert("server_version".into(), v.into());
+        }
+        let xlog = if self.role == Some(Role::Primary) {
+            json!({"location": self.wal_location.map(|l| l.0)})
+        } else {
+            json!({
+                "received_location": self.received_location.map(|l| l.0),
+                "replayed_location": self.replayed_location.map(|l| l.0),
+                "replayed_timestamp": self.replayed_timestamp,
+                "paused": self.replay_paused,
+            })
+        };
+        if self.is_running() {
+            m.insert("xlog".into(), xlog);
+        }
+        if let Some(t) = self.timeline {
+            m.insert("timeline".into(), t.into());
+        }
+        if !self.replication.is_empty() {
+            let rows: Vec<Value> = self
+                .replication
+                .iter()
+                .map(|r| {
+                    json!({"usename": r.usename, "application_name": r.application_name, "client_addr": r.client_addr,
+                       "state": r.state, "sync_state": r.sync_state, "sync_priority": r.sync_priority})
+                })
+                .collect();
+            m.insert("replication".into(), rows.into());
+        }
+        if let Some(rs) = &self.replication_state {
+            m.insert("replication_state".into(), rs.clone().into());
+        }
+        if self.cluster_unlocked {
+            m.insert("cluster_unlocked".into(), true.into());
+        }
+        if self.failsafe_mode_is_active {
+            m.insert("failsafe_mode_is_active".into(), true.into());
+        }
+        if let Some(s) = self.dcs_last_seen {
+            m.insert("dcs_last_seen".into(), s.into());
+        }
+        let tags = self.tags.to_json();
+        if tags.as_object().is_some_and(|t| !t.is_empty()) {
+            m.insert("tags".into(), tags);
+        }
+        if let Some(id) = &self.system_identifier {
+            m.insert("database_system_identifier".into(), id.clone().into());
+        }
+        if self.pending_restart {
+            m.insert("pending_restart".into(), true.into());
+        }
+        if self.pause {
+            m.insert("pause".into(), true.into());
+        }
+        if self.is_sync_standby() {
+            m.insert("sync_standby".into(), true.into());
+        }
+        m.insert("patroni".into(), json!({"version": self.version, "scope": self.scope, "name": self.name}));
+        Value::Object(m)
+    }
+}
