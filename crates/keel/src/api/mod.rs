@@ -1,3 +1,5 @@
 //! The REST API (Patroni-compatible paths and status codes).
 
 pub mod health;
+pub mod metrics;
+pub mod server;

@@ -1,0 +1,99 @@
+//! `GET /metrics`: Prometheus text built from the node status, with Patroni's metric names and a `keel_` set for
+//! what Patroni does not publish.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use keel_core::view::Role;
+
+use crate::status::NodeStatus;
+
+type Labels = Vec<(String, String)>;
+
+/// Renders the metrics for one scrape.
+pub fn render(st: &NodeStatus) -> Result<String, std::fmt::Error> {
+    let labels: Labels = vec![("scope".into(), st.scope.clone()), ("name".into(), st.name.clone())];
+    let mut registry = Registry::default();
+    let mut gauge = |name: &str, help: &str, value: i64| {
+        let family = Family::<Labels, Gauge>::default();
+        family.get_or_create(&labels).set(value);
+        registry.register(name, help, family);
+    };
+    let lsn = |l: Option<keel_core::lsn::Lsn>| l.map(|l| l.0 as i64).unwrap_or(0);
+    let flag = |b: bool| i64::from(b);
+    let is_primary = st.is_leader && st.role == Some(Role::Primary);
+    gauge("patroni_postgres_running", "Value is 1 if PostgreSQL is running, 0 otherwise.", flag(st.is_running()));
+    gauge("patroni_primary", "Value is 1 if this node is the leader, 0 otherwise.", flag(is_primary));
+    gauge(
+        "patroni_replica",
+        "Value is 1 if this node is a replica, 0 otherwise.",
+        flag(st.role == Some(Role::Replica)),
+    );
+    gauge("patroni_standby_leader", "Value is 1 if this node is the standby leader, 0 otherwise.", 0);
+    gauge(
+        "patroni_sync_standby",
+        "Value is 1 if this node is a sync standby, 0 otherwise.",
+        flag(st.is_sync_standby()),
+    );
+    gauge("patroni_xlog_location", "Current WAL location on the primary.", lsn(st.wal_location));
+    gauge("patroni_xlog_received_location", "WAL location received on a replica.", lsn(st.received_location));
+    gauge("patroni_xlog_replayed_location", "WAL location replayed on a replica.", lsn(st.replayed_location));
+    gauge("patroni_xlog_paused", "Value is 1 if WAL replay is paused.", flag(st.replay_paused));
+    gauge(
+        "patroni_postgres_server_version",
+        "Version of PostgreSQL (if running).",
+        st.server_version.map(i64::from).unwrap_or(0),
+    );
+    gauge("patroni_cluster_unlocked", "Value is 1 if the cluster has no leader.", flag(st.cluster_unlocked));
+    gauge(
+        "patroni_failsafe_mode_is_active",
+        "Value is 1 if failsafe mode is active.",
+        flag(st.failsafe_mode_is_active),
+    );
+    gauge("patroni_postgres_timeline", "PostgreSQL timeline.", st.timeline.map(i64::from).unwrap_or(0));
+    gauge(
+        "patroni_postgres_streaming",
+        "Value is 1 if the replica streams from its upstream.",
+        flag(st.replication_state.as_deref() == Some("streaming")),
+    );
+    gauge(
+        "patroni_dcs_last_seen",
+        "Unix time of the last successful store read.",
+        st.dcs_last_seen.map(|s| s as i64).unwrap_or(0),
+    );
+    gauge("patroni_pending_restart", "Value is 1 if PostgreSQL needs a restart.", flag(st.pending_restart));
+    gauge("patroni_is_paused", "Value is 1 if the cluster is in maintenance mode.", flag(st.pause));
+    gauge(
+        "keel_replica_lag_bytes",
+        "Bytes this replica's replay is behind the leader's published position.",
+        st.replica_lag().map(|l| l as i64).unwrap_or(0),
+    );
+    gauge("keel_leader_lock_held", "Value is 1 if this node holds the leader key.", flag(st.is_leader));
+    let mut out = String::new();
+    encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_patroni_names_with_labels() {
+        let st = NodeStatus {
+            scope: "batman".into(),
+            name: "n1".into(),
+            state: "running".into(),
+            role: Some(Role::Primary),
+            is_leader: true,
+            timeline: Some(3),
+            ..Default::default()
+        };
+        let text = render(&st).unwrap();
+        assert!(text.contains("patroni_primary{scope=\"batman\",name=\"n1\"} 1"), "{text}");
+        assert!(text.contains("patroni_postgres_timeline{scope=\"batman\",name=\"n1\"} 3"));
+        assert!(text.contains("keel_leader_lock_held{scope=\"batman\",name=\"n1\"} 1"));
+    }
+}
