@@ -75,14 +75,10 @@ impl NodeStatus {
         Some(target.saturating_sub(replayed))
     }
 
-    /// The role shown to users: Patroni reports the leader as `primary` and a lock-less primary as `demoted`.
+    /// The role shown in `/patroni`: what PostgreSQL reports (`primary` when not in recovery, lock or not, as
+    /// Patroni does; the health checks are what require the lock).
     pub fn display_role(&self) -> &'static str {
-        match self.role {
-            Some(Role::Primary) if self.is_leader => "primary",
-            Some(Role::Primary) => "demoted",
-            Some(role) => role.as_str(),
-            None => "uninitialized",
-        }
+        self.role.map(Role::as_str).unwrap_or("uninitialized")
     }
 
     /// `GET /patroni`: Patroni's node status document.
@@ -153,5 +149,81 @@ impl NodeStatus {
         }
         m.insert("patroni".into(), json!({"version": self.version, "scope": self.scope, "name": self.name}));
         Value::Object(m)
+    }
+}
+
+impl NodeStatus {
+    /// The member key's JSON, with Patroni's field names (`xlog_location` is the flush LSN on a primary and
+    /// `max(received, replayed)` on a replica, present only while PostgreSQL runs).
+    pub fn member_json(&self, conn_url: &str, api_url: &str) -> Value {
+        let mut m = Map::new();
+        m.insert("conn_url".into(), conn_url.into());
+        m.insert("api_url".into(), api_url.into());
+        m.insert("state".into(), self.state.clone().into());
+        m.insert("role".into(), self.display_role().into());
+        m.insert("version".into(), self.version.clone().into());
+        if self.is_running() {
+            let xlog = match self.role {
+                Some(Role::Primary) => self.wal_location,
+                _ => self.received_location.max(self.replayed_location),
+            };
+            if let Some(x) = xlog {
+                m.insert("xlog_location".into(), x.0.into());
+            }
+            if self.role == Some(Role::Replica) {
+                if let Some(r) = self.replayed_location {
+                    m.insert("replay_lsn".into(), r.0.into());
+                }
+                if let Some(r) = self.received_location {
+                    m.insert("receive_lsn".into(), r.0.into());
+                }
+                if let Some(s) = &self.replication_state {
+                    m.insert("replication_state".into(), s.clone().into());
+                }
+            }
+        }
+        if let Some(t) = self.timeline {
+            m.insert("timeline".into(), t.into());
+        }
+        let tags = self.tags.to_json();
+        if tags.as_object().is_some_and(|t| !t.is_empty()) {
+            m.insert("tags".into(), tags);
+        }
+        if self.pending_restart {
+            m.insert("pending_restart".into(), true.into());
+        }
+        if self.pause {
+            m.insert("pause".into(), true.into());
+        }
+        Value::Object(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_core::view::Member;
+
+    #[test]
+    fn member_json_round_trips_through_the_view_parser() {
+        let st = NodeStatus {
+            name: "n2".into(),
+            state: "running".into(),
+            role: Some(Role::Replica),
+            received_location: Some(Lsn(300)),
+            replayed_location: Some(Lsn(200)),
+            replication_state: Some("streaming".into()),
+            timeline: Some(4),
+            version: "0.1.0".into(),
+            ..Default::default()
+        };
+        let json = st.member_json("postgres://127.0.0.1:5433/postgres", "http://127.0.0.1:8009/patroni");
+        let m = Member::parse("n2", &json.to_string(), &mut Vec::new());
+        assert_eq!(m.role, Some(Role::Replica));
+        assert_eq!(m.xlog_location, Some(Lsn(300)));
+        assert_eq!(m.replay_lsn, Some(Lsn(200)));
+        assert_eq!(m.timeline, Some(4));
+        assert_eq!(m.replication_state.as_deref(), Some("streaming"));
+        assert_eq!(m.api_url.as_deref(), Some("http://127.0.0.1:8009/patroni"));
     }
 }
