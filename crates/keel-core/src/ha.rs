@@ -103,7 +103,10 @@ impl Ctx<'_> {
         if !self.input.agent.store_ok {
             return self.store_down();
         }
+        // A running PostgreSQL proves the data directory exists: only its system identifier matters then.
+        let running = self.pg().running == PgRunning::Running;
         match &self.pg().data_dir {
+            DataDir::Unknown | DataDir::Empty | DataDir::Invalid if running => {}
             DataDir::Unknown => return wait(Reason::DataDirUnknown),
             DataDir::Empty => return self.empty_data_dir(),
             DataDir::Invalid => {
@@ -257,7 +260,7 @@ impl Ctx<'_> {
     /// Writes only the leader makes: `initialize` when missing or empty, `config` when missing.
     fn leader_writes(&self) -> Vec<Action> {
         let mut out = Vec::new();
-        let init_missing = self.input.view.initialize.as_deref().map_or(true, str::is_empty);
+        let init_missing = self.input.view.initialize.as_deref().is_none_or(str::is_empty);
         if let (true, Some(sysid)) = (init_missing, self.pg().sysid()) {
             out.push(Action::WriteInitialize { sysid: sysid.to_string() });
         }
@@ -440,7 +443,10 @@ impl Ctx<'_> {
             );
         }
         if pg.following.as_deref() != Some(upstream.as_str()) {
-            return plan(vec![Action::Follow { upstream: upstream.clone() }], Reason::StartedFollowing { leader: upstream });
+            return plan(
+                vec![Action::Follow { upstream: upstream.clone() }],
+                Reason::StartedFollowing { leader: upstream },
+            );
         }
         wait(Reason::Following { me: self.me.to_string(), leader: upstream })
     }

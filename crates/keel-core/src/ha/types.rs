@@ -248,17 +248,35 @@ pub enum Ineligible {
     PgStarting,
     /// Our WAL position is not known, so the lag cannot be judged.
     WalPositionUnknown,
-    Lagging { lag: u64, max: u64 },
+    Lagging {
+        lag: u64,
+        max: u64,
+    },
     /// `synchronous_mode` is on and we are neither the `/sync` leader nor a listed standby.
     NotSynchronous,
-    TimelineBehind { ours: u32, cluster: u32 },
+    TimelineBehind {
+        ours: u32,
+        cluster: u32,
+    },
     /// `failsafe` is non-empty and does not list us.
     NotInFailsafe,
-    PrimaryStillAlive { member: String },
-    PeerAhead { member: String, theirs: Lsn, ours: Lsn },
-    PeerHigherPriority { member: String, theirs: i64, ours: i64 },
+    PrimaryStillAlive {
+        member: String,
+    },
+    PeerAhead {
+        member: String,
+        theirs: Lsn,
+        ours: Lsn,
+    },
+    PeerHigherPriority {
+        member: String,
+        theirs: i64,
+        ours: i64,
+    },
     /// A manual failover names a healthy candidate that is not us.
-    OtherCandidateNamed { candidate: String },
+    OtherCandidateNamed {
+        candidate: String,
+    },
 }
 
 impl fmt::Display for Ineligible {
@@ -267,7 +285,9 @@ impl fmt::Display for Ineligible {
             Ineligible::NoFailoverTag => write!(f, "nofailover is set"),
             Ineligible::PgStarting => write!(f, "PostgreSQL is still starting"),
             Ineligible::WalPositionUnknown => write!(f, "my WAL position is unknown"),
-            Ineligible::Lagging { lag, max } => write!(f, "my lag of {lag} bytes exceeds maximum_lag_on_failover {max}"),
+            Ineligible::Lagging { lag, max } => {
+                write!(f, "my lag of {lag} bytes exceeds maximum_lag_on_failover {max}")
+            }
             Ineligible::NotSynchronous => write!(f, "I am not a synchronous standby"),
             Ineligible::TimelineBehind { ours, cluster } => {
                 write!(f, "my timeline {ours} is behind the cluster timeline {cluster}")
@@ -448,7 +468,9 @@ impl fmt::Display for Reason {
             }
             AcquiredLockAsLeader => write!(f, "acquired session lock as a leader"),
             PromotedByRace => write!(f, "promoted self to leader by acquiring session lock"),
-            PromotedByManualFailover => write!(f, "promoted self to leader by acquiring session lock (manual failover)"),
+            PromotedByManualFailover => {
+                write!(f, "promoted self to leader by acquiring session lock (manual failover)")
+            }
             LostRace => write!(f, "failed to acquire the leader lock; another member won the race"),
             LostRaceDemoted => write!(f, "demoted self after losing the leader race"),
             NotHealthiest(why) => {
