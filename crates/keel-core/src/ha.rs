@@ -32,8 +32,8 @@
 //! - **running, another member holds the key** → a primary demotes `ImmediateNoLock`; a replica follows the leader
 //!   (or its `replicatefrom` member), checking for divergence first when timelines differ.
 //! - **running, nobody holds the key** → the leader race: eligibility (nofailover, lag against `status.optime`,
-//!   synchronous standby set, timeline, failsafe list), then peer probes (a live primary elsewhere, a higher WAL
-//!   position, an equal position with a higher failover priority, a healthy named candidate). The winner
+//!   synchronous standby set, timeline, failsafe list), then peer probes (a live primary elsewhere, a higher
+//!   (timeline, WAL position), an equal one with a higher failover priority, a healthy named candidate). The winner
 //!   acquires the key (guard) and promotes; losers that are primaries demote. Pause disables the race except
 //!   for a running primary taking the free key and a named manual failover candidate.
 //!
@@ -570,11 +570,17 @@ impl Ctx<'_> {
                 continue;
             }
             let Some(theirs) = st.wal_position else { continue };
-            if theirs > ours {
+            // Keel compares (timeline, LSN) when both timelines are known: WAL on an abandoned timeline is not
+            // "ahead" of WAL on a newer one, however long it is.
+            let ahead = match (st.timeline, self.pg().timeline) {
+                (Some(t), Some(o)) if t != o => t > o,
+                _ => theirs > ours,
+            };
+            if ahead {
                 return Err(Ineligible::PeerAhead { member: p.name.clone(), theirs, ours });
             }
             let prio = st.tags.effective_failover_priority();
-            if theirs == ours && prio > our_prio {
+            if theirs == ours && st.timeline == self.pg().timeline && prio > our_prio {
                 return Err(Ineligible::PeerHigherPriority { member: p.name.clone(), theirs: prio, ours: our_prio });
             }
         }

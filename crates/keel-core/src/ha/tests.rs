@@ -365,6 +365,10 @@ rows! {
             result: ProbeResult::Reachable(PeerStatus { pg_running: true, in_recovery: true,
                 wal_position: Some(Lsn(5000)), timeline: Some(1), tags: Tags::from_json(&json!({"nofailover": true})) }),
         }]) => [Action::AcquireLeader, Action::Promote { cause: PromoteCause::WonRace }], Reason::PromotedByRace;
+    race_ignores_longer_wal_on_older_timeline:
+        with_probes(input("n2", &World::healthy().no_leader(), PgObservation { timeline: Some(2), ..replica_pg(1000) }),
+            vec![unreachable("n1"), peer("n3", true, true, 9000)])
+        => [Action::AcquireLeader, Action::Promote { cause: PromoteCause::WonRace }], Reason::PromotedByRace;
     race_defers_to_live_primary:
         with_probes(input("n2", &World::healthy().no_leader(), replica_pg(1000)),
             vec![peer("n1", true, false, 1000), peer("n3", true, true, 1000)]) => [],
