@@ -5,6 +5,7 @@
 //! and the current [`time::Millis`]), and executes the typed actions that come back.
 
 pub mod dynconfig;
+pub mod ha;
 pub mod lsn;
 pub mod store;
 pub mod time;
