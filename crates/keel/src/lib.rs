@@ -2,4 +2,5 @@
 //! The decisions themselves live in the `keel-core` crate.
 
 pub mod api;
+pub mod dcs;
 pub mod status;

@@ -1,0 +1,196 @@
+//! A throw-away single-node etcd on loopback ports.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::{free_port, send_signal, wait_until};
+
+/// How long etcd may take to start answering (generous: CI machines are slow and busy).
+const START_DEADLINE: Duration = Duration::from_secs(60);
+/// Attempts with fresh ports when etcd exits early (usually because another process took a port).
+const START_ATTEMPTS: usize = 3;
+
+/// A running etcd (`/usr/bin/etcd`, or `$KEEL_ETCD_BIN`) with its own data directory.
+///
+/// Dropping the handle kills the process (SIGKILL, then waits for it) and removes the data directory.
+#[derive(Debug)]
+pub struct EtcdServer {
+    child: Option<Child>,
+    client_port: u16,
+    dir: TempDir,
+}
+
+impl EtcdServer {
+    /// The etcd binary: `$KEEL_ETCD_BIN` or `/usr/bin/etcd`.
+    pub fn binary() -> PathBuf {
+        std::env::var_os("KEEL_ETCD_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"))
+    }
+
+    /// Starts etcd on free loopback client and peer ports and waits until `/health` says it is healthy.
+    pub fn start() -> io::Result<EtcdServer> {
+        let mut last_err = None;
+        for _ in 0..START_ATTEMPTS {
+            match Self::try_start() {
+                Ok(s) => return Ok(s),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| io::Error::other("etcd did not start")))
+    }
+
+    fn try_start() -> io::Result<EtcdServer> {
+        let bin = Self::binary();
+        let dir = tempfile::Builder::new().prefix("keel-etcd-").tempdir()?;
+        let client_port = free_port()?;
+        let mut peer_port = free_port()?;
+        while peer_port == client_port {
+            peer_port = free_port()?;
+        }
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let log = File::create(dir.path().join("etcd.log"))?;
+        let child = Command::new(&bin)
+            .arg("--name")
+            .arg("keel-test")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--listen-client-urls")
+            .arg(&client_url)
+            .arg("--advertise-client-urls")
+            .arg(&client_url)
+            .arg("--listen-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-cluster")
+            .arg(format!("keel-test={peer_url}"))
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .arg("--logger")
+            .arg("zap")
+            .arg("--log-level")
+            .arg("warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot run {}: {e}; set KEEL_ETCD_BIN", bin.display())))?;
+        let mut server = EtcdServer { child: Some(child), client_port, dir };
+        let ready = wait_until("etcd", START_DEADLINE, Duration::from_millis(50), || {
+            if let Some(child) = server.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!("etcd exited early with {status}"));
+                }
+            }
+            server.healthy().map(|ok| ok.then_some(()))
+        });
+        if let Err(e) = ready {
+            let log = std::fs::read_to_string(server.log_path()).unwrap_or_default();
+            let tail: String =
+                log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            // Dropping `server` kills the process.
+            return Err(io::Error::new(e.kind(), format!("{e}\netcd log tail:\n{tail}")));
+        }
+        Ok(server)
+    }
+
+    /// One `/health` probe over plain HTTP; `Ok(false)` while etcd answers but is not healthy yet.
+    fn healthy(&self) -> Result<bool, String> {
+        let mut s = TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, self.client_port).into(), Duration::from_secs(1))
+            .map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+        s.set_write_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+        s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).map_err(|e| format!("read: {e}"))?;
+        Ok(body.contains("\"health\":\"true\""))
+    }
+
+    /// The client URL, e.g. `http://127.0.0.1:23790`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn client_port(&self) -> u16 {
+        self.client_port
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Where etcd's output goes (for failure messages).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Freezes the process (SIGSTOP): connections stay open but nothing answers, like a hung server.
+    pub fn pause(&self) -> io::Result<()> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    /// Thaws a paused process (SIGCONT).
+    pub fn resume(&self) -> io::Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
+    fn signal(&self, sig: libc::c_int) -> io::Result<()> {
+        let pid = self.pid().ok_or_else(|| io::Error::other("etcd is already stopped"))?;
+        send_signal(pid, sig)
+    }
+
+    /// Kills the process (SIGKILL works on a paused process too) and waits for it. Idempotent.
+    pub fn stop(&mut self) -> io::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            if child.try_wait()?.is_none() {
+                child.kill()?;
+            }
+            child.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_pauses_and_stops() {
+        if !EtcdServer::binary().exists() {
+            eprintln!("skipping: no etcd binary");
+            return;
+        }
+        let mut etcd = EtcdServer::start().unwrap();
+        assert_eq!(etcd.healthy(), Ok(true));
+        let pid = etcd.pid().unwrap();
+        etcd.pause().unwrap();
+        assert!(etcd.healthy().is_err(), "a paused etcd must not answer");
+        etcd.resume().unwrap();
+        wait_until("resumed etcd", START_DEADLINE, Duration::from_millis(50), || {
+            etcd.healthy().map(|ok| ok.then_some(()))
+        })
+        .unwrap();
+        etcd.stop().unwrap();
+        // The process is gone (reaped): signal 0 fails.
+        assert!(send_signal(pid, 0).is_err());
+        etcd.stop().unwrap();
+    }
+}

@@ -1,0 +1,358 @@
+//! [`KvBackend`] over etcd's v3 gRPC API (etcd >= 3.4).
+//!
+//! Every call is bounded by [`EtcdConfig::timeout`] in total, so a hung etcd (e.g. SIGSTOPped) cannot block the
+//! HA loop longer than `retry_timeout`. The backend talks to one endpoint at a time; when a call fails because
+//! that endpoint is unreachable or silent, the connection is dropped and the next endpoint from the hosts list
+//! is tried (within the same time budget), like Patroni's etcd client does.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn as EtcdTxn,
+    TxnOp, WatchOptions,
+};
+use keel_core::store::{Compare, Op, Txn};
+use keel_core::view::RawEntry;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use super::{DcsError, KvBackend, Range, WatchKey};
+
+/// The shortest time given to one endpoint when several are configured.
+const MIN_ATTEMPT: Duration = Duration::from_secs(1);
+
+/// How to reach etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    /// Client URLs (`http://host:port`); bare `host:port` entries get `http://`.
+    pub endpoints: Vec<String>,
+    /// The most a single backend call may take, all retries included (Patroni's `retry_timeout`).
+    pub timeout: Duration,
+}
+
+impl EtcdConfig {
+    /// From Patroni's `etcd3.hosts` (a list, or one comma-separated string) and `retry_timeout`.
+    pub fn from_hosts<S: AsRef<str>>(hosts: &[S], timeout: Duration) -> EtcdConfig {
+        let endpoints = hosts
+            .iter()
+            .flat_map(|h| h.as_ref().split(','))
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(|h| if h.contains("://") { h.to_string() } else { format!("http://{h}") })
+            .collect();
+        EtcdConfig { endpoints, timeout }
+    }
+}
+
+/// A connection to etcd. Clones share the connection.
+#[derive(Clone)]
+pub struct EtcdBackend {
+    cfg: Arc<EtcdConfig>,
+    conn: Arc<Mutex<Conn>>,
+}
+
+impl std::fmt::Debug for EtcdBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdBackend").field("cfg", &self.cfg).finish_non_exhaustive()
+    }
+}
+
+struct Conn {
+    /// Index of the endpoint in use.
+    current: usize,
+    client: Option<Client>,
+}
+
+/// What kind of call failed, to map etcd's "lease not found" answers.
+#[derive(Clone, Copy)]
+enum LeaseHint {
+    None,
+    Lease(i64),
+}
+
+impl EtcdBackend {
+    /// Validates the configuration; connecting happens on the first call (and again after failures).
+    pub fn new(cfg: EtcdConfig) -> Result<EtcdBackend, DcsError> {
+        if cfg.endpoints.is_empty() {
+            return Err(DcsError::Config("no etcd hosts configured; set etcd3.hosts (or etcd3.host)".into()));
+        }
+        if cfg.timeout.is_zero() {
+            return Err(DcsError::Config("the etcd call timeout (retry_timeout) must be positive".into()));
+        }
+        Ok(EtcdBackend { cfg: Arc::new(cfg), conn: Arc::new(Mutex::new(Conn { current: 0, client: None })) })
+    }
+
+    pub fn config(&self) -> &EtcdConfig {
+        &self.cfg
+    }
+
+    /// The client for the current endpoint, connecting if needed.
+    async fn client(&self, op: &'static str, budget: Duration) -> Result<(usize, Client), DcsError> {
+        let mut conn = self.conn.lock().await;
+        let idx = conn.current % self.cfg.endpoints.len();
+        if let Some(c) = &conn.client {
+            return Ok((idx, c.clone()));
+        }
+        let endpoint = &self.cfg.endpoints[idx];
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(budget)
+            .with_keep_alive(Duration::from_secs(5), budget.max(MIN_ATTEMPT))
+            .with_keep_alive_while_idle(true);
+        let connect = Client::connect([endpoint.as_str()], Some(opts));
+        let client = match tokio::time::timeout(budget, connect).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                conn.current = (idx + 1) % self.cfg.endpoints.len();
+                return Err(classify(e, endpoint, op, LeaseHint::None));
+            }
+            Err(_) => {
+                conn.current = (idx + 1) % self.cfg.endpoints.len();
+                return Err(DcsError::Timeout { endpoint: endpoint.clone(), op, timeout: budget });
+            }
+        };
+        conn.client = Some(client.clone());
+        Ok((idx, client))
+    }
+
+    /// Forgets the connection to endpoint `idx` and moves on to the next endpoint.
+    async fn failed(&self, idx: usize) {
+        let mut conn = self.conn.lock().await;
+        if conn.current % self.cfg.endpoints.len() == idx {
+            conn.client = None;
+            conn.current = (idx + 1) % self.cfg.endpoints.len();
+        }
+    }
+
+    /// Runs `f` against the endpoints in turn until one answers, all within `cfg.timeout`.
+    async fn call<T, F, Fut>(&self, op: &'static str, hint: LeaseHint, f: F) -> Result<T, DcsError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + self.cfg.timeout;
+        let n = self.cfg.endpoints.len();
+        let mut last = None;
+        for attempt in 0..n {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            let left = u32::try_from(n - attempt).unwrap_or(u32::MAX);
+            let budget = (remaining / left).max(MIN_ATTEMPT.min(remaining));
+            let (idx, client) = match self.client(op, budget).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            let endpoint = &self.cfg.endpoints[idx];
+            match tokio::time::timeout(budget, f(client)).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => {
+                    let err = classify(e, endpoint, op, hint);
+                    if !err.is_unavailable() {
+                        return Err(err);
+                    }
+                    self.failed(idx).await;
+                    last = Some(err);
+                }
+                Err(_) => {
+                    self.failed(idx).await;
+                    last = Some(DcsError::Timeout { endpoint: endpoint.clone(), op, timeout: budget });
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| DcsError::Timeout {
+            endpoint: self.cfg.endpoints.join(","),
+            op,
+            timeout: self.cfg.timeout,
+        }))
+    }
+}
+
+/// Maps an etcd client error: transport problems are "unavailable" (try another endpoint), answers are not.
+fn classify(e: etcd_client::Error, endpoint: &str, op: &'static str, hint: LeaseHint) -> DcsError {
+    use etcd_client::Error as E;
+    use tonic::Code;
+    let endpoint = endpoint.to_string();
+    match e {
+        E::GRpcStatus(s) => match s.code() {
+            Code::NotFound if s.message().contains("lease") => match hint {
+                LeaseHint::Lease(id) => DcsError::LeaseNotFound(id),
+                LeaseHint::None => DcsError::LeaseNotFound(0),
+            },
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Aborted => {
+                DcsError::Unreachable { endpoint, op, detail: s.message().to_string() }
+            }
+            _ => DcsError::Rejected { endpoint, op, detail: format!("{:?}: {}", s.code(), s.message()) },
+        },
+        E::LeaseKeepAliveError(msg) if msg.contains("not found") => match hint {
+            LeaseHint::Lease(id) => DcsError::LeaseNotFound(id),
+            LeaseHint::None => DcsError::LeaseNotFound(0),
+        },
+        E::TransportError(t) => DcsError::Unreachable { endpoint, op, detail: t.to_string() },
+        E::IoError(io) => DcsError::Unreachable { endpoint, op, detail: io.to_string() },
+        E::WatchError(msg) | E::LeaseKeepAliveError(msg) => DcsError::Unreachable { endpoint, op, detail: msg },
+        E::InvalidArgs(msg) | E::EndpointError(msg) => DcsError::Config(format!("{endpoint}: {msg}")),
+        E::InvalidUri(u) => DcsError::Config(format!("invalid etcd endpoint {endpoint}: {u}")),
+        other => DcsError::InvalidResponse { endpoint, op, detail: other.to_string() },
+    }
+}
+
+fn to_etcd_txn(txn: &Txn) -> EtcdTxn {
+    let compare: Vec<EtcdCompare> = txn
+        .compare
+        .iter()
+        .map(|c| match c {
+            Compare::Absent(k) => EtcdCompare::create_revision(k.as_str(), CompareOp::Equal, 0),
+            Compare::ValueIs(k, v) => EtcdCompare::value(k.as_str(), CompareOp::Equal, v.as_str()),
+            Compare::ModRevisionIs(k, r) => EtcdCompare::mod_revision(k.as_str(), CompareOp::Equal, *r),
+        })
+        .collect();
+    let ops = |ops: &[Op]| -> Vec<TxnOp> {
+        ops.iter()
+            .map(|op| match op {
+                Op::Put { key, value, lease } => {
+                    let opts = (*lease != 0).then(|| PutOptions::new().with_lease(*lease));
+                    TxnOp::put(key.as_str(), value.as_str(), opts)
+                }
+                Op::Delete { key } => TxnOp::delete(key.as_str(), None),
+                Op::DeletePrefix { prefix } => TxnOp::delete(prefix.as_str(), Some(DeleteOptions::new().with_prefix())),
+            })
+            .collect()
+    };
+    EtcdTxn::new().when(compare).and_then(ops(&txn.success)).or_else(ops(&txn.failure))
+}
+
+fn txn_lease(txn: &Txn) -> LeaseHint {
+    txn.success
+        .iter()
+        .chain(&txn.failure)
+        .find_map(|op| match op {
+            Op::Put { lease, .. } if *lease != 0 => Some(LeaseHint::Lease(*lease)),
+            _ => None,
+        })
+        .unwrap_or(LeaseHint::None)
+}
+
+impl KvBackend for EtcdBackend {
+    async fn range(&self, prefix: &str) -> Result<Range, DcsError> {
+        let resp = self
+            .call("range", LeaseHint::None, |mut c| async move {
+                c.get(prefix, Some(GetOptions::new().with_prefix())).await
+            })
+            .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let entries = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let key = String::from_utf8_lossy(kv.key());
+                let rel = key.strip_prefix(prefix)?.to_string();
+                Some(RawEntry {
+                    key: rel,
+                    value: String::from_utf8_lossy(kv.value()).into_owned(),
+                    mod_revision: kv.mod_revision(),
+                    lease: kv.lease(),
+                })
+            })
+            .collect();
+        Ok(Range { entries, revision })
+    }
+
+    async fn txn(&self, txn: &Txn) -> Result<bool, DcsError> {
+        let resp = self.call("txn", txn_lease(txn), |mut c| async move { c.txn(to_etcd_txn(txn)).await }).await?;
+        Ok(resp.succeeded())
+    }
+
+    async fn grant_lease(&self, ttl_secs: u64) -> Result<i64, DcsError> {
+        let ttl = i64::try_from(ttl_secs).map_err(|_| DcsError::Config(format!("ttl {ttl_secs} is too large")))?;
+        let resp =
+            self.call("lease grant", LeaseHint::None, |mut c| async move { c.lease_grant(ttl, None).await }).await?;
+        if !resp.error().is_empty() || resp.id() == 0 {
+            let endpoint = self.cfg.endpoints.join(",");
+            return Err(DcsError::InvalidResponse { endpoint, op: "lease grant", detail: resp.error().to_string() });
+        }
+        Ok(resp.id())
+    }
+
+    async fn keepalive(&self, lease: i64) -> Result<(), DcsError> {
+        self.call("lease keepalive", LeaseHint::Lease(lease), |mut c| async move {
+            // One request on a fresh keep-alive stream; etcd-client reports TTL 0 as "lease not found".
+            c.lease_keep_alive(lease).await.map(|_| ())
+        })
+        .await
+    }
+
+    async fn revoke(&self, lease: i64) -> Result<(), DcsError> {
+        match self
+            .call("lease revoke", LeaseHint::Lease(lease), |mut c| async move { c.lease_revoke(lease).await })
+            .await
+        {
+            Ok(_) | Err(DcsError::LeaseNotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn watch(&self, keys: &[WatchKey], after_revision: i64, timeout: Duration) -> Result<bool, DcsError> {
+        let Some((first, rest)) = keys.split_first() else {
+            tokio::time::sleep(timeout).await;
+            return Ok(false);
+        };
+        let opts = |k: &WatchKey| {
+            let o = WatchOptions::new();
+            let o = if after_revision > 0 { o.with_start_revision(after_revision + 1) } else { o };
+            match k {
+                WatchKey::Key(key) => (key.clone(), o),
+                WatchKey::Prefix(p) => (p.clone(), o.with_prefix()),
+            }
+        };
+        let deadline = Instant::now() + timeout;
+        let (idx, mut client) = match self.client("watch", self.cfg.timeout.min(timeout)).await {
+            Ok(c) => c,
+            Err(DcsError::Timeout { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let endpoint = self.cfg.endpoints[idx].clone();
+        let wait = async {
+            let (k, o) = opts(first);
+            let mut stream = client.watch(k, Some(o)).await?;
+            for w in rest {
+                let (k, o) = opts(w);
+                stream.watch(k, Some(o)).await?;
+            }
+            loop {
+                let Some(resp) = stream.message().await? else {
+                    return Err(etcd_client::Error::WatchError("etcd closed the watch stream".into()));
+                };
+                if resp.canceled() {
+                    if resp.compact_revision() > 0 {
+                        // Our revision was compacted away: something changed that we can no longer see.
+                        return Ok(true);
+                    }
+                    return Err(etcd_client::Error::WatchError(format!(
+                        "watch canceled by etcd: {}",
+                        resp.cancel_reason()
+                    )));
+                }
+                if !resp.events().is_empty() {
+                    return Ok(true);
+                }
+            }
+        };
+        match tokio::time::timeout_at(deadline, wait).await {
+            Ok(Ok(changed)) => Ok(changed),
+            Ok(Err(e)) => {
+                let err = classify(e, &endpoint, "watch", LeaseHint::None);
+                if err.is_unavailable() {
+                    self.failed(idx).await;
+                }
+                Err(err)
+            }
+            Err(_) => Ok(false),
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The distributed configuration store (DCS): Patroni's etcd v3 key layout, implemented once on top of a small
+//! key-value backend trait.
+//!
+//! - [`KvBackend`] is the handful of etcd v3 calls Keel needs (range, txn, leases, watch). [`EtcdBackend`] talks
+//!   to a real etcd; [`MemoryBackend`] runs [`keel_core::store::MemStore`] on a real monotonic clock for tests and
+//!   single-process simulations.
+//! - [`ClusterStore`] implements Patroni's semantics (one lease per node, leader race, compare-and-swap writes,
+//!   skipped redundant writes) on top of any backend, using the transactions built by
+//!   [`keel_core::store::ClusterOps`].
+
+mod etcd;
+mod memory;
+mod store;
+
+use std::future::Future;
+use std::time::Duration;
+
+use keel_core::store::Txn;
+use keel_core::view::RawEntry;
+
+pub use etcd::{EtcdBackend, EtcdConfig};
+pub use memory::MemoryBackend;
+pub use store::ClusterStore;
+
+/// Why a store call failed. Every message names what failed and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DcsError {
+    #[error(
+        "etcd at {endpoint} did not answer {op} within {timeout:?}; check that etcd is running and not overloaded, \
+         or raise retry_timeout"
+    )]
+    Timeout { endpoint: String, op: &'static str, timeout: Duration },
+    #[error(
+        "cannot reach etcd at {endpoint} for {op}: {detail}; check the etcd hosts in the configuration and that \
+         etcd is running"
+    )]
+    Unreachable { endpoint: String, op: &'static str, detail: String },
+    #[error("lease {0} not found (expired or revoked); a new lease has to be granted")]
+    LeaseNotFound(i64),
+    #[error("etcd at {endpoint} rejected {op}: {detail}; check etcd's log and the etcd version (v3 API >= 3.4)")]
+    Rejected { endpoint: String, op: &'static str, detail: String },
+    #[error("invalid response from etcd at {endpoint} to {op}: {detail}")]
+    InvalidResponse { endpoint: String, op: &'static str, detail: String },
+    #[error("invalid DCS configuration: {0}")]
+    Config(String),
+}
+
+impl DcsError {
+    /// Whether the store could not be reached (as opposed to answering with an error): the HA loop treats this
+    /// as "DCS unavailable".
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, DcsError::Timeout { .. } | DcsError::Unreachable { .. })
+    }
+}
+
+/// The keys below a prefix at one store revision.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Range {
+    /// Keys made relative to the prefix.
+    pub entries: Vec<RawEntry>,
+    /// The store revision the read was served at (for watching changes made after it).
+    pub revision: i64,
+}
+
+/// What to watch: one key, or every key below a prefix (absolute keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchKey {
+    Key(String),
+    Prefix(String),
+}
+
+impl WatchKey {
+    pub fn matches(&self, key: &str) -> bool {
+        match self {
+            WatchKey::Key(k) => k == key,
+            WatchKey::Prefix(p) => key.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// The etcd v3 calls Keel needs. Every call is bounded in time by the backend's configuration.
+pub trait KvBackend: Send + Sync + 'static {
+    /// Every key starting with `prefix`, made relative to it, and the revision of the read.
+    fn range(&self, prefix: &str) -> impl Future<Output = Result<Range, DcsError>> + Send;
+
+    /// Runs a transaction; `Ok(true)` when all compares held (the success branch ran).
+    fn txn(&self, txn: &Txn) -> impl Future<Output = Result<bool, DcsError>> + Send;
+
+    /// Grants a lease of `ttl_secs` seconds and returns its id.
+    fn grant_lease(&self, ttl_secs: u64) -> impl Future<Output = Result<i64, DcsError>> + Send;
+
+    /// Refreshes a lease; [`DcsError::LeaseNotFound`] when it expired or was revoked.
+    fn keepalive(&self, lease: i64) -> impl Future<Output = Result<(), DcsError>> + Send;
+
+    /// Revokes a lease, deleting every key attached to it. Revoking an unknown lease is not an error.
+    fn revoke(&self, lease: i64) -> impl Future<Output = Result<(), DcsError>> + Send;
+
+    /// Waits until one of `keys` changes at a revision after `after_revision` (0: after the call starts), or
+    /// `timeout` elapses. `Ok(true)` on a change, `Ok(false)` on timeout.
+    fn watch(
+        &self,
+        keys: &[WatchKey],
+        after_revision: i64,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<bool, DcsError>> + Send;
+}

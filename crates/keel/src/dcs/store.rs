@@ -1,0 +1,311 @@
+//! Patroni's DCS semantics, implemented once on top of any [`KvBackend`].
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use keel_core::store::{ClusterOps, Txn};
+use keel_core::view::{ClusterKey, ClusterView, FailoverRequest, HistoryEntry, LeaderKey, Status, SyncState};
+use serde_json::Value;
+use tracing::{debug, warn};
+
+use super::{DcsError, KvBackend, WatchKey};
+
+/// One node's view of one cluster in the store: its lease, the leader race and the writes Patroni makes.
+///
+/// Methods take `&self` (the small amount of state is behind a mutex that is never held across an await), so the
+/// HA loop and, say, the REST API can share one store.
+#[derive(Debug)]
+pub struct ClusterStore<B: KvBackend> {
+    backend: B,
+    ops: ClusterOps,
+    name: String,
+    ttl: u64,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Our lease, once granted.
+    lease: Option<i64>,
+    /// The store revision of the last [`ClusterStore::load`].
+    revision: i64,
+    /// The leader key as last loaded or written by us.
+    leader: Option<LeaderKey>,
+    /// Our member key's content and lease, as last loaded or written.
+    member: Option<(Value, i64)>,
+    /// The `status` value we last wrote.
+    status: Option<String>,
+}
+
+impl<B: KvBackend> ClusterStore<B> {
+    /// The store of member `name` in cluster `scope` under `namespace` (Patroni default `/service/`), whose
+    /// lease lives `ttl` seconds.
+    pub fn new(backend: B, namespace: &str, scope: &str, name: &str, ttl: u64) -> Self {
+        ClusterStore {
+            backend,
+            ops: ClusterOps::new(namespace, scope),
+            name: name.to_string(),
+            ttl,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub fn ops(&self) -> &ClusterOps {
+        &self.ops
+    }
+
+    /// The cluster prefix, e.g. `/service/batman/`.
+    pub fn prefix(&self) -> &str {
+        self.ops.prefix()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn ttl(&self) -> u64 {
+        self.ttl
+    }
+
+    /// Our current lease, if one was granted (it may have expired since).
+    pub fn lease(&self) -> Option<i64> {
+        self.state().lease
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reads the whole cluster. Values that do not parse are logged and tolerated, never an error.
+    pub async fn load(&self) -> Result<ClusterView, DcsError> {
+        let range = self.backend.range(self.ops.prefix()).await?;
+        let view = ClusterView::from_entries(range.entries);
+        for note in &view.notes {
+            warn!(prefix = self.ops.prefix(), "ignoring part of a store value: {note}");
+        }
+        let mut st = self.state();
+        st.revision = range.revision;
+        st.leader = view.leader.clone();
+        st.member = view.members.get(&self.name).map(|m| (m.data.clone(), m.lease));
+        Ok(view)
+    }
+
+    /// Our lease: the current one, or a newly granted one with TTL `ttl`.
+    pub async fn ensure_lease(&self) -> Result<i64, DcsError> {
+        if let Some(l) = self.state().lease {
+            return Ok(l);
+        }
+        self.grant().await
+    }
+
+    async fn grant(&self) -> Result<i64, DcsError> {
+        let lease = self.backend.grant_lease(self.ttl).await?;
+        debug!(lease, ttl = self.ttl, "granted a new lease");
+        let mut st = self.state();
+        st.lease = Some(lease);
+        // Keys on the old lease are gone (or will be): write them again.
+        st.member = None;
+        Ok(lease)
+    }
+
+    /// Forgets `lease` after the store said it does not exist.
+    fn lost(&self, lease: i64) {
+        let mut st = self.state();
+        if st.lease == Some(lease) || lease == 0 {
+            warn!(lease, "our lease expired or was revoked; granting a new one (the member key is rewritten)");
+            st.lease = None;
+            st.member = None;
+        }
+    }
+
+    /// Keeps our lease alive; a lost lease is replaced by a new one. Returns the lease in use.
+    pub async fn refresh_lease(&self) -> Result<i64, DcsError> {
+        let Some(lease) = self.state().lease else { return self.grant().await };
+        match self.backend.keepalive(lease).await {
+            Ok(()) => Ok(lease),
+            Err(DcsError::LeaseNotFound(_)) => {
+                self.lost(lease);
+                self.grant().await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs a transaction that puts keys on our lease; when the lease is gone, re-grants it and retries once.
+    async fn txn_with_lease(&self, build: impl Fn(i64) -> Txn) -> Result<(bool, i64), DcsError> {
+        let lease = self.ensure_lease().await?;
+        match self.backend.txn(&build(lease)).await {
+            Ok(ok) => Ok((ok, lease)),
+            Err(DcsError::LeaseNotFound(l)) => {
+                self.lost(if l == 0 { lease } else { l });
+                let lease = self.ensure_lease().await?;
+                Ok((self.backend.txn(&build(lease)).await?, lease))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn remember_leader(&self, lease: i64) {
+        self.state().leader = Some(LeaderKey { name: self.name.clone(), version: 0, lease });
+    }
+
+    /// Takes the leader key if nobody holds it. `Ok(false)`: someone else does.
+    pub async fn acquire_leader(&self) -> Result<bool, DcsError> {
+        let (ok, lease) = self.txn_with_lease(|l| self.ops.acquire_leader(&self.name, l)).await?;
+        if ok {
+            self.remember_leader(lease);
+        }
+        Ok(ok)
+    }
+
+    /// Keeps our leadership: refreshes the lease and, when the leader key (as last loaded) is on another lease
+    /// than ours, moves it to ours if it still names us, or takes it if it vanished (Patroni's etcd3
+    /// `_update_leader`). `Ok(false)`: the key names someone else, we are no longer the leader.
+    pub async fn update_leader(&self) -> Result<bool, DcsError> {
+        let lease = self.refresh_lease().await?;
+        let attached = self.state().leader.as_ref().is_some_and(|l| l.name == self.name && l.lease == lease);
+        if attached {
+            return Ok(true);
+        }
+        let (mut ok, mut lease) = self.txn_with_lease(|l| self.ops.update_leader(&self.name, l)).await?;
+        if !ok {
+            (ok, lease) = self.txn_with_lease(|l| self.ops.acquire_leader(&self.name, l)).await?;
+        }
+        if ok {
+            self.remember_leader(lease);
+        }
+        Ok(ok)
+    }
+
+    /// Releases the leader key if it names us. `Ok(false)`: it did not.
+    pub async fn delete_leader(&self) -> Result<bool, DcsError> {
+        let ok = self.backend.txn(&self.ops.delete_leader(&self.name)).await?;
+        if ok {
+            self.state().leader = None;
+        }
+        Ok(ok)
+    }
+
+    /// Publishes our member key on our lease, unless the store already holds this value on this lease.
+    /// `Ok(true)` when it was written.
+    pub async fn touch_member(&self, data: &Value) -> Result<bool, DcsError> {
+        let lease = self.ensure_lease().await?;
+        if self.state().member.as_ref().is_some_and(|(v, l)| v == data && *l == lease) {
+            return Ok(false);
+        }
+        let json = data.to_string();
+        let (_, lease) = self.txn_with_lease(|l| self.ops.touch_member(&self.name, &json, l)).await?;
+        self.state().member = Some((data.clone(), lease));
+        Ok(true)
+    }
+
+    /// Writes the `initialize` key: only if absent (`create_only`, the bootstrap race), or overwriting.
+    pub async fn initialize(&self, sysid: &str, create_only: bool) -> Result<bool, DcsError> {
+        self.backend.txn(&self.ops.initialize(sysid, create_only)).await
+    }
+
+    /// Puts a permanent key: guarded by its modification revision when `version` is given (compare-and-swap;
+    /// `Some(0)` means "only if absent"), unconditionally otherwise (Patroni's `mod_revision=None`).
+    async fn put_versioned(&self, key: &ClusterKey, value: &str, version: Option<i64>) -> Result<bool, DcsError> {
+        let txn = match version {
+            Some(_) => self.ops.cas(key, value, version),
+            None => self.ops.put_plain(key, value),
+        };
+        self.backend.txn(&txn).await
+    }
+
+    /// Writes the dynamic configuration. `Ok(false)`: `version` is stale.
+    pub async fn set_config(&self, config: &Value, version: Option<i64>) -> Result<bool, DcsError> {
+        self.put_versioned(&ClusterKey::Config, &config.to_string(), version).await
+    }
+
+    /// Requests a switchover or failover. `Ok(false)`: `version` is stale.
+    pub async fn set_failover(&self, request: &FailoverRequest, version: Option<i64>) -> Result<bool, DcsError> {
+        self.put_versioned(&ClusterKey::Failover, &request.to_json().to_string(), version).await
+    }
+
+    /// Clears the failover key the way Patroni does (writes `{}`). `Ok(false)`: `version` is stale.
+    pub async fn clear_failover(&self, version: Option<i64>) -> Result<bool, DcsError> {
+        self.put_versioned(&ClusterKey::Failover, "{}", version).await
+    }
+
+    /// Writes the synchronous replication state. `Ok(false)`: `version` is stale.
+    pub async fn set_sync(&self, sync: &SyncState, version: Option<i64>) -> Result<bool, DcsError> {
+        self.put_versioned(&ClusterKey::Sync, &sync.to_json().to_string(), version).await
+    }
+
+    /// Deletes the sync key (guarded by `version` when given). `Ok(false)`: `version` is stale.
+    pub async fn delete_sync(&self, version: Option<i64>) -> Result<bool, DcsError> {
+        self.backend.txn(&self.ops.delete(&ClusterKey::Sync, version)).await
+    }
+
+    /// Publishes the leader's status, unless it equals what we last wrote. `Ok(true)` when written.
+    pub async fn set_status(&self, status: &Status) -> Result<bool, DcsError> {
+        let json = status.to_json().to_string();
+        if self.state().status.as_deref() == Some(json.as_str()) {
+            return Ok(false);
+        }
+        self.backend.txn(&self.ops.put_plain(&ClusterKey::Status, &json)).await?;
+        self.state().status = Some(json);
+        Ok(true)
+    }
+
+    /// Writes the timeline history.
+    pub async fn set_history(&self, history: &[HistoryEntry]) -> Result<(), DcsError> {
+        let json = Value::Array(history.iter().map(HistoryEntry::to_json).collect()).to_string();
+        self.backend.txn(&self.ops.put_plain(&ClusterKey::History, &json)).await.map(|_| ())
+    }
+
+    /// Writes the failsafe member list (`{name: api_url}`).
+    pub async fn set_failsafe(&self, members: &BTreeMap<String, String>) -> Result<(), DcsError> {
+        let json = serde_json::to_string(members).unwrap_or_else(|_| "{}".to_string());
+        self.backend.txn(&self.ops.put_plain(&ClusterKey::Failsafe, &json)).await.map(|_| ())
+    }
+
+    /// Deletes every key of the cluster.
+    pub async fn remove_cluster(&self) -> Result<(), DcsError> {
+        self.backend.txn(&self.ops.remove_cluster()).await?;
+        let mut st = self.state();
+        st.leader = None;
+        st.member = None;
+        st.status = None;
+        Ok(())
+    }
+
+    /// Revokes our lease (our member key and, if we lead, the leader key vanish at once).
+    pub async fn revoke_lease(&self) -> Result<(), DcsError> {
+        let lease = self.state().lease.take();
+        if let Some(l) = lease {
+            self.backend.revoke(l).await?;
+        }
+        self.state().member = None;
+        Ok(())
+    }
+
+    /// Waits until the leader key changes after the last [`load`](Self::load), or `timeout` elapses.
+    /// `Ok(true)` on a change.
+    ///
+    /// Only the leader key is watched, as Patroni's etcd3 does: the leader rewrites `status` and every member
+    /// its own key each cycle, and waking on those would make every loop run early.
+    pub async fn watch(&self, timeout: Duration) -> Result<bool, DcsError> {
+        self.watch_keys(&[ClusterKey::Leader], timeout).await
+    }
+
+    /// Waits until one of `keys` changes after the last [`load`](Self::load), or `timeout` elapses.
+    pub async fn watch_keys(&self, keys: &[ClusterKey], timeout: Duration) -> Result<bool, DcsError> {
+        let keys: Vec<WatchKey> = keys.iter().map(|k| WatchKey::Key(self.ops.key(k))).collect();
+        let after = self.state().revision;
+        self.backend.watch(&keys, after, timeout).await
+    }
+
+    /// Waits until any key of the cluster changes after the last [`load`](Self::load), or `timeout` elapses.
+    pub async fn watch_prefix(&self, timeout: Duration) -> Result<bool, DcsError> {
+        let after = self.state().revision;
+        self.backend.watch(&[WatchKey::Prefix(self.ops.prefix().to_string())], after, timeout).await
+    }
+}

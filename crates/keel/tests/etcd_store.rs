@@ -1,0 +1,414 @@
+//! `ClusterStore` against a real etcd (from keel-testkit) and against `MemoryBackend`: one generic suite,
+//! instantiated for both backends, plus etcd-only failure tests (hung server, several endpoints).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use keel::dcs::{ClusterStore, DcsError, EtcdBackend, EtcdConfig, KvBackend, MemoryBackend};
+use keel_core::lsn::Lsn;
+use keel_core::store::{Op, Txn};
+use keel_core::view::{FailoverRequest, HistoryEntry, Status, SyncState};
+use keel_testkit::EtcdServer;
+use serde_json::json;
+
+/// Where the stores of one test live.
+trait Env {
+    type B: KvBackend + Clone;
+    /// A new client of the same store (one per simulated node).
+    fn backend(&self) -> Self::B;
+}
+
+struct EtcdEnv {
+    server: EtcdServer,
+}
+
+impl EtcdEnv {
+    fn start() -> EtcdEnv {
+        EtcdEnv { server: EtcdServer::start().expect("start etcd") }
+    }
+
+    fn backend_with_timeout(&self, timeout: Duration) -> EtcdBackend {
+        EtcdBackend::new(EtcdConfig::from_hosts(&[self.server.endpoint()], timeout)).expect("etcd config")
+    }
+}
+
+impl Env for EtcdEnv {
+    type B = EtcdBackend;
+    fn backend(&self) -> EtcdBackend {
+        self.backend_with_timeout(Duration::from_secs(5))
+    }
+}
+
+struct MemEnv(MemoryBackend);
+
+impl MemEnv {
+    fn start() -> MemEnv {
+        MemEnv(MemoryBackend::new())
+    }
+}
+
+impl Env for MemEnv {
+    type B = MemoryBackend;
+    fn backend(&self) -> MemoryBackend {
+        self.0.clone()
+    }
+}
+
+fn node<E: Env>(env: &E, name: &str) -> ClusterStore<E::B> {
+    node_ttl(env, name, 30)
+}
+
+fn node_ttl<E: Env>(env: &E, name: &str, ttl: u64) -> ClusterStore<E::B> {
+    ClusterStore::new(env.backend(), "/service/", "batman", name, ttl)
+}
+
+/// Polls `check` until it holds or `deadline` passes.
+async fn eventually<F, Fut>(what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < deadline, "{what}: still not true after {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+mod cases {
+    use super::*;
+
+    pub async fn acquire_race_has_one_winner<E: Env>(env: &E) {
+        let (a, b) = (node(env, "a"), node(env, "b"));
+        let (ra, rb) = tokio::join!(a.acquire_leader(), b.acquire_leader());
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        assert!(ra ^ rb, "exactly one must win: a={ra} b={rb}");
+        let winner = if ra { "a" } else { "b" };
+        let view = a.load().await.unwrap();
+        let leader = view.leader.unwrap();
+        assert_eq!(leader.name, winner);
+        let lease = if ra { a.lease() } else { b.lease() };
+        assert_eq!(Some(leader.lease), lease, "the leader key is on the winner's lease");
+        // Losing again changes nothing.
+        assert!(!(if ra { b.acquire_leader().await } else { a.acquire_leader().await }).unwrap());
+    }
+
+    pub async fn update_leader_only_by_holder<E: Env>(env: &E) {
+        let (a, b) = (node(env, "a"), node(env, "b"));
+        assert!(a.acquire_leader().await.unwrap());
+        b.load().await.unwrap();
+        assert!(!b.update_leader().await.unwrap(), "b does not hold the key");
+        assert!(a.update_leader().await.unwrap());
+        a.load().await.unwrap();
+        assert!(a.update_leader().await.unwrap());
+        assert_eq!(b.load().await.unwrap().leader.unwrap().name, "a");
+    }
+
+    pub async fn update_leader_reattaches_key_to_own_lease<E: Env>(env: &E) {
+        // A previous incarnation of "a" left the leader key on its lease; the new one moves it to its own.
+        let old = node(env, "a");
+        assert!(old.acquire_leader().await.unwrap());
+        let new = node(env, "a");
+        let before = new.load().await.unwrap().leader.unwrap();
+        assert_eq!(Some(before.lease), old.lease());
+        assert!(new.update_leader().await.unwrap());
+        let after = new.load().await.unwrap().leader.unwrap();
+        assert_eq!(after.name, "a");
+        assert_eq!(Some(after.lease), new.lease());
+        assert_ne!(new.lease(), old.lease());
+    }
+
+    pub async fn delete_leader_by_non_holder_does_nothing<E: Env>(env: &E) {
+        let (a, b) = (node(env, "a"), node(env, "b"));
+        assert!(a.acquire_leader().await.unwrap());
+        assert!(!b.delete_leader().await.unwrap());
+        assert_eq!(a.load().await.unwrap().leader.unwrap().name, "a");
+        assert!(a.delete_leader().await.unwrap());
+        assert!(a.load().await.unwrap().leader.is_none());
+        assert!(b.acquire_leader().await.unwrap());
+    }
+
+    pub async fn cas_with_stale_revision_fails<E: Env>(env: &E) {
+        let (a, b) = (node(env, "a"), node(env, "b"));
+        // config
+        assert!(a.set_config(&json!({"ttl": 30}), None).await.unwrap());
+        let v1 = a.load().await.unwrap().config.unwrap().version;
+        assert!(b.set_config(&json!({"ttl": 40}), Some(v1)).await.unwrap());
+        assert!(!a.set_config(&json!({"ttl": 50}), Some(v1)).await.unwrap(), "stale config version");
+        assert_eq!(a.load().await.unwrap().config.unwrap().value.timing.ttl, 40);
+        // failover
+        let req = FailoverRequest { leader: Some("a".into()), member: Some("b".into()), scheduled_at: None };
+        assert!(a.set_failover(&req, Some(0)).await.unwrap(), "Some(0): only if absent");
+        assert!(!a.set_failover(&req, Some(0)).await.unwrap());
+        let view = a.load().await.unwrap();
+        let fv = view.failover.unwrap();
+        assert_eq!(fv.value, req);
+        assert!(b.clear_failover(Some(fv.version)).await.unwrap());
+        assert!(!a.clear_failover(Some(fv.version)).await.unwrap(), "stale failover version");
+        let view = a.load().await.unwrap();
+        assert!(view.failover.is_none(), "cleared with {{}}");
+        assert!(view.failover_version.is_some());
+        // sync
+        let sync = SyncState { leader: Some("a".into()), sync_standby: vec!["b".into()], quorum: Some(1) };
+        assert!(a.set_sync(&sync, None).await.unwrap());
+        let sv = a.load().await.unwrap().sync.unwrap();
+        assert_eq!(sv.value, sync);
+        assert!(a
+            .set_sync(&SyncState { leader: Some("a".into()), ..Default::default() }, Some(sv.version))
+            .await
+            .unwrap());
+        assert!(!b.set_sync(&sync, Some(sv.version)).await.unwrap(), "stale sync version");
+        assert!(!b.delete_sync(Some(sv.version)).await.unwrap());
+        let current = a.load().await.unwrap().sync.unwrap().version;
+        assert!(b.delete_sync(Some(current)).await.unwrap());
+        assert!(a.load().await.unwrap().sync.is_none());
+    }
+
+    pub async fn initialize_is_create_only<E: Env>(env: &E) {
+        let (a, b) = (node(env, "a"), node(env, "b"));
+        let (ra, rb) = tokio::join!(a.initialize("", true), b.initialize("", true));
+        assert!(ra.unwrap() ^ rb.unwrap(), "one bootstrap winner");
+        assert_eq!(a.load().await.unwrap().initialize.as_deref(), Some(""));
+        assert!(!b.initialize("7000000000000000002", true).await.unwrap());
+        assert!(a.initialize("7000000000000000001", false).await.unwrap());
+        assert_eq!(b.load().await.unwrap().initialize.as_deref(), Some("7000000000000000001"));
+    }
+
+    pub async fn member_key_vanishes_with_lease<E: Env>(env: &E) {
+        let a = node_ttl(env, "a", 2);
+        let b = node(env, "b");
+        assert!(a.touch_member(&json!({"state": "running"})).await.unwrap());
+        assert!(a.acquire_leader().await.unwrap());
+        assert!(b.touch_member(&json!({"state": "running"})).await.unwrap());
+        let view = b.load().await.unwrap();
+        assert!(view.members.contains_key("a"));
+        assert_eq!(view.leader.as_ref().map(|l| l.name.as_str()), Some("a"));
+        // a stops refreshing: its member and leader keys vanish together; b's stay.
+        eventually("a's keys expire", Duration::from_secs(20), || async {
+            let v = b.load().await.unwrap();
+            !v.members.contains_key("a") && v.leader.is_none()
+        })
+        .await;
+        assert!(b.load().await.unwrap().members.contains_key("b"));
+        assert!(b.acquire_leader().await.unwrap());
+    }
+
+    pub async fn touch_member_skips_unchanged_writes<E: Env>(env: &E) {
+        let a = node(env, "a");
+        let data = json!({"state": "running", "role": "replica", "xlog_location": 100});
+        assert!(a.touch_member(&data).await.unwrap());
+        assert!(!a.touch_member(&data).await.unwrap());
+        let view = a.load().await.unwrap();
+        assert_eq!(view.members["a"].xlog_location, Some(Lsn(100)));
+        assert!(!a.touch_member(&data).await.unwrap(), "unchanged value and lease");
+        assert!(a.touch_member(&json!({"state": "running", "xlog_location": 200})).await.unwrap());
+        assert_eq!(a.load().await.unwrap().members["a"].xlog_location, Some(Lsn(200)));
+    }
+
+    pub async fn lease_loss_is_detected_and_regranted<E: Env>(env: &E) {
+        let a = node(env, "a");
+        let data = json!({"state": "running"});
+        assert!(a.touch_member(&data).await.unwrap());
+        let old = a.lease().unwrap();
+        // The lease is lost (expired while we were away, or revoked by an operator).
+        a.backend().revoke(old).await.unwrap();
+        assert!(!a.load().await.unwrap().members.contains_key("a"));
+        assert!(matches!(a.backend().keepalive(old).await, Err(DcsError::LeaseNotFound(_))));
+        let new = a.refresh_lease().await.unwrap();
+        assert_ne!(new, old);
+        assert!(a.touch_member(&data).await.unwrap(), "rewritten on the new lease");
+        assert_eq!(a.load().await.unwrap().members["a"].lease, new);
+        // A write that finds the lease gone re-grants it and retries.
+        a.backend().revoke(new).await.unwrap();
+        assert!(a.acquire_leader().await.unwrap());
+        let view = a.load().await.unwrap();
+        let newer = a.lease().unwrap();
+        assert!(newer != new && newer != old);
+        assert_eq!(view.leader.unwrap().lease, newer);
+    }
+
+    pub async fn watch_wakes_on_leader_change<E: Env>(env: &E) {
+        let (a, b) = (node(env, "a"), node(env, "b"));
+        a.load().await.unwrap();
+        // Nothing happens: the watch times out.
+        let t = Instant::now();
+        assert!(!a.watch(Duration::from_millis(300)).await.unwrap());
+        assert!(t.elapsed() >= Duration::from_millis(250));
+        // Member writes do not wake the leader watch.
+        b.touch_member(&json!({})).await.unwrap();
+        assert!(!a.watch(Duration::from_millis(300)).await.unwrap());
+        // The leader key changes while a waits.
+        let t = Instant::now();
+        let (woke, acquired) = tokio::join!(a.watch(Duration::from_secs(20)), async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            b.acquire_leader().await
+        });
+        assert!(acquired.unwrap());
+        assert!(woke.unwrap());
+        assert!(t.elapsed() < Duration::from_secs(10));
+        // A change between load and watch is not missed.
+        a.load().await.unwrap();
+        assert!(b.delete_leader().await.unwrap());
+        assert!(a.watch(Duration::from_secs(20)).await.unwrap());
+        // The prefix watch sees any key.
+        a.load().await.unwrap();
+        b.touch_member(&json!({"x": 1})).await.unwrap();
+        assert!(a.watch_prefix(Duration::from_secs(20)).await.unwrap());
+    }
+
+    pub async fn garbage_values_do_not_break_load<E: Env>(env: &E) {
+        let a = node(env, "a");
+        let p = a.prefix().to_string();
+        let put = |k: &str, v: &str| Op::Put { key: format!("{p}{k}"), value: v.to_string(), lease: 0 };
+        let garbage = Txn::unconditional(vec![
+            put("config", "{not json"),
+            put("members/x", "\u{0}garbage"),
+            put("members/y/z", "nested"),
+            put("status", "[1,2"),
+            put("failover", "???"),
+            put("sync", "7"),
+            put("history", "{}"),
+            put("failsafe", "null"),
+            put("leader", ""),
+            put("initialize", "  42 \n"),
+            put("unknown", "whatever"),
+        ]);
+        assert!(a.backend().txn(&garbage).await.unwrap());
+        let view = a.load().await.unwrap();
+        assert!(view.notes.len() >= 5, "{:?}", view.notes);
+        assert!(view.members.contains_key("x"));
+        assert!(view.leader.is_none());
+        assert_eq!(view.initialize.as_deref(), Some("42"));
+        assert_eq!(view.dynamic_config().timing.ttl, 30, "defaults for a broken config");
+        // And the node can still work on top of it.
+        assert!(a.touch_member(&json!({"state": "running"})).await.unwrap());
+        assert!(a.load().await.unwrap().members["a"].is_running());
+    }
+
+    pub async fn status_history_failsafe_and_remove<E: Env>(env: &E) {
+        let a = node(env, "a");
+        let mut status = Status { optime: Some(Lsn(100)), ..Default::default() };
+        status.slots.insert("b".into(), Lsn(90));
+        assert!(a.set_status(&status).await.unwrap());
+        assert!(!a.set_status(&status).await.unwrap(), "unchanged status is not rewritten");
+        status.optime = Some(Lsn(200));
+        assert!(a.set_status(&status).await.unwrap());
+        let history = vec![HistoryEntry {
+            timeline: 1,
+            lsn: Lsn(25165984),
+            reason: "no recovery target specified".into(),
+            timestamp: Some("2026-01-01T00:00:00+00:00".into()),
+            new_leader: Some("a".into()),
+        }];
+        a.set_history(&history).await.unwrap();
+        let failsafe = BTreeMap::from([("a".to_string(), "http://127.0.0.1:8008/patroni".to_string())]);
+        a.set_failsafe(&failsafe).await.unwrap();
+        let view = a.load().await.unwrap();
+        assert_eq!(view.status, status);
+        assert_eq!(view.history, history);
+        assert_eq!(view.failsafe, Some(failsafe));
+        assert!(view.notes.is_empty(), "{:?}", view.notes);
+        a.remove_cluster().await.unwrap();
+        assert_eq!(a.load().await.unwrap(), Default::default());
+        assert!(a.set_status(&status).await.unwrap(), "rewritten after the cluster was removed");
+    }
+}
+
+/// Instantiates every generic case once per backend.
+macro_rules! suite {
+    ($($case:ident),* $(,)?) => {
+        mod etcd {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let env = EtcdEnv::start();
+                    cases::$case(&env).await;
+                }
+            )*
+        }
+        mod memory {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let env = MemEnv::start();
+                    cases::$case(&env).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    acquire_race_has_one_winner,
+    update_leader_only_by_holder,
+    update_leader_reattaches_key_to_own_lease,
+    delete_leader_by_non_holder_does_nothing,
+    cas_with_stale_revision_fails,
+    initialize_is_create_only,
+    member_key_vanishes_with_lease,
+    touch_member_skips_unchanged_writes,
+    lease_loss_is_detected_and_regranted,
+    watch_wakes_on_leader_change,
+    garbage_values_do_not_break_load,
+    status_history_failsafe_and_remove,
+);
+
+/// A SIGSTOPped etcd keeps its connections open but answers nothing: every call must fail within the timeout.
+#[tokio::test]
+async fn etcd_paused_calls_fail_within_timeout() {
+    let env = EtcdEnv::start();
+    let timeout = Duration::from_secs(2);
+    let a = ClusterStore::new(env.backend_with_timeout(timeout), "/service/", "batman", "a", 30);
+    a.touch_member(&json!({})).await.unwrap();
+    a.load().await.unwrap();
+    env.server.pause().unwrap();
+    let bound = timeout + Duration::from_secs(2);
+    let t = Instant::now();
+    let err = a.load().await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(t.elapsed() < bound, "load took {:?}", t.elapsed());
+    assert!(err.to_string().contains(&env.server.endpoint()), "the error names the endpoint: {err}");
+    let t = Instant::now();
+    assert!(a.update_leader().await.unwrap_err().is_unavailable());
+    assert!(t.elapsed() < bound, "update_leader took {:?}", t.elapsed());
+    let t = Instant::now();
+    assert!(a.acquire_leader().await.unwrap_err().is_unavailable());
+    assert!(t.elapsed() < bound, "acquire_leader took {:?}", t.elapsed());
+    let t = Instant::now();
+    let watched = a.watch(timeout).await;
+    assert!(!matches!(watched, Ok(true)), "{watched:?}");
+    assert!(t.elapsed() < bound, "watch took {:?}", t.elapsed());
+    // After SIGCONT the same store works again (it reconnects).
+    env.server.resume().unwrap();
+    eventually("etcd answers again", Duration::from_secs(30), || async { a.load().await.is_ok() }).await;
+    assert!(a.acquire_leader().await.unwrap());
+}
+
+/// With several hosts configured, an unreachable one is skipped.
+#[tokio::test]
+async fn etcd_falls_over_to_next_endpoint() {
+    let env = EtcdEnv::start();
+    let dead = format!("127.0.0.1:{}", keel_testkit::free_port().unwrap());
+    let cfg = EtcdConfig::from_hosts(&[dead.as_str(), env.server.endpoint().as_str()], Duration::from_secs(5));
+    assert_eq!(cfg.endpoints[0], format!("http://{dead}"));
+    let a = ClusterStore::new(EtcdBackend::new(cfg).unwrap(), "service", "batman", "a", 30);
+    assert!(a.acquire_leader().await.unwrap());
+    assert_eq!(a.load().await.unwrap().leader.unwrap().name, "a");
+}
+
+#[tokio::test]
+async fn etcd_unreachable_names_endpoint() {
+    let dead = format!("127.0.0.1:{}", keel_testkit::free_port().unwrap());
+    let backend = EtcdBackend::new(EtcdConfig::from_hosts(&[dead.as_str()], Duration::from_secs(2))).unwrap();
+    let t = Instant::now();
+    let err = backend.range("/service/x/").await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(err.to_string().contains(&dead), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(4));
+    assert!(matches!(
+        EtcdBackend::new(EtcdConfig::from_hosts::<&str>(&[], Duration::from_secs(1))),
+        Err(DcsError::Config(_))
+    ));
+}
