@@ -1,0 +1,3 @@
+//! Keel's local configuration: Patroni's YAML file, read unchanged.
+
+pub mod yaml;
