@@ -132,7 +132,9 @@ impl Node {
 }
 
 fn float_json(f: f64) -> serde_json::Value {
-    serde_json::Number::from_f64(f).map(serde_json::Value::Number).unwrap_or_else(|| serde_json::Value::String(f.to_string()))
+    serde_json::Number::from_f64(f)
+        .map(serde_json::Value::Number)
+        .unwrap_or_else(|| serde_json::Value::String(f.to_string()))
 }
 
 /// A YAML parse error with its position.
