@@ -1,4 +1,5 @@
 //! Keel's agent: everything that talks to the outside world (configuration files, the store, PostgreSQL, HTTP).
 //! The decisions themselves live in the `keel-core` crate.
 
+pub mod cli;
 pub mod config;
