@@ -2,5 +2,7 @@
 //! The decisions themselves live in the `keel-core` crate.
 
 pub mod api;
+pub mod cli;
+pub mod config;
 pub mod dcs;
 pub mod status;

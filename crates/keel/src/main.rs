@@ -1,3 +1,3 @@
-fn main() {
-    println!("keel {}", env!("CARGO_PKG_VERSION"));
+fn main() -> std::process::ExitCode {
+    keel::cli::main()
 }

@@ -1,0 +1,195 @@
+//! The `keel` command line.
+//!
+//! Surface: `keel run CONFIG`, `keel validate CONFIG`, `keel demo`, and patronictl-style control commands as
+//! `keel -c CONFIG <command>` (the configuration also comes from `KEEL_CONFIG` or `PATRONICTL_CONFIG_FILE`).
+//!
+//! To add a command: add a variant (with an `Args` struct) to [`Command`] or [`CtlCommand`] and a match arm in
+//! [`dispatch`] / [`ctl`] that calls a function returning an [`ExitCode`]-style `u8`. Control commands get the
+//! resolved configuration path from [`Cli::config_path`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, Config};
+
+/// Exit status for success.
+pub const EXIT_OK: u8 = 0;
+/// Exit status for a bad configuration, a bad invocation or a command that is not implemented.
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(name = "keel", version, about = "Keel: PostgreSQL high availability, configured like Patroni")]
+pub struct Cli {
+    /// Configuration file for control commands (also KEEL_CONFIG or PATRONICTL_CONFIG_FILE).
+    #[arg(short = 'c', long = "config", global = true, env = "KEEL_CONFIG", value_name = "CONFIG")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// The configuration path for control commands: `-c`, else `KEEL_CONFIG`, else `PATRONICTL_CONFIG_FILE`.
+    pub fn config_path(&self) -> Option<PathBuf> {
+        self.config
+            .clone()
+            .or_else(|| std::env::var_os("PATRONICTL_CONFIG_FILE").filter(|v| !v.is_empty()).map(PathBuf::from))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent for the node described by CONFIG.
+    Run(ConfigArg),
+    /// Check CONFIG and print a one-line summary (warnings on stderr).
+    Validate(ConfigArg),
+    /// Start a local demonstration cluster.
+    Demo(RestArgs),
+    #[command(flatten)]
+    Ctl(CtlCommand),
+}
+
+/// A positional configuration file.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Patroni-style YAML configuration file.
+    pub config: PathBuf,
+}
+
+/// Placeholder arguments for commands not implemented yet: accepts anything, so scripts get a clear
+/// "not implemented yet" rather than a usage error. Replace with real arguments when implementing a command.
+#[derive(Debug, Args, Default)]
+pub struct RestArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub args: Vec<String>,
+}
+
+/// patronictl's commands, run against the cluster named by `-c CONFIG`.
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// List the members of the cluster.
+    List(RestArgs),
+    /// The cluster as a tree of cascading replicas.
+    Topology(RestArgs),
+    /// Planned switchover to a replica.
+    Switchover(RestArgs),
+    /// Manual failover to a replica.
+    Failover(RestArgs),
+    /// Edit the cluster-wide (dynamic) configuration.
+    EditConfig(RestArgs),
+    /// Show the cluster-wide (dynamic) configuration.
+    ShowConfig(RestArgs),
+    /// Stop automatic failover (maintenance mode).
+    Pause(RestArgs),
+    /// Resume automatic failover.
+    Resume(RestArgs),
+    /// Restart PostgreSQL on members.
+    Restart(RestArgs),
+    /// Rebuild a replica from the leader.
+    Reinit(RestArgs),
+    /// Reload the configuration of members.
+    Reload(RestArgs),
+    /// Timeline history of the cluster.
+    History(RestArgs),
+    /// The connection string of a member.
+    Dsn(RestArgs),
+    /// Remove the cluster from the store.
+    Remove(RestArgs),
+}
+
+impl CtlCommand {
+    pub fn name(&self) -> &'static str {
+        match self {
+            CtlCommand::List(_) => "list",
+            CtlCommand::Topology(_) => "topology",
+            CtlCommand::Switchover(_) => "switchover",
+            CtlCommand::Failover(_) => "failover",
+            CtlCommand::EditConfig(_) => "edit-config",
+            CtlCommand::ShowConfig(_) => "show-config",
+            CtlCommand::Pause(_) => "pause",
+            CtlCommand::Resume(_) => "resume",
+            CtlCommand::Restart(_) => "restart",
+            CtlCommand::Reinit(_) => "reinit",
+            CtlCommand::Reload(_) => "reload",
+            CtlCommand::History(_) => "history",
+            CtlCommand::Dsn(_) => "dsn",
+            CtlCommand::Remove(_) => "remove",
+        }
+    }
+}
+
+/// Entry point for `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ExitCode::from(dispatch(&cli))
+}
+
+/// Runs a parsed command line and returns the exit status.
+pub fn dispatch(cli: &Cli) -> u8 {
+    match &cli.command {
+        Command::Validate(a) => validate(&a.config),
+        Command::Run(_) => not_implemented("run"),
+        Command::Demo(_) => not_implemented("demo"),
+        Command::Ctl(c) => ctl(cli, c),
+    }
+}
+
+fn ctl(cli: &Cli, command: &CtlCommand) -> u8 {
+    if cli.config_path().is_none() {
+        eprintln!(
+            "error: `keel {}` needs a configuration: -c CONFIG, KEEL_CONFIG or PATRONICTL_CONFIG_FILE",
+            command.name()
+        );
+        return EXIT_USAGE;
+    }
+    not_implemented(command.name())
+}
+
+fn not_implemented(name: &str) -> u8 {
+    eprintln!("keel {name}: not implemented yet");
+    EXIT_USAGE
+}
+
+/// `keel validate CONFIG`.
+pub fn validate(path: &std::path::Path) -> u8 {
+    match Config::load(path, &config::env::from_process()) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("warning: {w}");
+            }
+            println!("ok: {}", loaded.config.summary());
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_USAGE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_the_command_surface() {
+        let cli = Cli::try_parse_from(["keel", "validate", "a.yml"]).unwrap();
+        assert!(matches!(cli.command, Command::Validate(ref a) if a.config == PathBuf::from("a.yml")));
+        let cli = Cli::try_parse_from(["keel", "-c", "a.yml", "list"]).unwrap();
+        assert!(matches!(cli.command, Command::Ctl(CtlCommand::List(_))));
+        assert_eq!(cli.config_path(), Some(PathBuf::from("a.yml")));
+        let cli = Cli::try_parse_from(["keel", "switchover", "--candidate", "n2", "-c", "b.yml"]).unwrap();
+        assert!(matches!(cli.command, Command::Ctl(CtlCommand::Switchover(_))));
+        assert!(Cli::try_parse_from(["keel", "run"]).is_err());
+        assert!(Cli::try_parse_from(["keel", "demo"]).is_ok());
+        assert!(Cli::try_parse_from(["keel", "edit-config"]).is_ok());
+    }
+}
