@@ -1,2 +1,4 @@
 //! Keel's agent: everything that talks to the outside world (configuration files, the store, PostgreSQL, HTTP).
 //! The decisions themselves live in the `keel-core` crate.
+
+pub mod postgres;
