@@ -60,8 +60,10 @@ pub async fn ensure_role(session: &Session, spec: &RoleSpec) -> Result<bool, PgE
         .map_err(|source| PgError::Query { what: what("looking up"), source })?;
     let template = template(spec, exists);
     let row = match &spec.password {
-        Some(password) => client.query_one("SELECT format($1, $2, $3)", &[&template, &spec.name, password]).await,
-        None => client.query_one("SELECT format($1, $2)", &[&template, &spec.name]).await,
+        Some(password) => {
+            client.query_one("SELECT format($1::text, $2::text, $3::text)", &[&template, &spec.name, password]).await
+        }
+        None => client.query_one("SELECT format($1::text, $2::text)", &[&template, &spec.name]).await,
     };
     let statement: String =
         row.and_then(|row| row.try_get(0)).map_err(|source| PgError::Query { what: what("preparing"), source })?;
@@ -73,7 +75,7 @@ pub async fn ensure_role(session: &Session, spec: &RoleSpec) -> Result<bool, PgE
         for function in REWIND_FUNCTIONS {
             let template = format!("GRANT EXECUTE ON FUNCTION {function} TO %I");
             let statement: String = client
-                .query_one("SELECT format($1, $2)", &[&template, &spec.name])
+                .query_one("SELECT format($1::text, $2::text)", &[&template, &spec.name])
                 .await
                 .and_then(|row| row.try_get(0))
                 .map_err(|source| PgError::Query { what: what("preparing grants for"), source })?;
