@@ -5,4 +5,5 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod dcs;
+pub mod postgres;
 pub mod status;
