@@ -7,3 +7,4 @@ pub mod config;
 pub mod dcs;
 pub mod postgres;
 pub mod status;
+pub mod agent;
