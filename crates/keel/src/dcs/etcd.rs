@@ -356,3 +356,24 @@ impl KvBackend for EtcdBackend {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_split_and_get_a_scheme() {
+        let cfg =
+            EtcdConfig::from_hosts(&["10.0.0.1:2379, 10.0.0.2:2379", "https://e3:2379", " "], Duration::from_secs(3));
+        assert_eq!(cfg.endpoints, ["http://10.0.0.1:2379", "http://10.0.0.2:2379", "https://e3:2379"]);
+        assert!(matches!(EtcdBackend::new(EtcdConfig { endpoints: vec![], ..cfg.clone() }), Err(DcsError::Config(_))));
+        assert!(matches!(EtcdBackend::new(EtcdConfig { timeout: Duration::ZERO, ..cfg }), Err(DcsError::Config(_))));
+    }
+
+    #[test]
+    fn lease_hint_comes_from_the_first_leased_put() {
+        let ops = keel_core::store::ClusterOps::new("service", "c");
+        assert!(matches!(txn_lease(&ops.acquire_leader("a", 7)), LeaseHint::Lease(7)));
+        assert!(matches!(txn_lease(&ops.delete_leader("a")), LeaseHint::None));
+    }
+}

@@ -84,6 +84,9 @@ pub trait KvBackend: Send + Sync + 'static {
     fn range(&self, prefix: &str) -> impl Future<Output = Result<Range, DcsError>> + Send;
 
     /// Runs a transaction; `Ok(true)` when all compares held (the success branch ran).
+    ///
+    /// A transaction that failed with [`DcsError::is_unavailable`] may still have been applied (the request
+    /// reached etcd, the answer did not come back in time): reload before acting on the failure.
     fn txn(&self, txn: &Txn) -> impl Future<Output = Result<bool, DcsError>> + Send;
 
     /// Grants a lease of `ttl_secs` seconds and returns its id.

@@ -309,3 +309,46 @@ impl<B: KvBackend> ClusterStore<B> {
         self.backend.watch(&[WatchKey::Prefix(self.ops.prefix().to_string())], after, timeout).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dcs::{EtcdBackend, MemoryBackend};
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// The agent spawns store calls on a multi-threaded runtime: no state guard may be held across an await.
+    #[allow(dead_code)]
+    fn futures_are_send<B: KvBackend>(s: &ClusterStore<B>) {
+        assert_send(&s.load());
+        assert_send(&s.ensure_lease());
+        assert_send(&s.refresh_lease());
+        assert_send(&s.acquire_leader());
+        assert_send(&s.update_leader());
+        assert_send(&s.delete_leader());
+        assert_send(&s.touch_member(&Value::Null));
+        assert_send(&s.initialize("", true));
+        assert_send(&s.set_status(&Status::default()));
+        assert_send(&s.revoke_lease());
+        assert_send(&s.remove_cluster());
+        assert_send(&s.watch(Duration::ZERO));
+    }
+
+    #[allow(dead_code)]
+    fn both_backends(e: &ClusterStore<EtcdBackend>, m: &ClusterStore<MemoryBackend>) {
+        futures_are_send(e);
+        futures_are_send(m);
+    }
+
+    #[tokio::test]
+    async fn lost_lease_is_regranted_on_memory_backend() {
+        let s = ClusterStore::new(MemoryBackend::new(), "service", "c", "a", 30);
+        let l1 = s.ensure_lease().await.unwrap();
+        assert_eq!(s.ensure_lease().await.unwrap(), l1);
+        assert_eq!(s.refresh_lease().await.unwrap(), l1);
+        s.backend().revoke(l1).await.unwrap();
+        let l2 = s.refresh_lease().await.unwrap();
+        assert_ne!(l1, l2);
+        assert_eq!(s.lease(), Some(l2));
+    }
+}
