@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::bins::{PgBinaries, Tool};
+use super::datadir::{self, DataDirError};
 use super::process::{self, CommandError, Finished, RunAs};
 use super::ConnParams;
 
@@ -126,6 +127,8 @@ pub enum CtlError {
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     User(#[from] process::UnknownUser),
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
 }
 
 /// Controls one data directory.
@@ -225,8 +228,11 @@ impl PgCtl {
     }
 
     /// `pg_ctl start -l <log_file>`, waiting (`-w`) up to `timeout` until it accepts connections when `wait`.
-    /// A port already in use gives [`CtlError::PortInUse`].
+    /// A port already in use gives [`CtlError::PortInUse`]; a data directory with the wrong owner or mode gives
+    /// [`CtlError::DataDir`] before anything runs.
     pub async fn start(&self, wait: bool, timeout: Duration) -> Result<(), CtlError> {
+        let (uid, _) = self.run_as.owner()?;
+        datadir::check_permissions(&self.data_dir, uid)?;
         let log_offset = std::fs::metadata(&self.log_file).map(|m| m.len()).unwrap_or(0);
         if !self.log_file.exists() {
             let io =
