@@ -339,6 +339,7 @@ async fn start_on_a_port_in_use_says_so() {
         let err = ctl.start(true, TIMEOUT).await.expect_err("the port is taken");
         assert!(matches!(err, CtlError::PortInUse { port: Some(p), .. } if p == port), "{err}");
         let text = err.to_string();
+        eprintln!("port in use: {text}");
         assert!(text.contains("Address already in use") && text.contains("change postgresql.listen"), "{text}");
         assert!(!ctl.is_running());
         drop(taken);
@@ -360,6 +361,7 @@ async fn data_directory_of_another_user_says_so() {
     let err = datadir::inspect(&data, &bins, &expected).await.expect_err("wrong owner");
     assert!(matches!(err, DataDirError::WrongOwner { .. }), "{err}");
     let text = err.to_string();
+    eprintln!("wrong owner: {text}");
     assert!(text.contains("is owned by") && text.contains("run `chown -R"), "{text}");
     assert_eq!(text.lines().count(), 1, "{text}");
     let ctl = PgCtl::new(bins, expected, &data);

@@ -114,7 +114,8 @@ pub enum CtlError {
     #[error(transparent)]
     Command(#[from] CommandError),
     #[error(
-        "PostgreSQL could not start: {line}: another server already uses this address/port; stop it or change postgresql.listen"
+        "PostgreSQL could not start: {} is already in use ({line}): stop whatever uses it or change postgresql.listen",
+        .port.map(|p| format!("port {p}")).unwrap_or_else(|| "its address".to_string())
     )]
     PortInUse { port: Option<u16>, line: String },
     #[error("PostgreSQL did not start: {output}; server log {log_file}: {log}")]
@@ -250,7 +251,8 @@ impl PgCtl {
         let log = read_from(&self.log_file, log_offset);
         if let Some(line) = log.lines().find(|l| l.contains("Address already in use")) {
             let port = log.lines().find_map(port_from_hint);
-            return Err(CtlError::PortInUse { port, line: line.trim().to_string() });
+            let line = line.find("could not bind").map_or(line, |at| &line[at..]).trim().to_string();
+            return Err(CtlError::PortInUse { port, line });
         }
         tracing::warn!(stdout = %finished.stdout, stderr = %finished.stderr, log = %log, "pg_ctl start failed");
         Err(CtlError::StartFailed {
