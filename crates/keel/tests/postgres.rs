@@ -218,6 +218,22 @@ async fn lifecycle(major: u32, bin_dir: &Path) {
     assert!(conf::pending_restart(&settings).is_empty());
     session.execute_script("SELECT pg_create_physical_replication_slot('replica1')").await.expect("create slot");
 
+    // A postmaster-context change waits for a restart after a reload; a user-context one does not.
+    let mut changed = server_conf(root, port1, None);
+    changed.parameters.insert("shared_buffers".into(), "24MB".into());
+    changed.parameters.insert("work_mem".into(), "8MB".into());
+    let names = conf::changed_parameters(&server_conf(root, port1, None).parameters, &changed.parameters);
+    assert_eq!(conf::restart_needed(&names, &settings), ["shared_buffers"]);
+    conf::write_config(&primary.data_dir, &changed, None, &run_as).expect("rewrite conf");
+    primary.reload(TIMEOUT).await.expect("reload");
+    let pending = wait_for("pending_restart after the reload", TIMEOUT, || async {
+        let settings = connect(port1).await.settings().await.ok()?;
+        let pending = conf::pending_restart(&settings);
+        (!pending.is_empty()).then_some(pending)
+    })
+    .await;
+    assert_eq!(pending, ["shared_buffers"]);
+
     // A replica from a base backup, streaming through the slot.
     let replica = PgCtl::new(bins.clone(), run_as.clone(), root.join("replica"));
     guard.watch(&replica);
@@ -323,6 +339,7 @@ async fn start_on_a_port_in_use_says_so() {
         let err = ctl.start(true, TIMEOUT).await.expect_err("the port is taken");
         assert!(matches!(err, CtlError::PortInUse { port: Some(p), .. } if p == port), "{err}");
         let text = err.to_string();
+        eprintln!("port in use: {text}");
         assert!(text.contains("Address already in use") && text.contains("change postgresql.listen"), "{text}");
         assert!(!ctl.is_running());
         drop(taken);
@@ -344,6 +361,10 @@ async fn data_directory_of_another_user_says_so() {
     let err = datadir::inspect(&data, &bins, &expected).await.expect_err("wrong owner");
     assert!(matches!(err, DataDirError::WrongOwner { .. }), "{err}");
     let text = err.to_string();
+    eprintln!("wrong owner: {text}");
     assert!(text.contains("is owned by") && text.contains("run `chown -R"), "{text}");
     assert_eq!(text.lines().count(), 1, "{text}");
+    let ctl = PgCtl::new(bins, expected, &data);
+    let err = ctl.start(true, TIMEOUT).await.expect_err("wrong owner");
+    assert!(matches!(err, CtlError::DataDir(DataDirError::WrongOwner { .. })), "{err}");
 }

@@ -75,7 +75,8 @@ impl PgBinaries {
         let postgres = dir.join(Tool::Postgres.file_name());
         let output = std::process::Command::new(&postgres)
             .arg("--version")
-            .env("LC_ALL", "C")
+            .env_remove("LC_ALL")
+            .env("LC_MESSAGES", "C")
             .output()
             .map_err(|source| BinError::Version { path: postgres.clone(), source })?;
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -113,7 +114,6 @@ pub fn parse_version(output: &str) -> Option<(u32, String)> {
         .unwrap_or_else(|| line.split_whitespace().last().unwrap_or_default());
     let digits: String = version.chars().take_while(|c| c.is_ascii_digit()).collect();
     let major: u32 = digits.parse().ok()?;
-    // 9.6 and older had two-part majors; Keel does not support them, but report them as 9.
     Some((major, version.to_string()))
 }
 

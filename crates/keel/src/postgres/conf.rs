@@ -199,6 +199,31 @@ pub fn passfile_line(params: &ConnParams, password: &str) -> String {
     format!("{}:{}:*:{}:{}\n", esc(&params.host), params.port, esc(&params.user), esc(password))
 }
 
+/// Finds the password for `params` in libpq password-file text (`host:port:db:user:password`, `*` matches anything,
+/// a backslash escapes `:` and itself), as libpq does: the first matching line wins.
+pub fn passfile_lookup(text: &str, params: &ConnParams) -> Option<String> {
+    let port = params.port.to_string();
+    let wanted = [params.host.as_str(), port.as_str(), params.dbname.as_str(), params.user.as_str()];
+    text.lines().filter(|l| !l.trim_start().starts_with('#')).find_map(|line| {
+        let fields = split_passfile_line(line)?;
+        let matches = fields[..4].iter().zip(wanted).all(|(field, want)| field == "*" || field == want);
+        matches.then(|| fields[4].clone())
+    })
+}
+
+fn split_passfile_line(line: &str) -> Option<Vec<String>> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => fields.last_mut()?.push(chars.next().unwrap_or('\\')),
+            ':' if fields.len() < 5 => fields.push(String::new()),
+            c => fields.last_mut()?.push(c),
+        }
+    }
+    (fields.len() == 5).then_some(fields)
+}
+
 /// Writes `contents` to `path` atomically (temporary file and rename), mode 0600, owned by the PostgreSQL user.
 pub fn write_file(path: &Path, contents: &str, run_as: &RunAs) -> Result<(), ConfError> {
     let werr = |source| ConfError::Write { path: path.to_path_buf(), source };
@@ -411,6 +436,10 @@ mod tests {
         let conninfo = primary_conninfo(&primary);
         assert!(!conninfo.contains("secret") && conninfo.contains("passfile=/var/lib/postgresql/.pgpass"));
         assert_eq!(passfile_line(&primary, "a:b\\c"), "h:1:*:u:a\\:b\\\\c\n");
+        let text = format!("# comment\nother:1:*:u:no\n{}", passfile_line(&primary, "a:b\\c"));
+        assert_eq!(passfile_lookup(&text, &primary).as_deref(), Some("a:b\\c"));
+        assert_eq!(passfile_lookup("*:*:*:*:any\n", &primary).as_deref(), Some("any"));
+        assert_eq!(passfile_lookup("h:2:*:u:no\n", &primary), None);
     }
 
     #[test]

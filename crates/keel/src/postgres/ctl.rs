@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::bins::{PgBinaries, Tool};
+use super::datadir::{self, DataDirError};
 use super::process::{self, CommandError, Finished, RunAs};
 use super::ConnParams;
 
@@ -113,7 +114,8 @@ pub enum CtlError {
     #[error(transparent)]
     Command(#[from] CommandError),
     #[error(
-        "PostgreSQL could not start: {line}: another server already uses this address/port; stop it or change postgresql.listen"
+        "PostgreSQL could not start: {} is already in use ({line}): stop whatever uses it or change postgresql.listen",
+        .port.map(|p| format!("port {p}")).unwrap_or_else(|| "its address".to_string())
     )]
     PortInUse { port: Option<u16>, line: String },
     #[error("PostgreSQL did not start: {output}; server log {log_file}: {log}")]
@@ -126,6 +128,8 @@ pub enum CtlError {
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     User(#[from] process::UnknownUser),
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
 }
 
 /// Controls one data directory.
@@ -225,8 +229,11 @@ impl PgCtl {
     }
 
     /// `pg_ctl start -l <log_file>`, waiting (`-w`) up to `timeout` until it accepts connections when `wait`.
-    /// A port already in use gives [`CtlError::PortInUse`].
+    /// A port already in use gives [`CtlError::PortInUse`]; a data directory with the wrong owner or mode gives
+    /// [`CtlError::DataDir`] before anything runs.
     pub async fn start(&self, wait: bool, timeout: Duration) -> Result<(), CtlError> {
+        let (uid, _) = self.run_as.owner()?;
+        datadir::check_permissions(&self.data_dir, uid)?;
         let log_offset = std::fs::metadata(&self.log_file).map(|m| m.len()).unwrap_or(0);
         if !self.log_file.exists() {
             let io =
@@ -244,7 +251,8 @@ impl PgCtl {
         let log = read_from(&self.log_file, log_offset);
         if let Some(line) = log.lines().find(|l| l.contains("Address already in use")) {
             let port = log.lines().find_map(port_from_hint);
-            return Err(CtlError::PortInUse { port, line: line.trim().to_string() });
+            let line = line.find("could not bind").map_or(line, |at| &line[at..]).trim().to_string();
+            return Err(CtlError::PortInUse { port, line });
         }
         tracing::warn!(stdout = %finished.stdout, stderr = %finished.stderr, log = %log, "pg_ctl start failed");
         Err(CtlError::StartFailed {

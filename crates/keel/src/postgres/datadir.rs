@@ -200,7 +200,7 @@ pub async fn controldata(data_dir: &Path, bins: &PgBinaries, run_as: &RunAs) -> 
         .map_err(|problem| DataDirError::BadControldata { path: data_dir.to_path_buf(), problem })
 }
 
-/// Reads `pg_controldata` output (`LC_ALL=C`).
+/// Reads `pg_controldata` output (untranslated: `LC_MESSAGES=C`).
 pub fn parse_controldata(text: &str) -> Result<ControlData, String> {
     let field = |name: &str| -> Result<&str, String> {
         text.lines()

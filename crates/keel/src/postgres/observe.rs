@@ -7,7 +7,7 @@ use keel_core::view::Role;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row, SimpleQueryMessage};
 
-use super::conf::{ParamContext, Setting};
+use super::conf::{self, ParamContext, Setting};
 use super::ConnParams;
 
 /// Why talking to PostgreSQL failed.
@@ -152,7 +152,7 @@ impl Drop for Session {
 }
 
 /// Connects with a connect timeout and `statement_timeout` set for the whole session (0 disables it).
-/// `params.passfile` is not read here: give the password in `params.password`.
+/// Without `params.password`, the password comes from `params.passfile` (libpq format) when one is set.
 pub async fn connect(params: &ConnParams, statement_timeout: Duration) -> Result<Session, PgError> {
     let target = format!("{}:{} as {} (database {})", params.host, params.port, params.user, params.dbname);
     let mut config = tokio_postgres::Config::new();
@@ -163,7 +163,11 @@ pub async fn connect(params: &ConnParams, statement_timeout: Duration) -> Result
         .dbname(&params.dbname)
         .connect_timeout(params.connect_timeout)
         .options(format!("-c statement_timeout={}", statement_timeout.as_millis()));
-    if let Some(password) = &params.password {
+    let from_passfile = match (&params.password, &params.passfile) {
+        (None, Some(path)) => std::fs::read_to_string(path).ok().and_then(|text| conf::passfile_lookup(&text, params)),
+        _ => None,
+    };
+    if let Some(password) = params.password.as_ref().or(from_passfile.as_ref()) {
         config.password(password);
     }
     config.application_name(params.application_name.as_deref().unwrap_or("keel"));

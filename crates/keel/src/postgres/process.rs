@@ -50,7 +50,8 @@ impl RunAs {
     }
 
     /// A command for `program` as the chosen user, in `/` (the agent's working directory may not be readable by
-    /// that user), with `LC_ALL=C` so messages can be recognised.
+    /// that user), with `LC_MESSAGES=C` so messages can be recognised. `LC_ALL` would override that, so its value
+    /// moves to `LANG`: `initdb` still picks the cluster's locale from the environment.
     pub fn command(&self, program: &Path) -> Command {
         let mut cmd = match &self.user {
             Some(user) => {
@@ -60,7 +61,10 @@ impl RunAs {
             }
             None => Command::new(program),
         };
-        cmd.current_dir("/").env("LC_ALL", "C").env("LANG", "C").stdin(Stdio::null()).kill_on_drop(true);
+        if let Some(all) = std::env::var_os("LC_ALL") {
+            cmd.env_remove("LC_ALL").env("LANG", all);
+        }
+        cmd.current_dir("/").env("LC_MESSAGES", "C").stdin(Stdio::null()).kill_on_drop(true);
         cmd
     }
 
