@@ -517,6 +517,9 @@ impl Ctx<'_> {
         if self.input.tags.no_failover() {
             return Err(Ineligible::NoFailoverTag);
         }
+        if !self.input.agent.lease_valid {
+            return Err(Ineligible::NoLease);
+        }
         if let Some(fs) = &view.failsafe {
             if !fs.is_empty() && !fs.contains_key(self.me) {
                 return Err(Ineligible::NotInFailsafe);

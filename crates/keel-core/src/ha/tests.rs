@@ -389,6 +389,9 @@ rows! {
     race_failsafe_excludes_unlisted_member:
         input("n2", &World::healthy().no_leader().with("failsafe", r#"{"n1":"http://h"}"#), replica_pg(1000)) => [],
         Reason::NotHealthiest(Ineligible::NotInFailsafe);
+    race_without_lease_stays_out:
+        { let mut i = input("n2", &World::healthy().no_leader(), replica_pg(1000)); i.agent.lease_valid = false; i }
+        => [], Reason::NotHealthiest(Ineligible::NoLease);
     race_unknown_wal_position_stays_out:
         input("n2", &World::healthy().no_leader(),
             PgObservation { received_lsn: None, replayed_lsn: None, ..replica_pg(1000) }) => [],

@@ -95,9 +95,11 @@ impl PgObservation {
 pub struct AgentState {
     /// The view was read from the store this cycle. When false, `view` is the last one read (possibly stale).
     pub store_ok: bool,
-    /// The runtime's lease is alive: its last keepalive succeeded less than `ttl` ago.
+    /// The runtime's lease is alive: its last keepalive (or grant) succeeded less than `ttl` ago. Without one
+    /// the node does not enter the leader race. (A key holder's refresh is checked by the `UpdateLeader` guard.)
     pub lease_valid: bool,
-    /// When the leader key was last refreshed successfully by this node (for logs and the failsafe window).
+    /// When the leader key was last refreshed successfully by this node. Informational today (logs); meant for
+    /// failsafe mode, which is not implemented yet.
     pub last_leader_refresh: Option<Millis>,
 }
 
@@ -245,6 +247,8 @@ impl Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ineligible {
     NoFailoverTag,
+    /// The runtime holds no live lease to attach the leader key to.
+    NoLease,
     PgStarting,
     /// Our WAL position is not known, so the lag cannot be judged.
     WalPositionUnknown,
@@ -283,6 +287,7 @@ impl fmt::Display for Ineligible {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Ineligible::NoFailoverTag => write!(f, "nofailover is set"),
+            Ineligible::NoLease => write!(f, "I hold no live store lease"),
             Ineligible::PgStarting => write!(f, "PostgreSQL is still starting"),
             Ineligible::WalPositionUnknown => write!(f, "my WAL position is unknown"),
             Ineligible::Lagging { lag, max } => {
