@@ -298,6 +298,20 @@ impl Ctx<'_> {
             let reason = if self.paused { Reason::LeaderWithLockPaused { me } } else { Reason::LeaderWithLock { me } };
             return guarded(actions, reason, self.lock_lost_fallback());
         }
+        // A switchover whose key release failed after the graceful demotion: finish it instead of promoting back.
+        let handing_over = self
+            .input
+            .view
+            .failover
+            .as_ref()
+            .and_then(|f| f.value.member.as_deref())
+            .filter(|c| *c != self.me && self.input.view.members.get(*c).is_some_and(|m| m.is_running()));
+        if let Some(candidate) = handing_over {
+            return plan(
+                vec![Action::ReleaseLeader { last_lsn: pg.wal_position() }],
+                Reason::ReleasingForCandidate { candidate: candidate.to_string() },
+            );
+        }
         actions.push(Action::Promote { cause: PromoteCause::HadLock });
         guarded(actions, Reason::PromotedWithLock, self.lock_lost_fallback())
     }

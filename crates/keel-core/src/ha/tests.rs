@@ -301,6 +301,9 @@ rows! {
     leader_key_holder_promotes:
         input("n1", &World::healthy(), replica_pg(1000)) => [update(None), Action::Promote { cause: PromoteCause::HadLock }],
         Reason::PromotedWithLock;
+    replica_with_lock_finishes_switchover:
+        input("n1", &n2_switchover(""), replica_pg(1000)) => [Action::ReleaseLeader { last_lsn: Some(Lsn(1000)) }],
+        Reason::ReleasingForCandidate { candidate: "n2".into() };
     paused_replica_with_lock_releases:
         input("n1", &World::healthy().with("config", r#"{"pause":true}"#), replica_pg(1000))
         => [Action::ReleaseLeader { last_lsn: Some(Lsn(1000)) }], Reason::PausedReplicaReleasedLock;

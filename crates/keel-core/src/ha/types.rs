@@ -215,14 +215,18 @@ pub enum Action {
     ReleaseLeader { last_lsn: Option<Lsn> },
     /// `pg_ctl promote`; then append to `history` and run the post-promote CHECKPOINT.
     Promote { cause: PromoteCause },
-    /// Step down in this mode, then (unless `Offline`) restart as a replica without upstream.
+    /// Step down in this mode, then (unless `Offline`) restart as a replica without upstream. `Graceful` returns
+    /// once a replica confirmed the shutdown checkpoint (or a timeout passed); the `ReleaseLeader` that follows
+    /// lets the candidate win.
     Demote { mode: DemoteMode },
     /// Re-point `primary_conninfo` to `upstream` (the leader, or the member named by our `replicatefrom` tag) by
     /// reload or restart, and stream from it.
     Follow { upstream: String },
-    /// **Guard.** Compare our timeline/LSN with `leader`'s (`IDENTIFY_SYSTEM` + `TIMELINE_HISTORY`). If diverged
-    /// and `use_pg_rewind`, stop PostgreSQL cleanly and run `pg_rewind` from `leader`. The guard fails when the
-    /// node diverged and could not be rewound (rewind disabled or failed): then a reinit is needed.
+    /// **Guard.** Compare our timeline/LSN with `leader`'s (`IDENTIFY_SYSTEM` + `TIMELINE_HISTORY`, Patroni's
+    /// `_check_timeline_and_lsn`). If diverged and `use_pg_rewind`, stop PostgreSQL cleanly and run `pg_rewind`
+    /// from `leader`; the next action (`Follow` or `StartPostgres`) starts it again as a replica. The guard fails
+    /// when the leader cannot be asked, or the node diverged and could not be rewound (rewind disabled or failed):
+    /// then a reinit is needed and PostgreSQL is left as it is.
     CheckDivergence { leader: String, use_pg_rewind: bool },
     /// Clear the `failover` key (write `{}` guarded by this revision).
     ClearFailover { version: i64 },
@@ -410,6 +414,7 @@ pub enum Reason {
     // Manual failover / switchover on the leader.
     SwitchoverDemoting { candidate: Option<String> },
     SwitchoverScheduled { at: Millis },
+    ReleasingForCandidate { candidate: String },
     FailoverRefused(FailoverRefusal),
 }
 
@@ -488,6 +493,9 @@ impl fmt::Display for Reason {
             SwitchoverDemoting { candidate: None } => write!(f, "manual failover: demoting myself"),
             SwitchoverScheduled { at } => write!(f, "no action. Awaiting scheduled switchover at {} ms", at.0),
             FailoverRefused(why) => write!(f, "manual failover: {why}"),
+            ReleasingForCandidate { candidate } => {
+                write!(f, "manual failover: releasing the leader key as a replica in favour of {candidate}")
+            }
         }
     }
 }
