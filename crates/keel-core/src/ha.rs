@@ -22,7 +22,9 @@
 //!   clone from a `clonefrom` member or the leader when there is a leader; race for `initialize` (guard) and
 //!   bootstrap when the cluster is not initialized; else wait for the bootstrapper. Invalid → release the key,
 //!   wait for an operator. Initialized with a system identifier other than `initialize` → refuse to run.
-//! - **PostgreSQL state unknown** → wait; we do not refresh the leader key on unknown state (Patroni's rule).
+//! - **PostgreSQL state unknown** → wait. A key holder emits no `UpdateLeader`, but its key stays attached to the
+//!   runtime's lease, so nobody else is promoted meanwhile (as in Patroni, where `touch_member` refreshes the
+//!   shared lease).
 //! - **starting** → keep the leader key if ours; a starting primary without the key is stopped.
 //! - **stopped** → start read-only while holding the key, else start as a replica of the leader (after a
 //!   divergence check when timelines differ). Never in pause.
@@ -37,8 +39,10 @@
 //!   acquires the key (guard) and promotes; losers that are primaries demote. Pause disables the race except
 //!   for a running primary taking the free key and a named manual failover candidate.
 //!
-//! Safety argument: a node only acts as primary after a successful `AcquireLeader` or `UpdateLeader` guard, and
-//! the store lets only one node hold the leader key. A primary whose refresh fails, or that cannot reach the
+//! Safety argument: PostgreSQL is never started as a primary, only promoted, and a node only promotes or stays
+//! primary after a successful `AcquireLeader` or `UpdateLeader` guard; the store lets only one node hold the
+//! leader key. The key lives on the runtime's lease (one lease per node, shared with the member key, as Patroni
+//! does on etcd3): it disappears when the agent dies or loses the store for `ttl`, or by `ReleaseLeader`. A primary whose refresh fails, or that cannot reach the
 //! store, demotes in the same cycle; since `loop_wait + 2 * retry_timeout <= ttl`, that happens before its lease
 //! expires and another node can acquire the key.
 
@@ -169,8 +173,8 @@ impl Ctx<'_> {
                 .values()
                 .find(|m| m.name != self.me && m.tags.clonefrom && m.is_running())
                 .map(|m| m.name.clone());
-            let is_leader = clone.is_none();
             let source = clone.unwrap_or_else(|| leader.name.clone());
+            let is_leader = source == leader.name;
             return plan(
                 vec![Action::CreateReplica { source: source.clone() }],
                 Reason::CloningFrom { source, is_leader },

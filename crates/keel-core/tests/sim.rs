@@ -7,8 +7,9 @@
 //! view, decide (with the probe round trip), execute the actions, publish the member key. A cycle takes no
 //! simulated time.
 //!
-//! Faults: agent + PostgreSQL death (maybe restarted later), a node cut off from the store (its store calls fail),
-//! the whole store paused (every call fails), and manual switchover requests.
+//! Faults: agent + PostgreSQL death (maybe restarted later), a PostgreSQL crash under a live agent, a node cut off
+//! from the store (its store calls fail), the whole store paused (every call fails), and manual switchover
+//! requests.
 //!
 //! Invariants:
 //! - **(a) one primary**: at no tick do two live nodes run PostgreSQL as a primary. This is stronger than "two
@@ -23,7 +24,7 @@
 //!   is active), the candidate is primary within `loop_wait + JITTER + TICK`: its next cycle sees no leader and a
 //!   failover key naming it.
 //!
-//! `KEEL_SIM_SCHEDULES` (default 300) sets the number of seeded schedules, `KEEL_SIM_SEED` runs one seed verbosely.
+//! `KEEL_SIM_SCHEDULES` (default 600) sets the number of seeded schedules, `KEEL_SIM_SEED` runs one seed verbosely.
 
 use std::collections::VecDeque;
 
@@ -105,6 +106,7 @@ struct Stats {
     bootstraps: u64,
     promotions: u64,
     deaths: u64,
+    pg_crashes: u64,
     cutoffs: u64,
     pauses: u64,
     switchovers_requested: u64,
@@ -284,6 +286,12 @@ impl Sim {
                 self.nodes[i].lease = None;
                 self.nodes[i].next_cycle = self.now + self.rng.below(LOOP_WAIT * 1000);
                 self.note(format!("{} restarted", self.nodes[i].name));
+            }
+        } else if self.rng.chance(400) {
+            if self.nodes[i].alive && self.nodes[i].pg.running {
+                self.nodes[i].pg.running = false;
+                self.stats.pg_crashes += 1;
+                self.note(format!("{}: PostgreSQL crashed (agent alive)", self.nodes[i].name));
             }
         } else if self.rng.chance(700) {
             let secs = 1 + self.rng.below(2 * TTL);
@@ -618,7 +626,7 @@ impl Sim {
 }
 
 fn schedules() -> u64 {
-    std::env::var("KEEL_SIM_SCHEDULES").ok().and_then(|s| s.parse().ok()).unwrap_or(300)
+    std::env::var("KEEL_SIM_SCHEDULES").ok().and_then(|s| s.parse().ok()).unwrap_or(600)
 }
 
 #[test]
@@ -643,6 +651,7 @@ fn simulated_clusters_keep_one_primary_and_fail_over_in_time() {
         total.bootstraps += s.bootstraps;
         total.promotions += s.promotions;
         total.deaths += s.deaths;
+        total.pg_crashes += s.pg_crashes;
         total.cutoffs += s.cutoffs;
         total.pauses += s.pauses;
         total.switchovers_requested += s.switchovers_requested;
