@@ -25,7 +25,8 @@
 //! - **PostgreSQL state unknown** → wait. A key holder emits no `UpdateLeader`, but its key stays attached to the
 //!   runtime's lease, so nobody else is promoted meanwhile (as in Patroni, where `touch_member` refreshes the
 //!   shared lease).
-//! - **starting** → keep the leader key if ours; a starting primary without the key is stopped.
+//! - **starting** → keep the leader key if ours; a starting primary without the key is stopped. A key holder
+//!   down or starting for `primary_start_timeout` stops and releases the key.
 //! - **stopped** → start read-only while holding the key, else start as a replica of the leader (after a
 //!   divergence check when timelines differ). Never in pause.
 //! - **running, we hold the key** → refresh it (guard); promote if we are a replica; run a manual switchover
@@ -196,8 +197,21 @@ impl Ctx<'_> {
         wait(Reason::WaitingForLeaderToBootstrap)
     }
 
+    /// Patroni's `primary_start_timeout`: a key holder whose PostgreSQL has been down or starting for that long
+    /// stops it and releases the key, so that a replica can take over.
+    fn primary_start_timed_out(&self) -> bool {
+        let limit = self.cfg.primary_start_timeout.saturating_mul(1000);
+        self.i_am_leader && !self.paused && self.pg().down_since.is_some_and(|t| self.input.now.since(t) >= limit)
+    }
+
     fn starting(&self) -> Decision {
         let primary = self.pg().role == PgRole::Primary;
+        if self.primary_start_timed_out() {
+            return plan(
+                vec![Action::Demote { mode: DemoteMode::ImmediateNoLock }, Action::ReleaseLeader { last_lsn: None }],
+                Reason::PrimaryStartTimedOut,
+            );
+        }
         if self.i_am_leader {
             return guarded(
                 vec![Action::UpdateLeader { optime: None }],
@@ -221,6 +235,9 @@ impl Ctx<'_> {
             } else {
                 wait(Reason::PgStoppedPaused)
             };
+        }
+        if self.primary_start_timed_out() {
+            return plan(vec![Action::ReleaseLeader { last_lsn: None }], Reason::PrimaryStartTimedOut);
         }
         let readonly = Action::StartPostgres { start_as: StartAs::Replica { upstream: None } };
         if self.i_am_leader {

@@ -399,6 +399,8 @@ impl Sim {
             current_lsn: lsn,
             data_dir: if pg.data { DataDir::Initialized { sysid: SYSID.into() } } else { DataDir::Empty },
             following: pg.upstream.map(|u| self.nodes[u].name.clone()),
+            // Restarts take one cycle here, far below primary_start_timeout (300 s).
+            down_since: None,
         }
     }
 

@@ -53,6 +53,9 @@ pub struct PgObservation {
     pub data_dir: DataDir,
     /// The member name `primary_conninfo` currently points at (`None`: not streaming from anybody).
     pub following: Option<String>,
+    /// When the runtime first saw PostgreSQL stopped or starting in the current outage (`None` while it runs).
+    /// A key holder gives the key up once this is `primary_start_timeout` old.
+    pub down_since: Option<Millis>,
 }
 
 impl PgObservation {
@@ -382,6 +385,7 @@ pub enum Reason {
     PgStarting,
     PgStartingWithLock,
     PgStartingAsPrimaryWithoutLock,
+    PrimaryStartTimedOut,
     PgStoppedPaused,
     PgStoppedPausedReleasedLock,
     StartingReadonlyWithLock,
@@ -448,6 +452,7 @@ impl fmt::Display for Reason {
             PgStarting => write!(f, "PostgreSQL is still starting up"),
             PgStartingWithLock => write!(f, "updated leader lock during PostgreSQL startup"),
             PgStartingAsPrimaryWithoutLock => write!(f, "stopping PostgreSQL starting as primary without the lock"),
+            PrimaryStartTimedOut => write!(f, "primary start has timed out, releasing the leader key"),
             PgStoppedPaused => write!(f, "PAUSE: PostgreSQL is not running"),
             PgStoppedPausedReleasedLock => write!(f, "PAUSE: removed leader lock because PostgreSQL is not running"),
             StartingReadonlyWithLock => write!(f, "starting as readonly because i had the session lock"),
