@@ -4,8 +4,9 @@
 //! # The cycle, as the runtime drives it
 //!
 //! Every `loop_wait` seconds the runtime:
-//! 1. keeps its store lease alive (granting a new one when it was lost) and reads the [`ClusterView`]; if either
-//!    fails it sets [`AgentState::store_ok`] to false and passes the last view it read;
+//! 1. keeps its store lease alive (granting a new one when it was lost) and reads the
+//!    [`ClusterView`](crate::view::ClusterView); if either fails it sets [`AgentState::store_ok`] to false and
+//!    passes the last view it read;
 //! 2. observes PostgreSQL into a [`PgObservation`];
 //! 3. calls [`decide`] with `probes: None`. If the decision is [`Action::ProbePeers`], it probes those members'
 //!    `GET /patroni` (in parallel, 2 s timeout, no retry) and calls [`decide`] again with `probes: Some(..)`;
