@@ -4,8 +4,9 @@
 //! # The cycle, as the runtime drives it
 //!
 //! Every `loop_wait` seconds the runtime:
-//! 1. keeps its store lease alive (granting a new one when it was lost) and reads the [`ClusterView`]; if either
-//!    fails it sets [`AgentState::store_ok`] to false and passes the last view it read;
+//! 1. keeps its store lease alive (granting a new one when it was lost) and reads the
+//!    [`ClusterView`](crate::view::ClusterView); if either fails it sets [`AgentState::store_ok`] to false and
+//!    passes the last view it read;
 //! 2. observes PostgreSQL into a [`PgObservation`];
 //! 3. calls [`decide`] with `probes: None`. If the decision is [`Action::ProbePeers`], it probes those members'
 //!    `GET /patroni` (in parallel, 2 s timeout, no retry) and calls [`decide`] again with `probes: Some(..)`;
@@ -22,8 +23,11 @@
 //!   clone from a `clonefrom` member or the leader when there is a leader; race for `initialize` (guard) and
 //!   bootstrap when the cluster is not initialized; else wait for the bootstrapper. Invalid → release the key,
 //!   wait for an operator. Initialized with a system identifier other than `initialize` → refuse to run.
-//! - **PostgreSQL state unknown** → wait; we do not refresh the leader key on unknown state (Patroni's rule).
-//! - **starting** → keep the leader key if ours; a starting primary without the key is stopped.
+//! - **PostgreSQL state unknown** → wait. A key holder emits no `UpdateLeader`, but its key stays attached to the
+//!   runtime's lease, so nobody else is promoted meanwhile (as in Patroni, where `touch_member` refreshes the
+//!   shared lease).
+//! - **starting** → keep the leader key if ours; a starting primary without the key is stopped. A key holder
+//!   down or starting for `primary_start_timeout` stops and releases the key.
 //! - **stopped** → start read-only while holding the key, else start as a replica of the leader (after a
 //!   divergence check when timelines differ). Never in pause.
 //! - **running, we hold the key** → refresh it (guard); promote if we are a replica; run a manual switchover
@@ -37,8 +41,10 @@
 //!   acquires the key (guard) and promotes; losers that are primaries demote. Pause disables the race except
 //!   for a running primary taking the free key and a named manual failover candidate.
 //!
-//! Safety argument: a node only acts as primary after a successful `AcquireLeader` or `UpdateLeader` guard, and
-//! the store lets only one node hold the leader key. A primary whose refresh fails, or that cannot reach the
+//! Safety argument: PostgreSQL is never started as a primary, only promoted, and a node only promotes or stays
+//! primary after a successful `AcquireLeader` or `UpdateLeader` guard; the store lets only one node hold the
+//! leader key. The key lives on the runtime's lease (one lease per node, shared with the member key, as Patroni
+//! does on etcd3): it disappears when the agent dies or loses the store for `ttl`, or by `ReleaseLeader`. A primary whose refresh fails, or that cannot reach the
 //! store, demotes in the same cycle; since `loop_wait + 2 * retry_timeout <= ttl`, that happens before its lease
 //! expires and another node can acquire the key.
 
@@ -169,8 +175,8 @@ impl Ctx<'_> {
                 .values()
                 .find(|m| m.name != self.me && m.tags.clonefrom && m.is_running())
                 .map(|m| m.name.clone());
-            let is_leader = clone.is_none();
             let source = clone.unwrap_or_else(|| leader.name.clone());
+            let is_leader = source == leader.name;
             return plan(
                 vec![Action::CreateReplica { source: source.clone() }],
                 Reason::CloningFrom { source, is_leader },
@@ -192,8 +198,21 @@ impl Ctx<'_> {
         wait(Reason::WaitingForLeaderToBootstrap)
     }
 
+    /// Patroni's `primary_start_timeout`: a key holder whose PostgreSQL has been down or starting for that long
+    /// stops it and releases the key, so that a replica can take over.
+    fn primary_start_timed_out(&self) -> bool {
+        let limit = self.cfg.primary_start_timeout.saturating_mul(1000);
+        self.i_am_leader && !self.paused && self.pg().down_since.is_some_and(|t| self.input.now.since(t) >= limit)
+    }
+
     fn starting(&self) -> Decision {
         let primary = self.pg().role == PgRole::Primary;
+        if self.primary_start_timed_out() {
+            return plan(
+                vec![Action::Demote { mode: DemoteMode::ImmediateNoLock }, Action::ReleaseLeader { last_lsn: None }],
+                Reason::PrimaryStartTimedOut,
+            );
+        }
         if self.i_am_leader {
             return guarded(
                 vec![Action::UpdateLeader { optime: None }],
@@ -217,6 +236,9 @@ impl Ctx<'_> {
             } else {
                 wait(Reason::PgStoppedPaused)
             };
+        }
+        if self.primary_start_timed_out() {
+            return plan(vec![Action::ReleaseLeader { last_lsn: None }], Reason::PrimaryStartTimedOut);
         }
         let readonly = Action::StartPostgres { start_as: StartAs::Replica { upstream: None } };
         if self.i_am_leader {
@@ -297,6 +319,20 @@ impl Ctx<'_> {
             let me = self.me.to_string();
             let reason = if self.paused { Reason::LeaderWithLockPaused { me } } else { Reason::LeaderWithLock { me } };
             return guarded(actions, reason, self.lock_lost_fallback());
+        }
+        // A switchover whose key release failed after the graceful demotion: finish it instead of promoting back.
+        let handing_over = self
+            .input
+            .view
+            .failover
+            .as_ref()
+            .and_then(|f| f.value.member.as_deref())
+            .filter(|c| *c != self.me && self.input.view.members.get(*c).is_some_and(|m| m.is_running()));
+        if let Some(candidate) = handing_over {
+            return plan(
+                vec![Action::ReleaseLeader { last_lsn: pg.wal_position() }],
+                Reason::ReleasingForCandidate { candidate: candidate.to_string() },
+            );
         }
         actions.push(Action::Promote { cause: PromoteCause::HadLock });
         guarded(actions, Reason::PromotedWithLock, self.lock_lost_fallback())
@@ -516,6 +552,9 @@ impl Ctx<'_> {
         let view = &self.input.view;
         if self.input.tags.no_failover() {
             return Err(Ineligible::NoFailoverTag);
+        }
+        if !self.input.agent.lease_valid {
+            return Err(Ineligible::NoLease);
         }
         if let Some(fs) = &view.failsafe {
             if !fs.is_empty() && !fs.contains_key(self.me) {

@@ -7,8 +7,9 @@
 //! view, decide (with the probe round trip), execute the actions, publish the member key. A cycle takes no
 //! simulated time.
 //!
-//! Faults: agent + PostgreSQL death (maybe restarted later), a node cut off from the store (its store calls fail),
-//! the whole store paused (every call fails), and manual switchover requests.
+//! Faults: agent + PostgreSQL death (maybe restarted later), a PostgreSQL crash under a live agent, a node cut off
+//! from the store (its store calls fail), the whole store paused (every call fails), and manual switchover
+//! requests.
 //!
 //! Invariants:
 //! - **(a) one primary**: at no tick do two live nodes run PostgreSQL as a primary. This is stronger than "two
@@ -19,8 +20,11 @@
 //!   was no later than the death); the healthiest candidate's next cycle starts at most `loop_wait + JITTER`
 //!   later and runs on the first tick at or after its due time (`+ TICK`). That cycle wins: all live peers are
 //!   reachable and the store answers, so nothing makes the healthiest node defer.
+//! - **(c) switchover time**: after the leader demotes gracefully for a candidate it checked healthy (and no fault
+//!   is active), the candidate is primary within `loop_wait + JITTER + TICK`: its next cycle sees no leader and a
+//!   failover key naming it.
 //!
-//! `KEEL_SIM_SCHEDULES` (default 300) sets the number of seeded schedules, `KEEL_SIM_SEED` runs one seed verbosely.
+//! `KEEL_SIM_SCHEDULES` (default 600) sets the number of seeded schedules, `KEEL_SIM_SEED` runs one seed verbosely.
 
 use std::collections::VecDeque;
 
@@ -102,16 +106,28 @@ struct Stats {
     bootstraps: u64,
     promotions: u64,
     deaths: u64,
+    pg_crashes: u64,
     cutoffs: u64,
     pauses: u64,
     switchovers_requested: u64,
     rewinds: u64,
     failover_episodes: u64,
     max_failover_ms: u64,
+    switchovers_done: u64,
+    max_switchover_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EpisodeKind {
+    /// The primary died.
+    Failover,
+    /// The primary demoted gracefully and released the key for a named candidate.
+    Switchover,
 }
 
 struct Episode {
-    died: u64,
+    kind: EpisodeKind,
+    started: u64,
     deadline: u64,
 }
 
@@ -224,14 +240,27 @@ impl Sim {
     fn check_episode(&mut self) {
         let Some(ep) = &self.episode else { return };
         if !self.primaries().is_empty() {
-            let took = self.now - ep.died;
-            self.stats.max_failover_ms = self.stats.max_failover_ms.max(took);
-            self.stats.failover_episodes += 1;
-            self.note(format!("failover completed after {took} ms"));
+            let took = self.now - ep.started;
+            match ep.kind {
+                EpisodeKind::Failover => {
+                    self.stats.max_failover_ms = self.stats.max_failover_ms.max(took);
+                    self.stats.failover_episodes += 1;
+                }
+                EpisodeKind::Switchover => {
+                    self.stats.max_switchover_ms = self.stats.max_switchover_ms.max(took);
+                    self.stats.switchovers_done += 1;
+                }
+            }
+            self.note(format!("{:?} completed after {took} ms", ep.kind));
             self.episode = None;
         } else if self.now > ep.deadline {
-            self.fail(&format!("no new primary within {} ms of the primary's death", ep.deadline - ep.died));
+            self.fail(&format!("{:?}: no new primary within {} ms", ep.kind, ep.deadline - ep.started));
         }
+    }
+
+    /// No fault is active: every live node reaches the store.
+    fn quiet(&self) -> bool {
+        self.now >= self.store_paused_until && self.nodes.iter().all(|n| !n.alive || self.now >= n.cut_off_until)
     }
 
     /// The leader according to the store (what patronictl would see).
@@ -257,6 +286,12 @@ impl Sim {
                 self.nodes[i].lease = None;
                 self.nodes[i].next_cycle = self.now + self.rng.below(LOOP_WAIT * 1000);
                 self.note(format!("{} restarted", self.nodes[i].name));
+            }
+        } else if self.rng.chance(400) {
+            if self.nodes[i].alive && self.nodes[i].pg.running {
+                self.nodes[i].pg.running = false;
+                self.stats.pg_crashes += 1;
+                self.note(format!("{}: PostgreSQL crashed (agent alive)", self.nodes[i].name));
             }
         } else if self.rng.chance(700) {
             let secs = 1 + self.rng.below(2 * TTL);
@@ -291,14 +326,14 @@ impl Sim {
         self.note(format!("{} killed (primary: {was_primary})", self.nodes[i].name));
         if was_primary && self.healthy_candidate_exists(i) {
             let deadline = self.now + (TTL + LOOP_WAIT) * 1000 + JITTER_MS + TICK_MS;
-            self.episode = Some(Episode { died: self.now, deadline });
+            self.episode = Some(Episode { kind: EpisodeKind::Failover, started: self.now, deadline });
         }
     }
 
     /// A live replica on the dead primary's timeline, close to its WAL position, allowed to fail over, and the
     /// store reachable for everyone.
     fn healthy_candidate_exists(&self, dead: usize) -> bool {
-        if self.now < self.store_paused_until || self.nodes.iter().any(|n| n.alive && self.now < n.cut_off_until) {
+        if !self.quiet() {
             return false;
         }
         let old = &self.nodes[dead].pg;
@@ -364,6 +399,8 @@ impl Sim {
             current_lsn: lsn,
             data_dir: if pg.data { DataDir::Initialized { sysid: SYSID.into() } } else { DataDir::Empty },
             following: pg.upstream.map(|u| self.nodes[u].name.clone()),
+            // Restarts take one cycle here, far below primary_start_timeout (300 s).
+            down_since: None,
         }
     }
 
@@ -532,6 +569,11 @@ impl Sim {
                 true
             }
             Action::Demote { mode } => {
+                if *mode == DemoteMode::Graceful && self.quiet() && self.episode.is_none() {
+                    // The candidate was checked healthy by the leader; it takes over at its next cycle.
+                    let deadline = self.now + LOOP_WAIT * 1000 + JITTER_MS + TICK_MS;
+                    self.episode = Some(Episode { kind: EpisodeKind::Switchover, started: self.now, deadline });
+                }
                 if *mode == DemoteMode::Graceful {
                     // The shutdown checkpoint reaches the replicas streaming from us before we stop.
                     let (tl, lsn) = (self.nodes[i].pg.timeline, self.nodes[i].pg.lsn);
@@ -586,7 +628,7 @@ impl Sim {
 }
 
 fn schedules() -> u64 {
-    std::env::var("KEEL_SIM_SCHEDULES").ok().and_then(|s| s.parse().ok()).unwrap_or(300)
+    std::env::var("KEEL_SIM_SCHEDULES").ok().and_then(|s| s.parse().ok()).unwrap_or(600)
 }
 
 #[test]
@@ -611,13 +653,17 @@ fn simulated_clusters_keep_one_primary_and_fail_over_in_time() {
         total.bootstraps += s.bootstraps;
         total.promotions += s.promotions;
         total.deaths += s.deaths;
+        total.pg_crashes += s.pg_crashes;
         total.cutoffs += s.cutoffs;
         total.pauses += s.pauses;
         total.switchovers_requested += s.switchovers_requested;
         total.rewinds += s.rewinds;
         total.failover_episodes += s.failover_episodes;
         total.max_failover_ms = total.max_failover_ms.max(s.max_failover_ms);
+        total.switchovers_done += s.switchovers_done;
+        total.max_switchover_ms = total.max_switchover_ms.max(s.max_switchover_ms);
     }
     println!("{total:?}");
     assert!(total.failover_episodes > 0, "no failover episode was exercised");
+    assert!(total.switchovers_done > 0, "no switchover was exercised");
 }

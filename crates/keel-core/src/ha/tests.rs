@@ -79,6 +79,7 @@ fn replica_pg(lsn: u64) -> PgObservation {
         current_lsn: None,
         data_dir: DataDir::Initialized { sysid: SYSID.into() },
         following: Some("n1".into()),
+        down_since: None,
     }
 }
 
@@ -281,6 +282,16 @@ rows! {
     stopped_with_lock_starts_readonly:
         input("n1", &World::healthy(), stopped_pg()) => [update(None), start_replica(None)],
         Reason::StartingReadonlyWithLock;
+    stopped_primary_gives_up_key_after_primary_start_timeout:
+        input("n1", &World::healthy(), PgObservation { down_since: Some(Millis(NOW.0 - 300_000)), ..stopped_pg() })
+        => [Action::ReleaseLeader { last_lsn: None }], Reason::PrimaryStartTimedOut;
+    stopped_primary_keeps_key_within_primary_start_timeout:
+        input("n1", &World::healthy(), PgObservation { down_since: Some(Millis(NOW.0 - 299_999)), ..stopped_pg() })
+        => [update(None), start_replica(None)], Reason::StartingReadonlyWithLock;
+    starting_primary_times_out:
+        input("n1", &World::healthy().with("config", r#"{"primary_start_timeout":0}"#),
+            PgObservation { starting: true, down_since: Some(NOW), ..primary_pg(1000) })
+        => [demote(DemoteMode::ImmediateNoLock), Action::ReleaseLeader { last_lsn: None }], Reason::PrimaryStartTimedOut;
     stopped_without_leader_starts_readonly:
         input("n2", &World::healthy().no_leader(), stopped_pg()) => [start_replica(None)],
         Reason::StartingAsReplica { leader: None };
@@ -301,6 +312,9 @@ rows! {
     leader_key_holder_promotes:
         input("n1", &World::healthy(), replica_pg(1000)) => [update(None), Action::Promote { cause: PromoteCause::HadLock }],
         Reason::PromotedWithLock;
+    replica_with_lock_finishes_switchover:
+        input("n1", &n2_switchover(""), replica_pg(1000)) => [Action::ReleaseLeader { last_lsn: Some(Lsn(1000)) }],
+        Reason::ReleasingForCandidate { candidate: "n2".into() };
     paused_replica_with_lock_releases:
         input("n1", &World::healthy().with("config", r#"{"pause":true}"#), replica_pg(1000))
         => [Action::ReleaseLeader { last_lsn: Some(Lsn(1000)) }], Reason::PausedReplicaReleasedLock;
@@ -389,6 +403,9 @@ rows! {
     race_failsafe_excludes_unlisted_member:
         input("n2", &World::healthy().no_leader().with("failsafe", r#"{"n1":"http://h"}"#), replica_pg(1000)) => [],
         Reason::NotHealthiest(Ineligible::NotInFailsafe);
+    race_without_lease_stays_out:
+        { let mut i = input("n2", &World::healthy().no_leader(), replica_pg(1000)); i.agent.lease_valid = false; i }
+        => [], Reason::NotHealthiest(Ineligible::NoLease);
     race_unknown_wal_position_stays_out:
         input("n2", &World::healthy().no_leader(),
             PgObservation { received_lsn: None, replayed_lsn: None, ..replica_pg(1000) }) => [],
@@ -654,6 +671,7 @@ mod props {
                 _ => DataDir::Initialized { sysid: SYSID.into() },
             },
             following: None,
+            down_since: None,
         }
     }
 

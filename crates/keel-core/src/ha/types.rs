@@ -53,6 +53,9 @@ pub struct PgObservation {
     pub data_dir: DataDir,
     /// The member name `primary_conninfo` currently points at (`None`: not streaming from anybody).
     pub following: Option<String>,
+    /// When the runtime first saw PostgreSQL stopped or starting in the current outage (`None` while it runs).
+    /// A key holder gives the key up once this is `primary_start_timeout` old.
+    pub down_since: Option<Millis>,
 }
 
 impl PgObservation {
@@ -95,9 +98,11 @@ impl PgObservation {
 pub struct AgentState {
     /// The view was read from the store this cycle. When false, `view` is the last one read (possibly stale).
     pub store_ok: bool,
-    /// The runtime's lease is alive: its last keepalive succeeded less than `ttl` ago.
+    /// The runtime's lease is alive: its last keepalive (or grant) succeeded less than `ttl` ago. Without one
+    /// the node does not enter the leader race. (A key holder's refresh is checked by the `UpdateLeader` guard.)
     pub lease_valid: bool,
-    /// When the leader key was last refreshed successfully by this node (for logs and the failsafe window).
+    /// When the leader key was last refreshed successfully by this node. Informational today (logs); meant for
+    /// failsafe mode, which is not implemented yet.
     pub last_leader_refresh: Option<Millis>,
 }
 
@@ -213,14 +218,18 @@ pub enum Action {
     ReleaseLeader { last_lsn: Option<Lsn> },
     /// `pg_ctl promote`; then append to `history` and run the post-promote CHECKPOINT.
     Promote { cause: PromoteCause },
-    /// Step down in this mode, then (unless `Offline`) restart as a replica without upstream.
+    /// Step down in this mode, then (unless `Offline`) restart as a replica without upstream. `Graceful` returns
+    /// once a replica confirmed the shutdown checkpoint (or a timeout passed); the `ReleaseLeader` that follows
+    /// lets the candidate win.
     Demote { mode: DemoteMode },
     /// Re-point `primary_conninfo` to `upstream` (the leader, or the member named by our `replicatefrom` tag) by
     /// reload or restart, and stream from it.
     Follow { upstream: String },
-    /// **Guard.** Compare our timeline/LSN with `leader`'s (`IDENTIFY_SYSTEM` + `TIMELINE_HISTORY`). If diverged
-    /// and `use_pg_rewind`, stop PostgreSQL cleanly and run `pg_rewind` from `leader`. The guard fails when the
-    /// node diverged and could not be rewound (rewind disabled or failed): then a reinit is needed.
+    /// **Guard.** Compare our timeline/LSN with `leader`'s (`IDENTIFY_SYSTEM` + `TIMELINE_HISTORY`, Patroni's
+    /// `_check_timeline_and_lsn`). If diverged and `use_pg_rewind`, stop PostgreSQL cleanly and run `pg_rewind`
+    /// from `leader`; the next action (`Follow` or `StartPostgres`) starts it again as a replica. The guard fails
+    /// when the leader cannot be asked, or the node diverged and could not be rewound (rewind disabled or failed):
+    /// then a reinit is needed and PostgreSQL is left as it is.
     CheckDivergence { leader: String, use_pg_rewind: bool },
     /// Clear the `failover` key (write `{}` guarded by this revision).
     ClearFailover { version: i64 },
@@ -245,6 +254,8 @@ impl Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ineligible {
     NoFailoverTag,
+    /// The runtime holds no live lease to attach the leader key to.
+    NoLease,
     PgStarting,
     /// Our WAL position is not known, so the lag cannot be judged.
     WalPositionUnknown,
@@ -283,6 +294,7 @@ impl fmt::Display for Ineligible {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Ineligible::NoFailoverTag => write!(f, "nofailover is set"),
+            Ineligible::NoLease => write!(f, "I hold no live store lease"),
             Ineligible::PgStarting => write!(f, "PostgreSQL is still starting"),
             Ineligible::WalPositionUnknown => write!(f, "my WAL position is unknown"),
             Ineligible::Lagging { lag, max } => {
@@ -373,6 +385,7 @@ pub enum Reason {
     PgStarting,
     PgStartingWithLock,
     PgStartingAsPrimaryWithoutLock,
+    PrimaryStartTimedOut,
     PgStoppedPaused,
     PgStoppedPausedReleasedLock,
     StartingReadonlyWithLock,
@@ -405,6 +418,7 @@ pub enum Reason {
     // Manual failover / switchover on the leader.
     SwitchoverDemoting { candidate: Option<String> },
     SwitchoverScheduled { at: Millis },
+    ReleasingForCandidate { candidate: String },
     FailoverRefused(FailoverRefusal),
 }
 
@@ -438,6 +452,7 @@ impl fmt::Display for Reason {
             PgStarting => write!(f, "PostgreSQL is still starting up"),
             PgStartingWithLock => write!(f, "updated leader lock during PostgreSQL startup"),
             PgStartingAsPrimaryWithoutLock => write!(f, "stopping PostgreSQL starting as primary without the lock"),
+            PrimaryStartTimedOut => write!(f, "primary start has timed out, releasing the leader key"),
             PgStoppedPaused => write!(f, "PAUSE: PostgreSQL is not running"),
             PgStoppedPausedReleasedLock => write!(f, "PAUSE: removed leader lock because PostgreSQL is not running"),
             StartingReadonlyWithLock => write!(f, "starting as readonly because i had the session lock"),
@@ -483,6 +498,9 @@ impl fmt::Display for Reason {
             SwitchoverDemoting { candidate: None } => write!(f, "manual failover: demoting myself"),
             SwitchoverScheduled { at } => write!(f, "no action. Awaiting scheduled switchover at {} ms", at.0),
             FailoverRefused(why) => write!(f, "manual failover: {why}"),
+            ReleasingForCandidate { candidate } => {
+                write!(f, "manual failover: releasing the leader key as a replica in favour of {candidate}")
+            }
         }
     }
 }
