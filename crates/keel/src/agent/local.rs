@@ -81,6 +81,8 @@ pub struct Local {
     written: Option<ServerConf>,
     /// Parameters PostgreSQL reports as waiting for a restart.
     pub pending_restart: Vec<String>,
+    /// `synchronous_standby_names` as the leader's synchronous-mode plan wants it (`None`: not managed).
+    pub synchronous_standby_names: Option<String>,
 }
 
 /// Host and port of a `postgres://host:port/...` URL.
@@ -142,6 +144,7 @@ impl Local {
             dynamic_params: serde_json::Map::new(),
             written: None,
             pending_restart: Vec::new(),
+            synchronous_standby_names: None,
         })
     }
 
@@ -250,6 +253,9 @@ impl Local {
         }
         if let Some(v) = params.remove("hot_standby_feedback") {
             sc.hot_standby_feedback = matches!(v.as_str(), "on" | "true" | "1" | "yes");
+        }
+        if let Some(ssn) = &self.synchronous_standby_names {
+            params.insert("synchronous_standby_names".into(), ssn.clone());
         }
         sc.parameters = params;
         sc.recovery = recovery;

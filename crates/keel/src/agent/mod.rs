@@ -201,6 +201,7 @@ impl<B: KvBackend> Agent<B> {
         self.last_obs = obs;
         let (applied, result) = self.execute(&decision).await;
         let is_primary = self.last_obs.as_ref().is_some_and(|o| !o.in_recovery);
+        self.manage_sync(is_primary).await;
         if let Err(e) = self.local.apply_parameters(is_primary).await {
             warn!("cannot apply PostgreSQL parameters: {e:#}");
         }
@@ -327,6 +328,49 @@ impl<B: KvBackend> Agent<B> {
                 Ok(Outcome::Done)
             }
             Action::RefuseToRun { why } => Err(anyhow!(Fatal(format!("{why:?}")))),
+        }
+    }
+
+    /// Synchronous mode on the leader: write the `sync` key, then set `synchronous_standby_names` (in that
+    /// order; see `keel_core::sync`). Anywhere else the parameter is left empty.
+    async fn manage_sync(&mut self, is_primary: bool) {
+        let cfg = self.dynamic_config();
+        let plan = match (&self.last_obs, self.holds_leader && is_primary) {
+            (Some(obs), true) => {
+                let standbys: Vec<keel_core::sync::StandbyConn> = obs
+                    .replication
+                    .iter()
+                    .map(|r| keel_core::sync::StandbyConn {
+                        name: r.application_name.clone(),
+                        streaming: r.state.as_deref() == Some("streaming"),
+                        is_sync: matches!(r.sync_state.as_deref(), Some("sync") | Some("quorum")),
+                        flush_lsn: r.flush_lsn,
+                    })
+                    .collect();
+                keel_core::sync::plan(&self.cfg.name, &self.view, &cfg, &standbys)
+            }
+            _ => None,
+        };
+        let Some(plan) = plan else {
+            self.local.synchronous_standby_names = None;
+            return;
+        };
+        if let Some((key, version)) = &plan.write_key {
+            match self.store.set_sync(key, Some(version.unwrap_or(0))).await {
+                Ok(true) => info!("sync key now lists {:?}", key.sync_standby),
+                Ok(false) => {
+                    warn!("the sync key changed under us; retrying next cycle");
+                    return;
+                }
+                Err(e) => {
+                    warn!("cannot write the sync key: {e}");
+                    return;
+                }
+            }
+        }
+        if self.local.synchronous_standby_names.as_deref() != Some(plan.standby_names.as_str()) {
+            info!("setting synchronous_standby_names to '{}'", plan.standby_names);
+            self.local.synchronous_standby_names = Some(plan.standby_names);
         }
     }
 
