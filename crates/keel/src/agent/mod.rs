@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use keel_core::ha::{self, Action, AgentState, Decision, HaInput, StartAs};
 use keel_core::lsn::Lsn;
 use keel_core::time::Millis;
-use keel_core::view::{ClusterView, HistoryEntry, Role, Status};
+use keel_core::view::{ClusterKey, ClusterView, HistoryEntry, Role, Status};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
@@ -23,6 +23,9 @@ use crate::dcs::{ClusterStore, EtcdBackend, EtcdConfig, KvBackend};
 use crate::postgres::observe::{Observation, ReplicationState};
 use crate::status::{NodeStatus, ReplicationRow};
 use local::{iso8601, member, Local};
+
+/// How soon the loop runs again while the cluster has no leader.
+const UNLOCKED_RETRY: Duration = Duration::from_millis(500);
 
 /// The REST API's view of the running agent.
 pub struct AgentApi {
@@ -139,12 +142,19 @@ impl<B: KvBackend> Agent<B> {
                 }
                 error!("HA cycle failed: {e:#}");
             }
-            let loop_wait = Duration::from_secs(self.dynamic_config().timing.loop_wait);
+            let mut loop_wait = Duration::from_secs(self.dynamic_config().timing.loop_wait);
+            if self.view.leader.is_none() && self.view.initialize.is_some() {
+                // Nobody holds the leader key of an initialized cluster: look again soon rather than a loop later.
+                loop_wait = loop_wait.min(UNLOCKED_RETRY);
+            }
             let wait = loop_wait.saturating_sub(started.elapsed());
             let woke = async {
-                if self.holds_leader || wait.is_zero() {
-                    tokio::time::sleep(wait).await;
-                } else if let Err(e) = self.store.watch(wait).await {
+                // Wake early when the leader key, a switchover request or the configuration changes, so that
+                // failovers and switchovers do not wait for the next loop.
+                let keys = [ClusterKey::Leader, ClusterKey::Failover, ClusterKey::Config];
+                if wait.is_zero() {
+                    tokio::task::yield_now().await;
+                } else if let Err(e) = self.store.watch_keys(&keys, wait).await {
                     warn!("watching the store failed: {e}");
                     tokio::time::sleep(wait.min(Duration::from_secs(1))).await;
                 }
@@ -311,6 +321,8 @@ impl<B: KvBackend> Agent<B> {
             }
             Action::Demote { mode } => {
                 info!("demoting PostgreSQL ({mode:?})");
+                // Peers probing us during the leader race must not see a running primary any more.
+                self.set_state("stopping");
                 self.local.demote(*mode).await?;
                 Ok(Outcome::Done)
             }
