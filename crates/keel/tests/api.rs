@@ -1,14 +1,16 @@
 //! The REST API's control endpoints over a real HTTP server, a fake agent and the in-memory store.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keel::api::agent::{agent_channel, AgentHandle, AgentReply, AgentRequest};
 use keel::api::failsafe::FailsafeState;
 use keel::api::server::{router, ApiBackend, ApiOptions, BasicAuth};
-use keel::dcs::{ClusterStore, MemoryBackend};
+use keel::dcs::{ClusterStore, DcsError, KvBackend, MemoryBackend, Range, WatchKey};
 use keel::status::NodeStatus;
 use keel_core::lsn::Lsn;
+use keel_core::store::Txn;
 use keel_core::view::{ClusterView, FailoverRequest, HistoryEntry, Role};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -16,19 +18,19 @@ use serde_json::{json, Value};
 const SCOPE: &str = "batman";
 const DEADLINE: Duration = Duration::from_secs(10);
 
-struct Fake {
+struct Fake<K: KvBackend> {
     status: Mutex<NodeStatus>,
-    store: ClusterStore<MemoryBackend>,
+    store: ClusterStore<K>,
     agent: AgentHandle,
     failsafe: FailsafeState,
 }
 
-impl ApiBackend for Fake {
-    type Kv = MemoryBackend;
+impl<K: KvBackend> ApiBackend for Fake<K> {
+    type Kv = K;
     fn node_status(&self) -> NodeStatus {
         self.status.lock().unwrap().clone()
     }
-    fn store(&self) -> &ClusterStore<MemoryBackend> {
+    fn store(&self) -> &ClusterStore<K> {
         &self.store
     }
     fn agent(&self) -> &AgentHandle {
@@ -39,11 +41,11 @@ impl ApiBackend for Fake {
     }
 }
 
-struct Harness {
+struct Harness<K: KvBackend = MemoryBackend> {
     base: String,
     http: reqwest::Client,
     kv: MemoryBackend,
-    fake: Arc<Fake>,
+    fake: Arc<Fake<K>>,
     /// Every request the fake agent received, as a short description.
     seen: Arc<Mutex<Vec<String>>>,
 }
@@ -68,6 +70,11 @@ fn replica_status() -> NodeStatus {
 
 async fn start(options: ApiOptions) -> Harness {
     let kv = MemoryBackend::new();
+    start_with(kv.clone(), kv, options).await
+}
+
+/// The API runs over `api_kv`; `kv` is the same store, for seeding and playing the other members.
+async fn start_with<K: KvBackend>(api_kv: K, kv: MemoryBackend, options: ApiOptions) -> Harness<K> {
     let (agent, mut rx) = agent_channel(Duration::from_secs(5));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
@@ -101,7 +108,7 @@ async fn start(options: ApiOptions) -> Harness {
     });
     let fake = Arc::new(Fake {
         status: Mutex::new(replica_status()),
-        store: member_store(&kv, "n2"),
+        store: ClusterStore::new(api_kv, "service", SCOPE, "n2", 30),
         agent,
         failsafe: FailsafeState::new(),
     });
@@ -120,7 +127,7 @@ fn fast() -> ApiOptions {
     }
 }
 
-impl Harness {
+impl<K: KvBackend> Harness<K> {
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -537,4 +544,58 @@ async fn failsafe_endpoints() {
     h.fake.store.set_failsafe(&members).await.unwrap();
     let (code, body) = h.get_json("/failsafe").await;
     assert_eq!((code.as_u16(), body), (200, json!({"n1":"http://h1:8008/patroni"})));
+}
+
+/// A store where another client writes `config` and `failover` just before the armed next transaction, so the
+/// API's compare-and-swap is guaranteed to lose.
+#[derive(Clone)]
+struct Racy {
+    inner: MemoryBackend,
+    armed: Arc<AtomicBool>,
+}
+
+impl KvBackend for Racy {
+    async fn range(&self, prefix: &str) -> Result<Range, DcsError> {
+        self.inner.range(prefix).await
+    }
+    async fn txn(&self, txn: &Txn) -> Result<bool, DcsError> {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            let other = member_store(&self.inner, "other");
+            other.set_config(&json!({"ttl": 99}), None).await?;
+            let req = FailoverRequest { leader: Some("n1".into()), member: Some("other".into()), scheduled_at: None };
+            other.set_failover(&req, None).await?;
+        }
+        self.inner.txn(txn).await
+    }
+    async fn grant_lease(&self, ttl_secs: u64) -> Result<i64, DcsError> {
+        self.inner.grant_lease(ttl_secs).await
+    }
+    async fn keepalive(&self, lease: i64) -> Result<(), DcsError> {
+        self.inner.keepalive(lease).await
+    }
+    async fn revoke(&self, lease: i64) -> Result<(), DcsError> {
+        self.inner.revoke(lease).await
+    }
+    async fn watch(&self, keys: &[WatchKey], after: i64, timeout: Duration) -> Result<bool, DcsError> {
+        self.inner.watch(keys, after, timeout).await
+    }
+}
+
+#[tokio::test]
+async fn lost_compare_and_swap_is_a_conflict() {
+    let kv = MemoryBackend::new();
+    let armed = Arc::new(AtomicBool::new(false));
+    let h = start_with(Racy { inner: kv.clone(), armed: armed.clone() }, kv, fast()).await;
+    h.seed_cluster().await;
+
+    armed.store(true, Ordering::SeqCst);
+    let (code, _) = h.send(reqwest::Method::PATCH, "/config", Some(r#"{"ttl":25}"#)).await;
+    assert_eq!(code, 409);
+    assert_eq!(h.view().await.config.unwrap().value.raw, json!({"ttl": 99}), "the other writer's config stays");
+
+    h.fake.store.clear_failover(None).await.unwrap();
+    armed.store(true, Ordering::SeqCst);
+    let (code, body) = h.send(reqwest::Method::POST, "/switchover", Some(r#"{"leader":"n1","candidate":"n2"}"#)).await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(h.view().await.failover.unwrap().value.member.as_deref(), Some("other"), "not overwritten");
 }
