@@ -430,6 +430,25 @@ impl Local {
         }
     }
 
+    /// Takes the run-time changeable parts of a re-read configuration file; `apply_parameters` writes them.
+    pub fn reload_local(&mut self, cfg: &Config) {
+        self.local_params = cfg.postgresql.parameters.clone();
+        if !cfg.postgresql.pg_hba.is_empty() {
+            self.pg_hba = cfg.postgresql.pg_hba.clone();
+        }
+        // Force a rewrite (and reload) on the next cycle even if only pg_hba changed.
+        if let Some(w) = &mut self.written {
+            w.port = 0;
+        }
+    }
+
+    /// Restarts PostgreSQL with a fast shutdown, keeping its current configuration.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.session = None;
+        self.ctl.restart(StopMode::Fast, START_TIMEOUT).await?;
+        Ok(())
+    }
+
     /// Stops PostgreSQL (fast) for a clean agent shutdown.
     pub async fn stop(&mut self) -> Result<()> {
         self.session = None;
