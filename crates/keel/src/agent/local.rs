@@ -20,6 +20,7 @@ use crate::postgres::datadir::{self, DataDirState};
 use crate::postgres::observe::{self, Observation};
 use crate::postgres::process::RunAs;
 use crate::postgres::roles::{self, RoleKind, RoleSpec};
+use crate::postgres::slots as pg_slots;
 use crate::postgres::ConnParams;
 
 /// Generous limits for the slow PostgreSQL operations.
@@ -555,15 +556,9 @@ impl Local {
             return Ok(());
         }
         let session = self.session().await?;
-        let existing: Vec<String> = session
-            .query("SELECT slot_name::text FROM pg_replication_slots", &[])
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        for name in names.iter().filter(|n| !existing.contains(n)) {
-            session
-                .query("SELECT pg_create_physical_replication_slot($1, true)", &[name])
+        let existing = pg_slots::list(session).await?;
+        for name in names.iter().filter(|n| !existing.iter().any(|s| &s.name == *n)) {
+            pg_slots::create_physical(session, name)
                 .await
                 .with_context(|| format!("creating replication slot {name}"))?;
             info!("created physical replication slot {name}");
