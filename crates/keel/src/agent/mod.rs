@@ -2,6 +2,7 @@
 //! (`keel_core::ha::decide`), executes the actions, publishes its member key, and logs one line saying what was
 //! decided and why.
 
+pub mod follower;
 pub mod local;
 pub mod probe;
 
