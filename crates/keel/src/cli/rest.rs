@@ -84,10 +84,12 @@ fn describe(url: &str, e: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
+    // reqwest nests its causes ("error sending request" > "client error" > "tcp connect error" > the OS error):
+    // the innermost one says what happened.
     let mut detail = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        detail = format!("{detail}: {s}");
+        detail = s.to_string();
         source = s.source();
     }
     format!("{url}: {what} ({detail})")
