@@ -187,6 +187,11 @@ async fn list_in_every_format() {
     let names: Vec<&str> = topo.lines().skip(1).filter_map(|l| l.split('\t').nth(1)).collect();
     assert_eq!(names, ["n1", "+ n2", "  + n3"]);
 
+    let stamped = expect(&c.run(&["list", "-t"]), 0);
+    let mut stamped = stamped.lines();
+    assert_eq!(stamped.next().map(str::len), Some(19), "a `YYYY-MM-DD HH:MM:SS` line first");
+    assert!(stamped.next().is_some_and(|l| l.starts_with("+ Cluster: batman")));
+
     // Another cluster name on the command line lists that cluster (here: one that does not exist).
     let other = expect(&c.run(&["list", "robin"]), 0);
     assert!(other.starts_with("+ Cluster: robin (uninitialized) "), "{other}");
