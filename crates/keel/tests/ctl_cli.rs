@@ -466,7 +466,6 @@ async fn remove_needs_the_name_and_force() {
     let v = c.view().await;
     assert!(v.members.is_empty() && v.leader.is_none() && v.config.is_none() && v.initialize.is_none());
     expect_error(&c.run(&["remove", "batman", "--force"]), 1, "cluster batman does not exist");
-    let _ = &c.etcd;
 }
 
 #[test]
@@ -484,4 +483,16 @@ fn unreachable_etcd_is_one_clear_line_fast() {
     // A missing configuration is a usage error.
     let out = keel_command(&dir.path().join("missing.yml"), &["list"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn hung_etcd_fails_within_the_store_timeout() {
+    let c = Cluster::start(None, "").await;
+    c.etcd.pause().unwrap();
+    let start = Instant::now();
+    let out = c.run(&["list"]);
+    let took = start.elapsed();
+    c.etcd.resume().unwrap();
+    expect_error(&out, 1, "did not answer");
+    assert!(took < Duration::from_secs(9), "took {took:?}");
 }
