@@ -496,3 +496,25 @@ async fn hung_etcd_fails_within_the_store_timeout() {
     expect_error(&out, 1, "did not answer");
     assert!(took < Duration::from_secs(9), "took {took:?}");
 }
+
+#[tokio::test]
+async fn scheduled_switchover_shows_in_list_and_flush_cancels_it() {
+    let c = Cluster::start(None, "").await;
+    let out =
+        expect(&c.run(&["switchover", "--candidate", "n2", "--scheduled", "2099-01-01T10:00+01:00", "--force"]), 0);
+    assert!(out.contains("falling back to DCS"), "{out}");
+    let f = c.view().await.failover.unwrap().value;
+    assert_eq!(f.scheduled_at.as_deref(), Some("2099-01-01T10:00:00+01:00"));
+    let list = expect(&c.run(&["list"]), 0);
+    assert!(
+        list.ends_with(" Switchover scheduled at: 2099-01-01T10:00:00+01:00\n                    from: n1\n                      to: n2\n"),
+        "{list}"
+    );
+    // The leader's API is unreachable: the key is cleared directly.
+    let out = expect(&c.run(&["flush", "batman", "switchover"]), 0);
+    assert!(out.contains("Success: cleared the failover key"), "{out}");
+    assert!(c.view().await.failover.is_none());
+    expect_error(&c.run(&["flush", "switchover"]), 1, "no switchover is scheduled in cluster batman");
+    expect_error(&c.run(&["flush", "n1", "reboot"]), 2, "flush target must be restart or switchover");
+    assert_eq!(expect(&c.run(&["flush", "restart", "--force"]), 0), "No scheduled restart on the selected members\n");
+}

@@ -17,6 +17,7 @@ use crate::config::{self, Config};
 pub mod ctl;
 pub mod dsn;
 pub mod edit_config;
+pub mod flush;
 pub mod history;
 pub mod list;
 pub mod members;
@@ -113,6 +114,8 @@ pub enum CtlCommand {
     Dsn(dsn::DsnArgs),
     /// Remove the cluster from the store.
     Remove(remove::RemoveArgs),
+    /// Cancel scheduled actions: `flush [CLUSTER] [MEMBER...] restart|switchover`.
+    Flush(flush::FlushArgs),
 }
 
 impl CtlCommand {
@@ -132,6 +135,7 @@ impl CtlCommand {
             CtlCommand::History(_) => "history",
             CtlCommand::Dsn(_) => "dsn",
             CtlCommand::Remove(_) => "remove",
+            CtlCommand::Flush(_) => "flush",
         }
     }
 }
@@ -182,6 +186,7 @@ async fn run_ctl(path: PathBuf, command: &CtlCommand) -> ctl::CtlResult {
         CtlCommand::History(a) => history::history(&open(&a.cluster_name)?, a).await,
         CtlCommand::Dsn(a) => dsn::dsn(&open(&None)?, a).await,
         CtlCommand::Remove(a) => remove::remove(&open(&None)?, a).await,
+        CtlCommand::Flush(a) => flush::flush(&open(&None)?, a).await,
     }
 }
 

@@ -51,6 +51,11 @@ impl Rest {
         Ok(Rest { client, auth })
     }
 
+    /// `DELETE <api>/<endpoint>`, waiting at most `timeout`.
+    pub async fn delete(&self, api_url: Option<&str>, endpoint: &str, timeout: Duration) -> Result<Reply, Unreachable> {
+        self.send(reqwest::Method::DELETE, api_url, endpoint, None, timeout).await
+    }
+
     /// `POST <api>/<endpoint>` with a JSON body (none when `body` is `None`), waiting at most `timeout`.
     pub async fn post(
         &self,
@@ -59,10 +64,21 @@ impl Rest {
         body: Option<&Value>,
         timeout: Duration,
     ) -> Result<Reply, Unreachable> {
+        self.send(reqwest::Method::POST, api_url, endpoint, body, timeout).await
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        api_url: Option<&str>,
+        endpoint: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<Reply, Unreachable> {
         let api_url = api_url.ok_or_else(|| Unreachable("the member publishes no api_url".to_string()))?;
         let url = endpoint_url(api_url, endpoint)
             .ok_or_else(|| Unreachable(format!("the member's api_url {api_url:?} is not an http(s) URL")))?;
-        let mut req = self.client.post(&url).timeout(timeout);
+        let mut req = self.client.request(method, &url).timeout(timeout);
         if let Some((user, password)) = &self.auth {
             req = req.basic_auth(user, password.as_deref());
         }
