@@ -518,3 +518,17 @@ async fn scheduled_switchover_shows_in_list_and_flush_cancels_it() {
     expect_error(&c.run(&["flush", "n1", "reboot"]), 2, "flush target must be restart or switchover");
     assert_eq!(expect(&c.run(&["flush", "restart", "--force"]), 0), "No scheduled restart on the selected members\n");
 }
+
+#[tokio::test]
+async fn version_asks_the_members() {
+    let (port, rx) = one_shot_http(
+        200,
+        r#"{"state":"running","server_version":160001,"patroni":{"version":"0.1.0","scope":"batman","name":"n1"}}"#,
+    );
+    let c = Cluster::start(Some(port), "").await;
+    let out = expect(&c.run(&["version", "batman", "n1"]), 0);
+    assert_eq!(out, format!("keel version {}\nn1: Keel 0.1.0 PostgreSQL 16.1\n", env!("CARGO_PKG_VERSION")));
+    assert!(rx.recv_timeout(Duration::from_secs(5)).unwrap().starts_with("GET /patroni HTTP/1.1\r\n"));
+    let out = expect(&c.run(&["version", "batman"]), 0);
+    assert!(out.contains("n2: failed to get version: "), "{out}");
+}

@@ -30,6 +30,7 @@ pub mod rest;
 pub mod restart;
 pub mod switchover;
 pub mod timefmt;
+pub mod version;
 
 /// Exit status for success.
 pub const EXIT_OK: u8 = 0;
@@ -116,6 +117,8 @@ pub enum CtlCommand {
     Remove(remove::RemoveArgs),
     /// Cancel scheduled actions: `flush [CLUSTER] [MEMBER...] restart|switchover`.
     Flush(flush::FlushArgs),
+    /// Keel's version, and the versions members report.
+    Version(version::VersionArgs),
 }
 
 impl CtlCommand {
@@ -136,6 +139,7 @@ impl CtlCommand {
             CtlCommand::Dsn(_) => "dsn",
             CtlCommand::Remove(_) => "remove",
             CtlCommand::Flush(_) => "flush",
+            CtlCommand::Version(_) => "version",
         }
     }
 }
@@ -187,6 +191,7 @@ async fn run_ctl(path: PathBuf, command: &CtlCommand) -> ctl::CtlResult {
         CtlCommand::Dsn(a) => dsn::dsn(&open(&None)?, a).await,
         CtlCommand::Remove(a) => remove::remove(&open(&None)?, a).await,
         CtlCommand::Flush(a) => flush::flush(&open(&None)?, a).await,
+        CtlCommand::Version(a) => version::version(&open(&None)?, a).await,
     }
 }
 

@@ -51,6 +51,18 @@ impl Rest {
         Ok(Rest { client, auth })
     }
 
+    /// `GET <api>/<endpoint>` as JSON (`None` when the answer is not JSON), waiting at most `timeout`.
+    pub async fn get_json(
+        &self,
+        api_url: Option<&str>,
+        endpoint: &str,
+        timeout: Duration,
+    ) -> Result<(Reply, Option<Value>), Unreachable> {
+        let reply = self.send(reqwest::Method::GET, api_url, endpoint, None, timeout).await?;
+        let json = serde_json::from_str(&reply.body).ok();
+        Ok((reply, json))
+    }
+
     /// `DELETE <api>/<endpoint>`, waiting at most `timeout`.
     pub async fn delete(&self, api_url: Option<&str>, endpoint: &str, timeout: Duration) -> Result<Reply, Unreachable> {
         self.send(reqwest::Method::DELETE, api_url, endpoint, None, timeout).await
