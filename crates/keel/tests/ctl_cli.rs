@@ -369,10 +369,24 @@ async fn switchover_falls_back_to_the_failover_key_when_the_api_is_unreachable()
 
 /// A one-shot HTTP server: answers the first request with `status` and `body`, and hands the request over.
 fn one_shot_http(status: u16, body: &'static str) -> (u16, mpsc::Receiver<String>) {
+    http_server(vec![(status, body)])
+}
+
+/// An HTTP server answering one request per entry of `replies`, in order, then closing; requests are handed over.
+fn http_server(replies: Vec<(u16, &'static str)>) -> (u16, mpsc::Receiver<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
+        for (status, body) in replies {
+            serve_one(&listener, status, body, &tx);
+        }
+    });
+    (port, rx)
+}
+
+fn serve_one(listener: &TcpListener, status: u16, body: &str, tx: &mpsc::Sender<String>) {
+    {
         let Ok((mut s, _)) = listener.accept() else { return };
         let mut req = Vec::new();
         let mut buf = [0u8; 4096];
@@ -400,8 +414,7 @@ fn one_shot_http(status: u16, body: &'static str) -> (u16, mpsc::Receiver<String
         );
         let _ = s.write_all(resp.as_bytes());
         let _ = tx.send(String::from_utf8_lossy(&req).to_string());
-    });
-    (port, rx)
+    }
 }
 
 #[tokio::test]
@@ -531,4 +544,26 @@ async fn version_asks_the_members() {
     assert!(rx.recv_timeout(Duration::from_secs(5)).unwrap().starts_with("GET /patroni HTTP/1.1\r\n"));
     let out = expect(&c.run(&["version", "batman"]), 0);
     assert!(out.contains("n2: failed to get version: "), "{out}");
+}
+
+#[tokio::test]
+async fn reinit_waits_until_the_replica_is_rebuilt() {
+    let (port, rx) = http_server(vec![
+        (200, "reinitialize started"),
+        (200, r#"{"state":"creating replica"}"#),
+        (200, r#"{"state":"running"}"#),
+    ]);
+    let c = Cluster::start(None, "").await;
+    c.nodes[1].touch_member(&member("replica", 5433, port, 0, json!({}))).await.unwrap();
+    let out = expect(&c.run(&["reinit", "batman", "n2", "--wait", "--force"]), 0);
+    assert_eq!(
+        out,
+        "Success: reinitialize for member n2\nWaiting for reinitialize to complete on: n2\n\
+         Reinitialize is completed on: n2\n"
+    );
+    let post = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(post.starts_with("POST /reinitialize HTTP/1.1\r\n"), "{post}");
+    let body: Value = serde_json::from_str(post.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(body, json!({"force": true, "from_leader": false}));
+    assert!(rx.recv_timeout(Duration::from_secs(5)).unwrap().starts_with("GET /patroni "));
 }
