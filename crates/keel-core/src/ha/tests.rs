@@ -111,6 +111,7 @@ fn input(name: &str, world: &World, pg: PgObservation) -> HaInput {
         pg,
         agent: AgentState { store_ok: true, lease_valid: true, last_leader_refresh: None },
         probes: None,
+        local_slots: None,
     }
 }
 
