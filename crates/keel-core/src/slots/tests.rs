@@ -925,7 +925,7 @@ mod props {
                 }
                 prop_assert!(!(primary && matches!(a, SlotAction::CopyLogical { .. })), "copy on the primary: {a:?}");
                 prop_assert!(
-                    !(!primary && matches!(a, SlotAction::CreateLogical { .. } | SlotAction::ContinuityBreak { .. })),
+                    primary || !matches!(a, SlotAction::CreateLogical { .. } | SlotAction::ContinuityBreak { .. }),
                     "primary-only action on a replica: {a:?}"
                 );
             }
