@@ -259,6 +259,8 @@ impl<B: KvBackend> Agent<B> {
             pg,
             agent: AgentState { store_ok, lease_valid, last_leader_refresh: self.last_leader_refresh },
             probes: None,
+            // Until the agent tracks slot readiness, decide() reads it from our own member key.
+            local_slots: None,
         };
         let mut decision = ha::decide(&input);
         if let Some(members) = decision.probe_request() {
