@@ -130,7 +130,9 @@ pub enum Invalidation {
     None,
     /// The WAL it needed was removed (`max_slot_wal_keep_size`). In 13–15 the file only says where
     /// (`invalidated_at`, the restart_lsn it had); in 16+ it is cause 1.
-    WalRemoved { at: Option<Lsn> },
+    WalRemoved {
+        at: Option<Lsn>,
+    },
     /// Catalog rows it needed were removed (16+ standbys, `rows_removed`).
     RowsRemoved,
     /// The primary's `wal_level` went below `logical` (16+ standbys, `wal_level_insufficient`).
@@ -274,7 +276,9 @@ pub enum SlotFileError {
         corrupt_note(*.checksum_ok)
     )]
     LengthMismatch { found: u32, expected: u32, version: u32, major: u32, checksum_ok: bool },
-    #[error("checksum mismatch: file says 0x{stored:08X}, computed 0x{computed:08X}; the file is corrupt or truncated")]
+    #[error(
+        "checksum mismatch: file says 0x{stored:08X}, computed 0x{computed:08X}; the file is corrupt or truncated"
+    )]
     ChecksumMismatch { stored: u32, computed: u32 },
     #[error("the {field} field is not a valid name: {reason}")]
     BadName { field: &'static str, reason: String },
@@ -343,8 +347,7 @@ impl Fields<'_> {
     }
 
     fn lsn(&self, at: usize) -> Result<Lsn, SlotFileError> {
-        let b: [u8; 8] =
-            self.bytes.get(at..at + 8).and_then(|s| s.try_into().ok()).ok_or_else(|| self.short(at, 8))?;
+        let b: [u8; 8] = self.bytes.get(at..at + 8).and_then(|s| s.try_into().ok()).ok_or_else(|| self.short(at, 8))?;
         Ok(Lsn(u64::from_le_bytes(b)))
     }
 
