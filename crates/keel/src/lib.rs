@@ -7,4 +7,5 @@ pub mod cli;
 pub mod config;
 pub mod dcs;
 pub mod postgres;
+pub mod slots;
 pub mod status;
