@@ -122,12 +122,17 @@ async fn run(mut plans: watch::Receiver<Option<FollowPlan>>, progress: Progress)
             }
             let (Some(target), Some(replay)) = (leader_lsn, replay) else { continue };
             let goal = target.min(replay);
-            if local_lsn.is_some_and(|l| l >= goal) {
+            let mut goal = goal;
+            if let Some(l) = local_lsn.filter(|l| *l >= goal) {
                 let mut table = lock(&progress);
-                if let Some(entry) = table.get_mut(name) {
-                    entry.caught_up_at = Some(Instant::now());
+                let Some(entry) = table.get_mut(name) else { continue };
+                entry.caught_up_at = Some(Instant::now());
+                // A copy that never needed to move has not yet shown that it can be advanced (readiness asks for
+                // one successful advance): advance it to where it already is, once.
+                if entry.advances > 0 || entry.last_error.is_some() {
+                    continue;
                 }
-                continue;
+                goal = l;
             }
             if local_lsn.is_none() || in_flight.contains_key(name) {
                 continue;

@@ -68,6 +68,10 @@ pub struct SlotManager {
     pub last_actual: Vec<PgSlot>,
     /// The readiness summary this node publishes in its member key.
     pub summary: Option<SlotsReadiness>,
+    /// The leader's confirmed_flush_lsn of each slot when it was last copied here: a copy is repeated only after
+    /// the leader's slot moved on, so a copy that cannot advance (WAL this replica no longer has) does not make
+    /// PostgreSQL restart every cycle.
+    copied_at: BTreeMap<String, Option<Lsn>>,
 }
 
 impl SlotManager {
@@ -87,6 +91,7 @@ impl SlotManager {
             last_advances: BTreeMap::new(),
             last_actual: Vec::new(),
             summary: None,
+            copied_at: BTreeMap::new(),
         }
     }
 
@@ -300,7 +305,10 @@ impl SlotManager {
                 plugin: plugin.clone(),
             };
             match keel_core::slotfile::validate(&bytes, &expectation) {
-                Ok(_) => files.push((slot.clone(), bytes, expectation)),
+                Ok(_) => {
+                    self.copied_at.insert(slot.clone(), src.confirmed_flush_lsn);
+                    files.push((slot.clone(), bytes, expectation));
+                }
                 Err(e) => warn!("refusing to copy logical slot {slot} from {}: {e}", leader.name),
             }
         }
@@ -412,7 +420,11 @@ impl SlotManager {
                         event = Some(ReadinessEvent::AdvanceSucceeded);
                     } else if let Some((code, _)) = &p.last_error {
                         event = Some(ReadinessEvent::AdvanceFailed);
-                        if code == "58P01" || (code == "55000" && !is_behind_error(p)) {
+                        let moved_on = match self.copied_at.get(name) {
+                            Some(at) => p.leader_lsn > *at,
+                            None => true,
+                        };
+                        if (code == "58P01" || (code == "55000" && !is_behind_error(p))) && moved_on {
                             self.recopy.insert(name.clone());
                         }
                     }

@@ -37,6 +37,7 @@ impl PgSlot {
     /// Reads one `to_jsonb(pg_replication_slots)` row; `None` when it lacks a name or type.
     pub fn from_json(v: &Value) -> Option<PgSlot> {
         let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        // `to_jsonb` renders xid and oid columns as strings; accept numbers too.
         let xid = |k: &str| {
             v.get(k).and_then(|x| match x {
                 Value::String(t) => t.parse::<u32>().ok(),
@@ -50,7 +51,7 @@ impl PgSlot {
             slot_type: s("slot_type")?,
             plugin: s("plugin"),
             database: s("database"),
-            datoid: v.get("datoid").and_then(Value::as_u64).and_then(|d| u32::try_from(d).ok()),
+            datoid: xid("datoid"),
             active: v.get("active").and_then(Value::as_bool).unwrap_or(false),
             xmin: xid("xmin"),
             catalog_xmin: xid("catalog_xmin"),
@@ -138,7 +139,7 @@ mod tests {
         let s = PgSlot::from_json(&pg15).unwrap();
         assert_eq!(s.restart_lsn, Some(Lsn(0x3000148)));
         assert!(s.active && !s.is_logical() && !s.failover);
-        let pg17 = json!({"slot_name":"cdc","plugin":"pgoutput","slot_type":"logical","datoid":5,"database":"app",
+        let pg17 = json!({"slot_name":"cdc","plugin":"pgoutput","slot_type":"logical","datoid":"5","database":"app",
             "active":false,"xmin":null,"catalog_xmin":"745","restart_lsn":"0/1","confirmed_flush_lsn":"0/2",
             "wal_status":"lost","failover":true,"synced":false});
         let s = PgSlot::from_json(&pg17).unwrap();
