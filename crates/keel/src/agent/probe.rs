@@ -69,8 +69,9 @@ mod tests {
 
     #[test]
     fn reads_primary_and_replica_documents() {
-        let p = peer_status_from_json(&json!({"state":"running","role":"primary","xlog":{"location":500},"timeline":2}))
-            .unwrap();
+        let p =
+            peer_status_from_json(&json!({"state":"running","role":"primary","xlog":{"location":500},"timeline":2}))
+                .unwrap();
         assert!(p.is_running_primary());
         assert_eq!(p.wal_position, Some(Lsn(500)));
         let r = peer_status_from_json(&json!({"state":"running","role":"replica",

@@ -14,6 +14,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Config};
 
+pub mod demo;
+
 /// Exit status for success.
 pub const EXIT_OK: u8 = 0;
 /// Exit status for a bad configuration, a bad invocation or a command that is not implemented.
@@ -45,8 +47,8 @@ pub enum Command {
     Run(ConfigArg),
     /// Check CONFIG and print a one-line summary (warnings on stderr).
     Validate(ConfigArg),
-    /// Start a local demonstration cluster.
-    Demo(RestArgs),
+    /// Start a local demonstration cluster: etcd and three nodes on loopback, until Ctrl-C.
+    Demo(demo::DemoArgs),
     #[command(flatten)]
     Ctl(CtlCommand),
 }
@@ -131,7 +133,7 @@ pub fn dispatch(cli: &Cli) -> u8 {
     match &cli.command {
         Command::Validate(a) => validate(&a.config),
         Command::Run(_) => not_implemented("run"),
-        Command::Demo(_) => not_implemented("demo"),
+        Command::Demo(a) => demo::run(a),
         Command::Ctl(c) => ctl(cli, c),
     }
 }
