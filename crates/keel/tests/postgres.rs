@@ -241,7 +241,7 @@ async fn lifecycle(major: u32, bin_dir: &Path) {
     replica.basebackup(&source, TIMEOUT).await.expect("pg_basebackup");
     let port2 = free_port();
     let recovery = RecoveryConf {
-        primary: source.clone().with_application_name("replica1"),
+        primary: Some(source.clone().with_application_name("replica1")),
         primary_slot_name: Some("replica1".into()),
     };
     conf::write_config(&replica.data_dir, &server_conf(root, port2, Some(recovery)), Some(&hba()), &run_as)
@@ -286,9 +286,11 @@ async fn lifecycle(major: u32, bin_dir: &Path) {
     let outcome = primary.rewind(&rewind_source, TIMEOUT).await.expect("pg_rewind");
     assert_eq!(outcome, RewindOutcome::Done);
     let follow = RecoveryConf {
-        primary: ConnParams::new("127.0.0.1", port2, REPLICATION_USER)
-            .with_password(REPLICATION_PASSWORD)
-            .with_application_name("old-primary"),
+        primary: Some(
+            ConnParams::new("127.0.0.1", port2, REPLICATION_USER)
+                .with_password(REPLICATION_PASSWORD)
+                .with_application_name("old-primary"),
+        ),
         primary_slot_name: None,
     };
     conf::write_config(&primary.data_dir, &server_conf(root, port1, Some(follow)), Some(&hba()), &run_as)

@@ -132,7 +132,7 @@ pub fn main() -> ExitCode {
 pub fn dispatch(cli: &Cli) -> u8 {
     match &cli.command {
         Command::Validate(a) => validate(&a.config),
-        Command::Run(_) => not_implemented("run"),
+        Command::Run(a) => run_agent(&a.config),
         Command::Demo(a) => demo::run(a),
         Command::Ctl(c) => ctl(cli, c),
     }
@@ -147,6 +147,29 @@ fn ctl(cli: &Cli, command: &CtlCommand) -> u8 {
         return EXIT_USAGE;
     }
     not_implemented(command.name())
+}
+
+/// `keel run CONFIG`: the agent, logging to stderr (`RUST_LOG` adjusts the level; default `info`).
+fn run_agent(path: &std::path::Path) -> u8 {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal();
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(crate::agent::run(path)) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            1
+        }
+    }
 }
 
 fn not_implemented(name: &str) -> u8 {

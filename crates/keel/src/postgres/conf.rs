@@ -82,8 +82,9 @@ impl ServerConf {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveryConf {
     /// The primary (or cascade source); `application_name` should be this member's name. The password goes inline
-    /// into `primary_conninfo` unless `passfile` is set.
-    pub primary: ConnParams,
+    /// into `primary_conninfo` unless `passfile` is set. `None`: in recovery without an upstream (a demoted
+    /// primary waiting to learn whom to follow).
+    pub primary: Option<ConnParams>,
     pub primary_slot_name: Option<String>,
 }
 
@@ -160,7 +161,9 @@ pub fn parameters(conf: &ServerConf) -> Result<Vec<(String, String)>, ConfError>
         }
     }
     if let Some(recovery) = &conf.recovery {
-        params.push(("primary_conninfo".into(), primary_conninfo(&recovery.primary)));
+        if let Some(primary) = &recovery.primary {
+            params.push(("primary_conninfo".into(), primary_conninfo(primary)));
+        }
         if let Some(slot) = &recovery.primary_slot_name {
             params.push(("primary_slot_name".into(), slot.clone()));
         }
@@ -418,7 +421,7 @@ mod tests {
         let mut conf = ServerConf::new("*", 5432);
         let primary =
             ConnParams::new("10.0.0.1", 5432, "replicator").with_password("pa'ss").with_application_name("node2");
-        conf.recovery = Some(RecoveryConf { primary, primary_slot_name: Some("node2".into()) });
+        conf.recovery = Some(RecoveryConf { primary: Some(primary), primary_slot_name: Some("node2".into()) });
         let text = render_postgresql_conf(&conf, false).unwrap();
         assert!(!text.contains("include"));
         assert!(text.contains(
@@ -462,7 +465,7 @@ mod tests {
         std::fs::write(dir.path().join(POSTGRESQL_CONF), "max_connections = 100\n").unwrap();
         let run_as = RunAs::current();
         let mut conf = ServerConf::new("127.0.0.1", 5432);
-        conf.recovery = Some(RecoveryConf { primary: ConnParams::new("h", 1, "u"), primary_slot_name: None });
+        conf.recovery = Some(RecoveryConf { primary: Some(ConnParams::new("h", 1, "u")), primary_slot_name: None });
         write_config(dir.path(), &conf, Some(&["local all all trust".into()]), &run_as).unwrap();
         assert_eq!(std::fs::read_to_string(dir.path().join(BASE_CONF)).unwrap(), "max_connections = 100\n");
         let written = std::fs::read_to_string(dir.path().join(POSTGRESQL_CONF)).unwrap();

@@ -1,0 +1,578 @@
+//! The local PostgreSQL as the agent drives it: observation for the core, and the PostgreSQL half of each action
+//! (bootstrap, clone, start, promote, demote, follow, rewind).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, Context, Result};
+use keel_core::ha::{DataDir, DemoteMode, PgObservation, PgRole, PgRunning};
+use keel_core::lsn::Lsn;
+use keel_core::time::Millis;
+use keel_core::view::{ClusterView, Member};
+use tracing::{info, warn};
+
+use crate::config::{Auth, Config};
+use crate::postgres::bins::PgBinaries;
+use crate::postgres::conf::{self, RecoveryConf, ServerConf};
+use crate::postgres::ctl::{InitdbOption, InitdbParams, PgCtl, RewindOutcome, StopMode};
+use crate::postgres::datadir::{self, DataDirState};
+use crate::postgres::observe::{self, Observation};
+use crate::postgres::process::RunAs;
+use crate::postgres::roles::{self, RoleKind, RoleSpec};
+use crate::postgres::ConnParams;
+
+/// Generous limits for the slow PostgreSQL operations.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+const STOP_TIMEOUT: Duration = Duration::from_secs(120);
+const BASEBACKUP_TIMEOUT: Duration = Duration::from_secs(3600);
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Credentials as (user, password).
+#[derive(Debug, Clone)]
+struct Cred {
+    user: String,
+    password: Option<String>,
+}
+
+impl Cred {
+    fn from(auth: Option<&Auth>, default_user: &str) -> Cred {
+        Cred {
+            user: auth.and_then(|a| a.username.clone()).unwrap_or_else(|| default_user.to_string()),
+            password: auth.and_then(|a| a.password.clone()),
+        }
+    }
+
+    fn params(&self, host: &str, port: u16) -> ConnParams {
+        let p = ConnParams::new(host, port, self.user.clone());
+        match &self.password {
+            Some(pw) => p.with_password(pw.clone()),
+            None => p,
+        }
+    }
+}
+
+/// The local node's PostgreSQL.
+pub struct Local {
+    pub ctl: PgCtl,
+    pub bins: PgBinaries,
+    run_as: RunAs,
+    data_dir: PathBuf,
+    name: String,
+    listen_host: String,
+    /// `listen_addresses` from `postgresql.listen`.
+    listen_addresses: String,
+    port: u16,
+    superuser: Cred,
+    replication: Cred,
+    rewind: Cred,
+    local_params: serde_json::Map<String, serde_json::Value>,
+    pg_hba: Vec<String>,
+    initdb: Vec<serde_json::Value>,
+    use_slots: bool,
+    /// The member `primary_conninfo` points at, as last written by this agent (`None` after start-up).
+    pub following: Option<String>,
+    /// When PostgreSQL was last seen stopped after running (for `primary_start_timeout`).
+    down_since: Option<Millis>,
+    session: Option<observe::Session>,
+    /// The dynamic `postgresql.parameters` last applied.
+    dynamic_params: serde_json::Map<String, serde_json::Value>,
+    /// The configuration last written to `postgresql.conf` (`None` before the first write of this agent).
+    written: Option<ServerConf>,
+    /// Parameters PostgreSQL reports as waiting for a restart.
+    pub pending_restart: Vec<String>,
+}
+
+/// Host and port of a `postgres://host:port/...` URL.
+pub fn host_port(conn_url: &str) -> Option<(String, u16)> {
+    let rest = conn_url.split_once("://").map(|(_, r)| r).unwrap_or(conn_url);
+    let rest = rest.rsplit_once('@').map(|(_, r)| r).unwrap_or(rest);
+    let hostport = rest.split(['/', '?']).next()?;
+    let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "5432"));
+    Some((host.trim_matches(['[', ']']).to_string(), port.parse().ok()?))
+}
+
+fn to_string_param(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Bool(b) => if *b { "on" } else { "off" }.to_string(),
+        other => other.to_string(),
+    }
+}
+
+impl Local {
+    pub fn new(cfg: &Config) -> Result<Local> {
+        let bins = PgBinaries::find(cfg.postgresql.bin_dir.as_deref().map(std::path::Path::new))?;
+        let run_as = RunAs::current();
+        let data_dir = PathBuf::from(&cfg.postgresql.data_dir);
+        let (listen, port) = conf::parse_listen(&cfg.postgresql.listen)?;
+        let first = listen.split(',').next().unwrap_or("127.0.0.1").trim();
+        let listen_host = match first {
+            "*" | "0.0.0.0" | "" => "127.0.0.1".to_string(),
+            "::" => "::1".to_string(),
+            h => h.to_string(),
+        };
+        let auth = &cfg.postgresql.authentication;
+        let initdb = cfg.bootstrap.initdb.clone();
+        let mut pg_hba = cfg.postgresql.pg_hba.clone();
+        if pg_hba.is_empty() {
+            if let Some(lines) = cfg.bootstrap.dcs.get("pg_hba").and_then(|v| v.as_array()) {
+                pg_hba = lines.iter().filter_map(|l| l.as_str().map(str::to_string)).collect();
+            }
+        }
+        Ok(Local {
+            ctl: PgCtl::new(bins.clone(), run_as.clone(), data_dir.clone()),
+            bins,
+            run_as,
+            data_dir,
+            name: cfg.name.clone(),
+            listen_host,
+            listen_addresses: listen.clone(),
+            port,
+            superuser: Cred::from(auth.superuser.as_ref(), "postgres"),
+            replication: Cred::from(auth.replication.as_ref(), "replicator"),
+            rewind: Cred::from(auth.rewind.as_ref().or(auth.superuser.as_ref()), "postgres"),
+            local_params: cfg.postgresql.parameters.clone(),
+            pg_hba,
+            initdb,
+            use_slots: true,
+            following: None,
+            down_since: None,
+            session: None,
+            dynamic_params: serde_json::Map::new(),
+            written: None,
+            pending_restart: Vec::new(),
+        })
+    }
+
+    /// Applies the dynamic configuration's PostgreSQL settings (used when the config files are next written).
+    pub fn set_dynamic(&mut self, cfg: &keel_core::dynconfig::DynamicConfig) {
+        self.use_slots = cfg.use_slots;
+        self.dynamic_params = cfg.pg_parameters();
+    }
+
+    fn local_conn(&self) -> ConnParams {
+        self.superuser.params(&self.listen_host, self.port).with_application_name("keel")
+    }
+
+    async fn session(&mut self) -> Result<&observe::Session> {
+        let stale = self.session.as_ref().is_none_or(|s| s.is_closed());
+        if stale {
+            self.session = None;
+            let s = observe::connect(&self.local_conn(), QUERY_TIMEOUT).await?;
+            self.session = Some(s);
+        }
+        self.session.as_ref().ok_or_else(|| anyhow!("no session"))
+    }
+
+    /// Observes PostgreSQL for the core. Never fails: what cannot be known is reported as unknown.
+    pub async fn observe(&mut self, now: Millis) -> (PgObservation, Option<Observation>) {
+        let data_dir = match datadir::inspect(&self.data_dir, &self.bins, &self.run_as).await {
+            Ok(DataDirState::Absent) | Ok(DataDirState::Empty) => DataDir::Empty,
+            Ok(DataDirState::Initialized(info)) => {
+                DataDir::Initialized { sysid: info.control.system_identifier.to_string() }
+            }
+            Err(e) => {
+                warn!("cannot inspect the data directory: {e}");
+                DataDir::Unknown
+            }
+        };
+        let running = self.ctl.is_running();
+        let mut obs = PgObservation {
+            running: if running { PgRunning::Running } else { PgRunning::Stopped },
+            starting: false,
+            role: PgRole::Unknown,
+            timeline: None,
+            received_lsn: None,
+            replayed_lsn: None,
+            current_lsn: None,
+            data_dir,
+            following: self.following.clone(),
+            down_since: None,
+        };
+        if !running {
+            self.session = None;
+            if self.down_since.is_none() {
+                self.down_since = Some(now);
+            }
+            obs.down_since = self.down_since;
+            if let DataDir::Initialized { .. } = obs.data_dir {
+                if let Ok(cd) = datadir::controldata(&self.data_dir, &self.bins, &self.run_as).await {
+                    obs.timeline = Some(cd.timeline);
+                    obs.current_lsn = Some(cd.checkpoint_lsn);
+                }
+            }
+            return (obs, None);
+        }
+        self.down_since = None;
+        let observed = match self.session().await {
+            Ok(s) => s.observe().await.map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        match observed {
+            Ok(o) => {
+                obs.role = if o.in_recovery { PgRole::Replica } else { PgRole::Primary };
+                obs.timeline = o.timeline;
+                obs.received_lsn = o.receive_lsn;
+                obs.replayed_lsn = o.replay_lsn;
+                obs.current_lsn = o.wal_flush_lsn;
+                if obs.data_dir == DataDir::Unknown {
+                    obs.data_dir = DataDir::Initialized { sysid: o.system_identifier.to_string() };
+                }
+                (obs, Some(o))
+            }
+            Err(e) => {
+                self.session = None;
+                // The postmaster is up but does not answer: starting, in crash recovery, or shutting down.
+                info!("PostgreSQL is running but not accepting connections yet: {e:#}");
+                obs.starting = true;
+                (obs, None)
+            }
+        }
+    }
+
+    fn server_conf(&self, recovery: Option<RecoveryConf>) -> ServerConf {
+        let mut sc = ServerConf::new(self.listen_addresses.clone(), self.port);
+        let mut params: BTreeMap<String, String> = BTreeMap::new();
+        for (k, v) in self.dynamic_params.iter().chain(self.local_params.iter()) {
+            params.insert(k.clone(), to_string_param(v));
+        }
+        if let Some(wl) = params.remove("wal_level") {
+            if wl == "logical" {
+                sc.wal_level = conf::WalLevel::Logical;
+            }
+        }
+        if let Some(n) = params.remove("max_wal_senders").and_then(|v| v.parse().ok()) {
+            sc.max_wal_senders = n;
+        }
+        if let Some(n) = params.remove("max_replication_slots").and_then(|v| v.parse().ok()) {
+            sc.max_replication_slots = n;
+        }
+        if let Some(v) = params.remove("hot_standby_feedback") {
+            sc.hot_standby_feedback = matches!(v.as_str(), "on" | "true" | "1" | "yes");
+        }
+        sc.parameters = params;
+        sc.recovery = recovery;
+        sc
+    }
+
+    /// Connection to another member, from its `conn_url`, with the given credentials.
+    fn member_params(&self, member: &Member, cred: &Cred) -> Result<ConnParams> {
+        let url = member.conn_url.as_deref().ok_or_else(|| anyhow!("member {} has no conn_url", member.name))?;
+        let (host, port) =
+            host_port(url).ok_or_else(|| anyhow!("member {}: cannot read host and port from {url}", member.name))?;
+        Ok(cred.params(&host, port).with_application_name(self.name.clone()))
+    }
+
+    fn recovery_for(&self, upstream: Option<&Member>) -> Result<RecoveryConf> {
+        let primary = match upstream {
+            Some(m) => Some(self.member_params(m, &self.replication)?),
+            None => None,
+        };
+        let slot =
+            (self.use_slots && upstream.is_some()).then(|| keel_core::slots::slot_name_from_member_name(&self.name));
+        Ok(RecoveryConf { primary, primary_slot_name: slot })
+    }
+
+    fn write_conf(&mut self, recovery: Option<RecoveryConf>) -> Result<()> {
+        let sc = self.server_conf(recovery);
+        conf::write_config(&self.data_dir, &sc, Some(&self.pg_hba), &self.run_as).context("writing postgresql.conf")?;
+        self.written = Some(sc);
+        Ok(())
+    }
+
+    /// Re-writes `postgresql.conf` when the parameters changed (dynamic or local), reloads PostgreSQL, and
+    /// records which changed parameters wait for a restart (`pending_restart`).
+    /// `is_primary`: PostgreSQL runs out of recovery (a primary's configuration has no recovery settings, so
+    /// it can be written even when this agent has not written one yet).
+    pub async fn apply_parameters(&mut self, is_primary: bool) -> Result<()> {
+        if !self.ctl.is_running() {
+            return Ok(());
+        }
+        let written = match self.written.clone() {
+            Some(w) => w,
+            None if is_primary => ServerConf { port: 0, ..self.server_conf(None) },
+            None => return Ok(()),
+        };
+        let wanted = self.server_conf(written.recovery.clone());
+        if wanted != written {
+            info!("PostgreSQL parameters changed: rewriting postgresql.conf and reloading");
+            self.write_conf(written.recovery)?;
+            self.ctl.reload(QUERY_TIMEOUT).await?;
+        }
+        let session = self.session().await?;
+        self.pending_restart = conf::pending_restart(&session.settings().await?);
+        Ok(())
+    }
+
+    async fn start(&mut self) -> Result<()> {
+        self.session = None;
+        self.ctl.start(true, START_TIMEOUT).await?;
+        Ok(())
+    }
+
+    /// initdb, configuration, start as a primary, then the roles from `postgresql.authentication`.
+    pub async fn bootstrap(&mut self) -> Result<()> {
+        let options = self
+            .initdb
+            .iter()
+            .map(InitdbOption::from_json)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .context("bootstrap.initdb")?;
+        let params = InitdbParams {
+            superuser: self.superuser.user.clone(),
+            superuser_password: self.superuser.password.clone(),
+            options,
+        };
+        info!("bootstrapping a new cluster with initdb in {}", self.data_dir.display());
+        self.ctl.initdb(&params, Duration::from_secs(600)).await?;
+        self.write_conf(None)?;
+        self.start().await?;
+        let specs = [
+            RoleSpec {
+                name: self.replication.user.clone(),
+                password: self.replication.password.clone(),
+                kind: RoleKind::Replication,
+            },
+            RoleSpec { name: self.rewind.user.clone(), password: self.rewind.password.clone(), kind: RoleKind::Rewind },
+        ];
+        let session = self.session().await?;
+        for spec in specs.iter().filter(|s| s.name != params.superuser) {
+            roles::ensure_role(session, spec).await.with_context(|| format!("creating role {}", spec.name))?;
+        }
+        Ok(())
+    }
+
+    /// pg_basebackup from `source`, then start as its replica.
+    pub async fn create_replica(&mut self, source: &Member, leader: Option<&Member>) -> Result<()> {
+        let params = self.member_params(source, &self.replication)?;
+        info!("creating a replica from {} with pg_basebackup", source.name);
+        self.ctl.basebackup(&params, BASEBACKUP_TIMEOUT).await?;
+        let upstream = leader.unwrap_or(source);
+        let recovery = self.recovery_for(Some(upstream))?;
+        self.write_conf(Some(recovery))?;
+        self.following = Some(upstream.name.clone());
+        self.start().await
+    }
+
+    /// Starts in recovery, streaming from `upstream` when given.
+    pub async fn start_replica(&mut self, upstream: Option<&Member>) -> Result<()> {
+        let recovery = self.recovery_for(upstream)?;
+        self.write_conf(Some(recovery))?;
+        self.following = upstream.map(|m| m.name.clone());
+        self.start().await
+    }
+
+    /// Points `primary_conninfo` at `upstream` and reloads (PostgreSQL 13+ applies it without a restart).
+    pub async fn follow(&mut self, upstream: &Member) -> Result<()> {
+        let recovery = self.recovery_for(Some(upstream))?;
+        self.write_conf(Some(recovery))?;
+        self.following = Some(upstream.name.clone());
+        if self.ctl.is_running() {
+            self.ctl.reload(QUERY_TIMEOUT).await?;
+        } else {
+            self.start().await?;
+        }
+        Ok(())
+    }
+
+    /// `pg_ctl promote`, then a CHECKPOINT so that pg_rewind on the old primary sees the new timeline.
+    /// Returns the timeline and LSN the promotion switched at (for `history`).
+    pub async fn promote(&mut self) -> Result<(u32, Lsn)> {
+        let before = match self.session().await {
+            Ok(s) => s.observe().await.ok(),
+            Err(_) => None,
+        };
+        self.ctl.promote(true, START_TIMEOUT).await?;
+        // Keel owns postgresql.conf: drop the recovery settings so a restart does not re-enter recovery.
+        self.write_conf(None)?;
+        self.following = None;
+        let session = self.session().await?;
+        if let Err(e) = session.checkpoint().await {
+            warn!("CHECKPOINT after promote failed: {e}");
+        }
+        let old_tl = before.as_ref().and_then(|o| o.timeline).unwrap_or(1);
+        let lsn = before.and_then(|o| o.replay_lsn).unwrap_or_default();
+        Ok((old_tl, lsn))
+    }
+
+    /// Steps down. `Graceful`: CHECKPOINT and a fast shutdown (walsenders send the shutdown checkpoint to the
+    /// replicas before exiting), `ImmediateNoLock`: immediate stop; both restart in recovery without upstream.
+    /// `Offline`: fast stop, no restart.
+    pub async fn demote(&mut self, mode: DemoteMode) -> Result<()> {
+        match mode {
+            DemoteMode::Graceful => {
+                if let Ok(s) = self.session().await {
+                    if let Err(e) = s.checkpoint().await {
+                        warn!("CHECKPOINT before switchover failed: {e}");
+                    }
+                }
+                self.session = None;
+                self.ctl.stop(StopMode::Fast, STOP_TIMEOUT).await?;
+                self.start_replica(None).await
+            }
+            DemoteMode::ImmediateNoLock => {
+                self.session = None;
+                self.ctl.stop(StopMode::Immediate, STOP_TIMEOUT).await?;
+                self.start_replica(None).await
+            }
+            DemoteMode::Offline => {
+                self.session = None;
+                self.ctl.stop(StopMode::Fast, STOP_TIMEOUT).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Stops PostgreSQL (fast) for a clean agent shutdown.
+    pub async fn stop(&mut self) -> Result<()> {
+        self.session = None;
+        self.ctl.stop(StopMode::Fast, STOP_TIMEOUT).await?;
+        Ok(())
+    }
+
+    /// Whether this node's history diverged from `leader`'s timeline; if so and `use_pg_rewind`, rewinds.
+    /// `Ok(true)`: safe to follow the leader now. `Ok(false)`: diverged and not repaired (reinit needed).
+    pub async fn check_divergence(&mut self, leader: &Member, use_pg_rewind: bool) -> Result<bool> {
+        let su = self.member_params(leader, &self.superuser)?;
+        let remote = observe::connect(&su, QUERY_TIMEOUT).await.context("connecting to the leader")?;
+        let leader_tl: u32 = {
+            let rows = remote
+                .query(
+                    "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int \
+                     WHERE NOT pg_is_in_recovery()",
+                    &[],
+                )
+                .await?;
+            let row = rows.first().ok_or_else(|| anyhow!("the leader {} is still in recovery", leader.name))?;
+            u32::try_from(row.get::<_, i32>(0)).unwrap_or(1)
+        };
+        let running = self.ctl.is_running();
+        let (local_tl, local_lsn, clean) = if running {
+            let o = self.session().await?.observe().await?;
+            let lsn = if o.in_recovery { o.replay_lsn } else { o.wal_flush_lsn };
+            (o.timeline.unwrap_or(1), lsn.unwrap_or_default(), o.in_recovery)
+        } else {
+            let cd = datadir::controldata(&self.data_dir, &self.bins, &self.run_as).await?;
+            let clean = cd.cluster_state.is_clean_shutdown();
+            (cd.timeline, cd.checkpoint_lsn.max(cd.min_recovery_end_lsn), clean)
+        };
+        let diverged = if local_tl == leader_tl {
+            false
+        } else if local_tl > leader_tl {
+            true
+        } else {
+            let switch = self.switchpoint(&remote, leader_tl, local_tl).await?;
+            match switch {
+                Some(sp) => !clean || local_lsn > sp,
+                None => true,
+            }
+        };
+        if !diverged {
+            return Ok(true);
+        }
+        info!("my timeline {local_tl} at {local_lsn} diverged from the leader's timeline {leader_tl}");
+        if !use_pg_rewind {
+            warn!("postgresql.use_pg_rewind is off: this node needs a reinit (keel reinit {})", self.name);
+            return Ok(false);
+        }
+        self.rewind(leader).await
+    }
+
+    /// The LSN where `leader_tl`'s history left `our_tl`, from the leader's timeline history file.
+    async fn switchpoint(&self, remote: &observe::Session, leader_tl: u32, our_tl: u32) -> Result<Option<Lsn>> {
+        let file = format!("pg_wal/{leader_tl:08X}.history");
+        let rows = remote.query("SELECT convert_from(pg_read_binary_file($1), 'UTF8')", &[&file]).await?;
+        let text: String = rows.first().map(|r| r.get(0)).unwrap_or_default();
+        Ok(text.lines().find_map(|line| {
+            let mut parts = line.split_whitespace();
+            let tl: u32 = parts.next()?.parse().ok()?;
+            let lsn: Lsn = parts.next()?.parse().ok()?;
+            (tl == our_tl).then_some(lsn)
+        }))
+    }
+
+    async fn rewind(&mut self, leader: &Member) -> Result<bool> {
+        // pg_rewind needs a cleanly shut-down target: finish crash recovery first if needed.
+        if self.ctl.is_running() {
+            self.ctl.stop(StopMode::Fast, STOP_TIMEOUT).await?;
+        }
+        let cd = datadir::controldata(&self.data_dir, &self.bins, &self.run_as).await?;
+        if !cd.cluster_state.is_clean_shutdown() {
+            info!("running crash recovery before pg_rewind");
+            let recovery = self.recovery_for(None)?;
+            self.write_conf(Some(recovery))?;
+            self.start().await?;
+            self.ctl.stop(StopMode::Fast, STOP_TIMEOUT).await?;
+        }
+        let params = self.member_params(leader, &self.rewind)?;
+        info!("running pg_rewind from {}", leader.name);
+        match self.ctl.rewind(&params, BASEBACKUP_TIMEOUT).await? {
+            RewindOutcome::Done | RewindOutcome::NotNeeded => {
+                // pg_rewind copied the leader's configuration files: write ours back, as a replica of the leader.
+                // The action after this check starts (or re-points) PostgreSQL.
+                let recovery = self.recovery_for(Some(leader))?;
+                self.write_conf(Some(recovery))?;
+                self.following = Some(leader.name.clone());
+                Ok(true)
+            }
+            RewindOutcome::Impossible { reason } => {
+                warn!("pg_rewind is not possible: {reason}; this node needs a reinit (keel reinit {})", self.name);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Creates the physical slots replicas stream through (`use_slots`), reserving WAL immediately. Slots are
+    /// only added here; the full slot life cycle (drop, advance, logical slots) is the slots module's job.
+    pub async fn ensure_physical_slots(&mut self, names: &[String]) -> Result<()> {
+        if !self.use_slots || names.is_empty() {
+            return Ok(());
+        }
+        let session = self.session().await?;
+        let existing: Vec<String> = session
+            .query("SELECT slot_name::text FROM pg_replication_slots", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for name in names.iter().filter(|n| !existing.contains(n)) {
+            session
+                .query("SELECT pg_create_physical_replication_slot($1, true)", &[name])
+                .await
+                .with_context(|| format!("creating replication slot {name}"))?;
+            info!("created physical replication slot {name}");
+        }
+        Ok(())
+    }
+
+    /// Wipes the data directory (for reinit).
+    pub async fn remove_data(&mut self) -> Result<()> {
+        if self.ctl.is_running() {
+            self.ctl.stop(StopMode::Immediate, STOP_TIMEOUT).await?;
+        }
+        if self.data_dir.exists() {
+            for entry in std::fs::read_dir(&self.data_dir)? {
+                let p = entry?.path();
+                if p.is_dir() {
+                    std::fs::remove_dir_all(&p)?;
+                } else {
+                    std::fs::remove_file(&p)?;
+                }
+            }
+        }
+        self.following = None;
+        Ok(())
+    }
+}
+
+/// The view's member entry for `name`.
+pub fn member<'a>(view: &'a ClusterView, name: &str) -> Result<&'a Member> {
+    view.members.get(name).ok_or_else(|| anyhow!("member {name} is not in the store"))
+}
+
+/// A `SystemTime` as Patroni's ISO 8601 text.
+pub fn iso8601(t: SystemTime) -> String {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    keel_core::time::format_iso8601(Millis(secs * 1000))
+}
