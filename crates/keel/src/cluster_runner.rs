@@ -205,7 +205,6 @@ bootstrap:
       use_slots: true
       parameters:
         wal_level: replica
-        hot_standby: "on"
         max_connections: 30
         max_wal_senders: 10
         max_replication_slots: 10
@@ -683,6 +682,22 @@ impl LocalCluster {
         self.rt.block_on(self.store.load()).map_err(|e| e.to_string())
     }
 
+    /// Merges `patch` into the store's `config` key (JSON merge patch: `null` deletes), as `PATCH /config` does,
+    /// with a compare-and-swap on the key's revision.
+    pub fn patch_store_config(&self, patch: &Value) -> Result<(), String> {
+        let view = self.view()?;
+        let (mut doc, version) = match view.config {
+            Some(c) => (c.value.raw, Some(c.version)),
+            None => (Value::Object(Default::default()), None),
+        };
+        merge_patch(&mut doc, patch);
+        match self.rt.block_on(self.store.set_config(&doc, version)) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("the config key changed meanwhile".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// The leader key's owner.
     pub fn leader(&self) -> Option<String> {
         self.view().ok()?.leader.map(|l| l.name)
@@ -717,10 +732,12 @@ impl LocalCluster {
         })
     }
 
-    /// The application names streaming from `leader` (its `pg_stat_replication`).
+    /// The members streaming from `leader` (its `pg_stat_replication`, by application name; `pg_basebackup`'s
+    /// WAL stream does not count).
     pub fn streaming_replicas(&self, leader: &str) -> Result<Vec<String>, String> {
         let out = self.psql(leader, "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'")?;
-        let mut names: Vec<String> = out.lines().map(str::to_string).filter(|l| !l.is_empty()).collect();
+        let known = self.names();
+        let mut names: Vec<String> = out.lines().map(str::to_string).filter(|l| known.contains(l)).collect();
         names.sort();
         Ok(names)
     }
@@ -845,6 +862,25 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// RFC 7386 JSON merge patch.
+pub fn merge_patch(doc: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *doc = patch.clone();
+        return;
+    };
+    if !doc.is_object() {
+        *doc = Value::Object(Default::default());
+    }
+    let Value::Object(d) = doc else { return };
+    for (k, v) in p {
+        if v.is_null() {
+            d.remove(k);
+        } else {
+            merge_patch(d.entry(k.clone()).or_insert(Value::Null), v);
+        }
     }
 }
 
@@ -979,6 +1015,13 @@ mod tests {
         assert!(t.contains("| node2  | 127.0.0.1:5433 | Replica | streaming | 1  | 0         |"), "{t}");
         assert!(t.lines().next().unwrap().contains("Cluster: demo"), "{t}");
         assert_eq!(role_counts(&rows)["Leader"], 1);
+    }
+
+    #[test]
+    fn merge_patch_merges_and_deletes() {
+        let mut doc = serde_json::json!({"ttl": 20, "postgresql": {"parameters": {"a": 1, "b": 2}}});
+        merge_patch(&mut doc, &serde_json::json!({"pause": true, "postgresql": {"parameters": {"a": null, "c": 3}}}));
+        assert_eq!(doc, serde_json::json!({"ttl": 20, "pause": true, "postgresql": {"parameters": {"b": 2, "c": 3}}}));
     }
 
     #[test]

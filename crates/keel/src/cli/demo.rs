@@ -183,6 +183,10 @@ fn demo(cluster: &mut LocalCluster, args: &DemoArgs) -> Result<(), Halt> {
     println!("Waiting for a leader and {replicas} streaming replicas...");
     let started = Instant::now();
     let (leader, _) = wait(cluster, "the cluster", |c| Ok(c.wait_replicas_streaming(replicas, Duration::ZERO).ok()))?;
+    // Let every member key catch up, so the table shows the cluster as it is.
+    wait(cluster, "member keys", |c| {
+        Ok(c.members()?.iter().all(|m| m.state == "running" || m.state == "streaming").then_some(()))
+    })?;
     println!("Cluster up in {:.1}s; leader {leader}.\n", started.elapsed().as_secs_f64());
     print!("{}", cluster.table());
     println!();
@@ -209,6 +213,17 @@ fn demo(cluster: &mut LocalCluster, args: &DemoArgs) -> Result<(), Halt> {
         std::thread::sleep(Duration::from_millis(200));
     }
     Ok(())
+}
+
+/// Gives the member keys (written once per loop) up to 15 s to catch up with PostgreSQL, so the table shows the
+/// cluster as it is: every member running or streaming, on the leader's timeline.
+fn settle(cluster: &mut LocalCluster) {
+    let _ = cluster_runner::wait_until("member keys", Duration::from_secs(15), Duration::from_millis(250), || {
+        let rows = cluster.members()?;
+        let leader_tl = rows.iter().find(|r| r.role == "Leader").and_then(|r| r.timeline);
+        let settled = rows.iter().all(|r| (r.state == "running" || r.state == "streaming") && r.timeline == leader_tl);
+        Ok(settled.then_some(()))
+    });
 }
 
 fn failover(cluster: &mut LocalCluster, old: &str) -> Result<(), Halt> {
@@ -247,6 +262,7 @@ fn failover(cluster: &mut LocalCluster, old: &str) -> Result<(), Halt> {
         Ok(streaming.iter().any(|s| s == old).then_some(()))
     })?;
     println!("{old} streams from {new} again {:.1}s after its agent restarted.\n", t1.elapsed().as_secs_f64());
+    settle(cluster);
     print!("{}", cluster.table());
     Ok(())
 }
