@@ -9,5 +9,6 @@ pub mod ha;
 pub mod lsn;
 pub mod slots;
 pub mod store;
+pub mod sync;
 pub mod time;
 pub mod view;

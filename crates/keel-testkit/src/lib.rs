@@ -9,7 +9,7 @@ mod etcd;
 
 pub use cluster::{KeelCluster, KeelOptions};
 pub use etcd::EtcdServer;
-pub use keel::cluster_runner::{ClusterOptions, LocalCluster, MemberRow, NodeSpec};
+pub use keel::cluster_runner::{ClusterOptions, LocalCluster, NodeSpec};
 
 use std::io;
 use std::net::{Ipv4Addr, TcpListener};

@@ -9,7 +9,6 @@
 //! PostgreSQL detaches from the agent (`pg_ctl` starts it in a new session), so the postmaster is found through
 //! `postmaster.pid` in the data directory and killed separately, together with its children.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream, ToSocketAddrs};
@@ -19,9 +18,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use keel_core::view::{ClusterView, Role};
+use keel_core::view::ClusterView;
 use serde_json::Value;
 
+use crate::cli::list::MemberInfo;
+use crate::cli::output::Format;
 use crate::dcs::{ClusterStore, EtcdBackend, EtcdConfig};
 use crate::postgres::process::{current_euid, lookup_user};
 
@@ -540,17 +541,6 @@ impl Drop for LocalEtcd {
     }
 }
 
-/// A member as the cluster table shows it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MemberRow {
-    pub name: String,
-    pub host: String,
-    pub role: String,
-    pub state: String,
-    pub timeline: Option<u32>,
-    pub lag_mb: Option<u64>,
-}
-
 /// n agents with their files, ports and processes. Dropping it kills every agent and every postmaster.
 pub struct LocalCluster {
     pub opts: ClusterOptions,
@@ -756,66 +746,14 @@ impl LocalCluster {
     }
 
     /// The members as `keel list` shows them, from the store.
-    pub fn members(&self) -> Result<Vec<MemberRow>, String> {
-        let view = self.view()?;
-        let leader = view.leader.as_ref().map(|l| l.name.clone());
-        let leader_lsn = leader.as_ref().and_then(|l| view.members.get(l)).and_then(|m| m.xlog_location);
-        let mut names: Vec<String> = self.names();
-        for n in view.members.keys() {
-            if !names.contains(n) {
-                names.push(n.clone());
-            }
-        }
-        let mut rows = Vec::new();
-        for name in names {
-            let Some(m) = view.members.get(&name) else {
-                rows.push(MemberRow {
-                    name,
-                    host: String::new(),
-                    role: String::new(),
-                    state: "(no member key)".into(),
-                    timeline: None,
-                    lag_mb: None,
-                });
-                continue;
-            };
-            let is_leader = leader.as_deref() == Some(name.as_str());
-            let role = if is_leader {
-                "Leader".to_string()
-            } else if view.sync.as_ref().is_some_and(|s| s.value.matches(&name)) {
-                "Sync Standby".to_string()
-            } else {
-                match m.role {
-                    Some(Role::Primary) => "Primary".to_string(),
-                    Some(Role::Replica) | None => "Replica".to_string(),
-                    Some(r) => r.as_str().to_string(),
-                }
-            };
-            let host = m
-                .conn_url
-                .as_deref()
-                .and_then(|u| u.split("://").nth(1))
-                .and_then(|rest| rest.split('/').next())
-                .unwrap_or("")
-                .to_string();
-            let state = m.replication_state.clone().or_else(|| m.state.clone()).unwrap_or_default();
-            let lag_mb = if is_leader {
-                None
-            } else {
-                match (leader_lsn, m.xlog_location) {
-                    (Some(l), Some(x)) => Some(l.0.saturating_sub(x.0) / (1024 * 1024)),
-                    _ => None,
-                }
-            };
-            rows.push(MemberRow { name, host, role, state, timeline: m.timeline, lag_mb });
-        }
-        Ok(rows)
+    pub fn members(&self) -> Result<Vec<MemberInfo>, String> {
+        Ok(crate::cli::list::members(&self.view()?))
     }
 
-    /// A `keel list`-style table of the members.
+    /// The `keel list` table.
     pub fn table(&self) -> String {
-        match self.members() {
-            Ok(rows) => render_table(&self.opts.scope, &rows),
+        match self.view() {
+            Ok(view) => crate::cli::list::render(&self.opts.scope, &view, Format::Pretty, false, false),
             Err(e) => format!("(cannot read the store: {e})\n"),
         }
     }
@@ -893,70 +831,6 @@ pub fn tail(path: &Path, lines: usize) -> String {
     out
 }
 
-/// Renders rows like `patronictl list`.
-pub fn render_table(scope: &str, rows: &[MemberRow]) -> String {
-    let header = ["Member", "Host", "Role", "State", "TL", "Lag in MB"];
-    let cells: Vec<[String; 6]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.name.clone(),
-                r.host.clone(),
-                r.role.clone(),
-                r.state.clone(),
-                r.timeline.map(|t| t.to_string()).unwrap_or_default(),
-                r.lag_mb.map(|l| l.to_string()).unwrap_or_default(),
-            ]
-        })
-        .collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &cells {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let sep = {
-        let mut s = String::from("+");
-        for w in &widths {
-            s.push_str(&"-".repeat(w + 2));
-            s.push('+');
-        }
-        s
-    };
-    let line = |cols: &[String]| {
-        let mut s = String::from("|");
-        for (w, c) in widths.iter().zip(cols) {
-            s.push_str(&format!(" {c:<w$} |"));
-        }
-        s
-    };
-    let total = sep.len();
-    let title = format!(" Cluster: {scope} ");
-    let mut out = String::new();
-    let dashes = total.saturating_sub(title.len() + 2);
-    out.push_str(&format!("+{}{}{}+\n", "-".repeat(dashes / 2), title, "-".repeat(dashes - dashes / 2)));
-    out.push_str(&line(&header.map(String::from)));
-    out.push('\n');
-    out.push_str(&sep);
-    out.push('\n');
-    for row in &cells {
-        out.push_str(&line(row));
-        out.push('\n');
-    }
-    out.push_str(&sep);
-    out.push('\n');
-    out
-}
-
-/// Counts members by role in a table's rows, for tests and the demo (`{"Leader": 1, "Replica": 2}`).
-pub fn role_counts(rows: &[MemberRow]) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for r in rows {
-        *m.entry(r.role.clone()).or_insert(0) += 1;
-    }
-    m
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -988,33 +862,6 @@ mod tests {
         assert_eq!(c.bootstrap.dcs["postgresql"]["use_pg_rewind"], true);
         // Patroni's timing rule: loop_wait + 2 * retry_timeout <= ttl.
         assert!(opts.loop_wait + 2 * opts.retry_timeout <= opts.ttl);
-    }
-
-    #[test]
-    fn table_has_patronictl_columns() {
-        let rows = vec![
-            MemberRow {
-                name: "node1".into(),
-                host: "127.0.0.1:5432".into(),
-                role: "Leader".into(),
-                state: "running".into(),
-                timeline: Some(1),
-                lag_mb: None,
-            },
-            MemberRow {
-                name: "node2".into(),
-                host: "127.0.0.1:5433".into(),
-                role: "Replica".into(),
-                state: "streaming".into(),
-                timeline: Some(1),
-                lag_mb: Some(0),
-            },
-        ];
-        let t = render_table("demo", &rows);
-        assert!(t.contains("| Member | Host"), "{t}");
-        assert!(t.contains("| node2  | 127.0.0.1:5433 | Replica | streaming | 1  | 0         |"), "{t}");
-        assert!(t.lines().next().unwrap().contains("Cluster: demo"), "{t}");
-        assert_eq!(role_counts(&rows)["Leader"], 1);
     }
 
     #[test]

@@ -118,13 +118,15 @@ fn environment_overrides_apply_to_validate() {
 }
 
 #[test]
-fn other_commands_are_not_implemented_yet() {
-    for args in [&["run", "x.yml"][..], &["demo"], &["-c", "x.yml", "list"]] {
-        let out = keel(args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(text(&out.stderr).contains("not implemented yet"), "{args:?}");
-    }
+fn control_commands_need_a_configuration() {
     let out = keel(&["list"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("-c CONFIG"));
+}
+
+#[test]
+fn run_with_a_missing_file_fails_clearly() {
+    let out = keel(&["run", "/nonexistent/keel.yml"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out.stderr).contains("/nonexistent/keel.yml"), "{}", text(&out.stderr));
 }

@@ -20,6 +20,7 @@ use crate::postgres::datadir::{self, DataDirState};
 use crate::postgres::observe::{self, Observation};
 use crate::postgres::process::RunAs;
 use crate::postgres::roles::{self, RoleKind, RoleSpec};
+use crate::postgres::slots as pg_slots;
 use crate::postgres::ConnParams;
 
 /// Generous limits for the slow PostgreSQL operations.
@@ -81,6 +82,8 @@ pub struct Local {
     written: Option<ServerConf>,
     /// Parameters PostgreSQL reports as waiting for a restart.
     pub pending_restart: Vec<String>,
+    /// `synchronous_standby_names` as the leader's synchronous-mode plan wants it (`None`: not managed).
+    pub synchronous_standby_names: Option<String>,
 }
 
 /// Host and port of a `postgres://host:port/...` URL.
@@ -142,6 +145,7 @@ impl Local {
             dynamic_params: serde_json::Map::new(),
             written: None,
             pending_restart: Vec::new(),
+            synchronous_standby_names: None,
         })
     }
 
@@ -250,6 +254,9 @@ impl Local {
         }
         if let Some(v) = params.remove("hot_standby_feedback") {
             sc.hot_standby_feedback = matches!(v.as_str(), "on" | "true" | "1" | "yes");
+        }
+        if let Some(ssn) = &self.synchronous_standby_names {
+            params.insert("synchronous_standby_names".into(), ssn.clone());
         }
         sc.parameters = params;
         sc.recovery = recovery;
@@ -424,6 +431,25 @@ impl Local {
         }
     }
 
+    /// Takes the run-time changeable parts of a re-read configuration file; `apply_parameters` writes them.
+    pub fn reload_local(&mut self, cfg: &Config) {
+        self.local_params = cfg.postgresql.parameters.clone();
+        if !cfg.postgresql.pg_hba.is_empty() {
+            self.pg_hba = cfg.postgresql.pg_hba.clone();
+        }
+        // Force a rewrite (and reload) on the next cycle even if only pg_hba changed.
+        if let Some(w) = &mut self.written {
+            w.port = 0;
+        }
+    }
+
+    /// Restarts PostgreSQL with a fast shutdown, keeping its current configuration.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.session = None;
+        self.ctl.restart(StopMode::Fast, START_TIMEOUT).await?;
+        Ok(())
+    }
+
     /// Stops PostgreSQL (fast) for a clean agent shutdown.
     pub async fn stop(&mut self) -> Result<()> {
         self.session = None;
@@ -530,15 +556,9 @@ impl Local {
             return Ok(());
         }
         let session = self.session().await?;
-        let existing: Vec<String> = session
-            .query("SELECT slot_name::text FROM pg_replication_slots", &[])
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        for name in names.iter().filter(|n| !existing.contains(n)) {
-            session
-                .query("SELECT pg_create_physical_replication_slot($1, true)", &[name])
+        let existing = pg_slots::list(session).await?;
+        for name in names.iter().filter(|n| !existing.iter().any(|s| &s.name == *n)) {
+            pg_slots::create_physical(session, name)
                 .await
                 .with_context(|| format!("creating replication slot {name}"))?;
             info!("created physical replication slot {name}");

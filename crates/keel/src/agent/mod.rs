@@ -2,6 +2,7 @@
 //! (`keel_core::ha::decide`), executes the actions, publishes its member key, and logs one line saying what was
 //! decided and why.
 
+pub mod follower;
 pub mod local;
 pub mod probe;
 
@@ -13,25 +14,52 @@ use anyhow::{anyhow, bail, Context, Result};
 use keel_core::ha::{self, Action, AgentState, Decision, HaInput, StartAs};
 use keel_core::lsn::Lsn;
 use keel_core::time::Millis;
-use keel_core::view::{ClusterView, HistoryEntry, Role, Status};
+use keel_core::view::{ClusterKey, ClusterView, HistoryEntry, Role, Status};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::api::server::{router, unix_ms, ApiBackend, BasicAuth};
+use crate::api::agent::{agent_channel, AgentHandle, AgentReply, AgentRequest, RestartRequest};
+use crate::api::failsafe::FailsafeState;
+use crate::api::server::{router, unix_ms, ApiBackend, ApiOptions, BasicAuth};
 use crate::config::{self, Config};
 use crate::dcs::{ClusterStore, EtcdBackend, EtcdConfig, KvBackend};
 use crate::postgres::observe::{Observation, ReplicationState};
 use crate::status::{NodeStatus, ReplicationRow};
 use local::{iso8601, member, Local};
 
+/// How soon the loop runs again while the cluster has no leader.
+const UNLOCKED_RETRY: Duration = Duration::from_millis(500);
+
+/// How long the REST API waits for the HA loop to answer a request (a restart may take a while).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// The REST API's view of the running agent.
 pub struct AgentApi {
     status: Arc<RwLock<NodeStatus>>,
+    /// The API's own store handle (same etcd, no lease): it reads and writes `config` and `failover`.
+    store: ClusterStore<EtcdBackend>,
+    handle: AgentHandle,
+    failsafe: Arc<FailsafeState>,
 }
 
 impl ApiBackend for AgentApi {
+    type Kv = EtcdBackend;
+
     fn node_status(&self) -> NodeStatus {
         self.status.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn store(&self) -> &ClusterStore<EtcdBackend> {
+        &self.store
+    }
+
+    fn agent(&self) -> &AgentHandle {
+        &self.handle
+    }
+
+    fn failsafe(&self) -> &FailsafeState {
+        &self.failsafe
     }
 }
 
@@ -52,6 +80,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let timing = cfg.timing;
     let etcd = EtcdConfig::from_hosts(&cfg.etcd3_endpoints(), Duration::from_secs(timing.retry_timeout.max(1)));
     let backend = EtcdBackend::new(etcd)?;
+    let api_store = ClusterStore::new(backend.clone(), &cfg.namespace, &cfg.scope, &cfg.name, timing.ttl);
     let store = ClusterStore::new(backend, &cfg.namespace, &cfg.scope, &cfg.name, timing.ttl);
     let local = Local::new(&cfg)?;
     info!(
@@ -78,7 +107,10 @@ pub async fn run(config_path: &Path) -> Result<()> {
         (Some(u), Some(p)) => Some(BasicAuth { username: u.clone(), password: p.clone() }),
         _ => None,
     });
-    let app = router(Arc::new(AgentApi { status: status.clone() }), auth);
+    let (handle, requests) = agent_channel(REPLY_TIMEOUT);
+    let failsafe = Arc::new(FailsafeState::new());
+    let api = AgentApi { status: status.clone(), store: api_store, handle, failsafe: failsafe.clone() };
+    let app = router(Arc::new(api), ApiOptions::with_auth(auth));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             error!("REST API stopped: {e}");
@@ -98,6 +130,10 @@ pub async fn run(config_path: &Path) -> Result<()> {
         last_leader_refresh: None,
         holds_leader: false,
         last_obs: None,
+        requests,
+        failsafe,
+        scheduled_restart: None,
+        config_path: config_path.to_path_buf(),
     };
     agent.main_loop().await
 }
@@ -117,6 +153,11 @@ struct Agent<B: KvBackend> {
     last_leader_refresh: Option<Millis>,
     holds_leader: bool,
     last_obs: Option<Observation>,
+    requests: mpsc::Receiver<AgentRequest>,
+    failsafe: Arc<FailsafeState>,
+    /// A restart requested for later (`POST /restart` with `schedule`), as Unix epoch milliseconds.
+    scheduled_restart: Option<(Millis, RestartRequest)>,
+    config_path: std::path::PathBuf,
 }
 
 /// Why an action did not complete.
@@ -139,20 +180,34 @@ impl<B: KvBackend> Agent<B> {
                 }
                 error!("HA cycle failed: {e:#}");
             }
-            let loop_wait = Duration::from_secs(self.dynamic_config().timing.loop_wait);
+            let mut loop_wait = Duration::from_secs(self.dynamic_config().timing.loop_wait);
+            if self.view.leader.is_none() && self.view.initialize.is_some() {
+                // Nobody holds the leader key of an initialized cluster: look again soon rather than a loop later.
+                loop_wait = loop_wait.min(UNLOCKED_RETRY);
+            }
             let wait = loop_wait.saturating_sub(started.elapsed());
             let woke = async {
-                if self.holds_leader || wait.is_zero() {
-                    tokio::time::sleep(wait).await;
-                } else if let Err(e) = self.store.watch(wait).await {
+                // Wake early when the leader key, a switchover request or the configuration changes, so that
+                // failovers and switchovers do not wait for the next loop.
+                let keys = [ClusterKey::Leader, ClusterKey::Failover, ClusterKey::Config];
+                if wait.is_zero() {
+                    tokio::task::yield_now().await;
+                } else if let Err(e) = self.store.watch_keys(&keys, wait).await {
                     warn!("watching the store failed: {e}");
                     tokio::time::sleep(wait.min(Duration::from_secs(1))).await;
                 }
             };
-            tokio::select! {
-                _ = woke => {}
+            let request = tokio::select! {
+                _ = woke => None,
+                r = self.requests.recv() => r,
                 _ = sigterm.recv() => return self.shutdown().await,
                 _ = sigint.recv() => return self.shutdown().await,
+            };
+            if let Some(r) = request {
+                self.handle_request(r).await;
+            }
+            while let Ok(r) = self.requests.try_recv() {
+                self.handle_request(r).await;
             }
         }
     }
@@ -183,6 +238,18 @@ impl<B: KvBackend> Agent<B> {
         let lease_valid = self.last_lease_ok.is_some_and(|t| t.elapsed() < ttl);
         let dynamic = self.dynamic_config();
         self.local.set_dynamic(&dynamic);
+        if store_ok {
+            self.failsafe.set_config(dynamic.failsafe_mode, self.view.failsafe.clone());
+        }
+        if let Some((at, req)) = self.scheduled_restart.clone() {
+            if now >= at {
+                self.scheduled_restart = None;
+                match self.restart(&req).await {
+                    Ok(msg) => info!("scheduled restart: {msg}"),
+                    Err(e) => warn!("scheduled restart failed: {e:#}"),
+                }
+            }
+        }
         let (pg, obs) = self.local.observe(now).await;
         let mut input = HaInput {
             now,
@@ -201,6 +268,7 @@ impl<B: KvBackend> Agent<B> {
         self.last_obs = obs;
         let (applied, result) = self.execute(&decision).await;
         let is_primary = self.last_obs.as_ref().is_some_and(|o| !o.in_recovery);
+        self.manage_sync(is_primary).await;
         if let Err(e) = self.local.apply_parameters(is_primary).await {
             warn!("cannot apply PostgreSQL parameters: {e:#}");
         }
@@ -304,12 +372,15 @@ impl<B: KvBackend> Agent<B> {
             }
             Action::Promote { cause } => {
                 info!("promoting PostgreSQL ({cause:?})");
+                self.failsafe.reset();
                 let (old_tl, lsn) = self.local.promote().await?;
                 self.append_history(old_tl, lsn).await;
                 Ok(Outcome::Done)
             }
             Action::Demote { mode } => {
                 info!("demoting PostgreSQL ({mode:?})");
+                // Peers probing us during the leader race must not see a running primary any more.
+                self.set_state("stopping");
                 self.local.demote(*mode).await?;
                 Ok(Outcome::Done)
             }
@@ -327,6 +398,131 @@ impl<B: KvBackend> Agent<B> {
                 Ok(Outcome::Done)
             }
             Action::RefuseToRun { why } => Err(anyhow!(Fatal(format!("{why:?}")))),
+        }
+    }
+
+    /// Answers a request from the REST API.
+    async fn handle_request(&mut self, request: AgentRequest) {
+        match request {
+            AgentRequest::Wakeup => {}
+            AgentRequest::Restart { request, reply } => {
+                let answer = match &request.schedule {
+                    Some(at) => match (self.scheduled_restart.is_some(), ha::parse_iso8601(at)) {
+                        (true, _) => AgentReply::Conflict("Another restart is already scheduled".into()),
+                        (false, Some(at)) => {
+                            self.scheduled_restart = Some((at, request.clone()));
+                            AgentReply::Scheduled("Restart scheduled".into())
+                        }
+                        (false, None) => AgentReply::Failed(format!("cannot read the schedule {at:?}")),
+                    },
+                    None => match self.restart(&request).await {
+                        Ok(msg) => AgentReply::Done(msg),
+                        Err(e) => AgentReply::Failed(format!("{e:#}")),
+                    },
+                };
+                let _ = reply.send(answer);
+            }
+            AgentRequest::CancelScheduledRestart { reply } => {
+                let answer = match self.scheduled_restart.take() {
+                    Some(_) => AgentReply::Done("scheduled restart deleted".into()),
+                    None => AgentReply::Failed("no restart is scheduled".into()),
+                };
+                let _ = reply.send(answer);
+            }
+            AgentRequest::Reload { reply } => {
+                let answer = match self.reload_config() {
+                    Ok(()) => AgentReply::Done("reload scheduled".into()),
+                    Err(e) => AgentReply::Failed(format!("{e:#}")),
+                };
+                let _ = reply.send(answer);
+            }
+            AgentRequest::Reinitialize { force: _, from_leader: _, reply } => {
+                let answer = if self.holds_leader {
+                    AgentReply::Failed("I am the leader, can not reinitialize".into())
+                } else if self.view.leader.is_none() {
+                    AgentReply::Failed("Cluster has no leader, can not reinitialize".into())
+                } else {
+                    self.set_state("creating replica");
+                    match self.local.remove_data().await {
+                        Ok(()) => AgentReply::Done("reinitialize started".into()),
+                        Err(e) => AgentReply::Failed(format!("could not remove the data directory: {e:#}")),
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    /// Restarts PostgreSQL when the request's filters allow it.
+    async fn restart(&mut self, req: &RestartRequest) -> Result<String> {
+        let st = self.status.read().map(|s| s.clone()).unwrap_or_default();
+        let role_ok = req.role.as_deref().is_none_or(|r| {
+            r == st.display_role()
+                || (r == "primary" && st.role == Some(Role::Primary))
+                || (r == "master" && st.is_leader)
+        });
+        let version_ok = req.postgres_version.is_none_or(|v| st.server_version.is_some_and(|have| have < v));
+        let pending_ok = !req.restart_pending || st.pending_restart;
+        if !(role_ok && version_ok && pending_ok) {
+            bail!("restart conditions are not satisfied");
+        }
+        self.set_state("restarting");
+        let result = self.local.restart().await;
+        self.set_state(if result.is_ok() { "running" } else { "restart failed" });
+        result.map(|()| "restarted successfully".to_string())
+    }
+
+    /// Re-reads the configuration file and applies what can change at run time (PostgreSQL parameters, pg_hba).
+    fn reload_config(&mut self) -> Result<()> {
+        let loaded = Config::load(&self.config_path, &config::env::from_process())?;
+        for w in &loaded.warnings {
+            warn!("{}: {w}", self.config_path.display());
+        }
+        self.local.reload_local(&loaded.config);
+        info!("reloaded {}", self.config_path.display());
+        Ok(())
+    }
+
+    /// Synchronous mode on the leader: write the `sync` key, then set `synchronous_standby_names` (in that
+    /// order; see `keel_core::sync`). Anywhere else the parameter is left empty.
+    async fn manage_sync(&mut self, is_primary: bool) {
+        let cfg = self.dynamic_config();
+        let plan = match (&self.last_obs, self.holds_leader && is_primary) {
+            (Some(obs), true) => {
+                let standbys: Vec<keel_core::sync::StandbyConn> = obs
+                    .replication
+                    .iter()
+                    .map(|r| keel_core::sync::StandbyConn {
+                        name: r.application_name.clone(),
+                        streaming: r.state.as_deref() == Some("streaming"),
+                        is_sync: matches!(r.sync_state.as_deref(), Some("sync") | Some("quorum")),
+                        flush_lsn: r.flush_lsn,
+                    })
+                    .collect();
+                keel_core::sync::plan(&self.cfg.name, &self.view, &cfg, &standbys)
+            }
+            _ => None,
+        };
+        let Some(plan) = plan else {
+            self.local.synchronous_standby_names = None;
+            return;
+        };
+        if let Some((key, version)) = &plan.write_key {
+            match self.store.set_sync(key, Some(version.unwrap_or(0))).await {
+                Ok(true) => info!("sync key now lists {:?}", key.sync_standby),
+                Ok(false) => {
+                    warn!("the sync key changed under us; retrying next cycle");
+                    return;
+                }
+                Err(e) => {
+                    warn!("cannot write the sync key: {e}");
+                    return;
+                }
+            }
+        }
+        if self.local.synchronous_standby_names.as_deref() != Some(plan.standby_names.as_str()) {
+            info!("setting synchronous_standby_names to '{}'", plan.standby_names);
+            self.local.synchronous_standby_names = Some(plan.standby_names);
         }
     }
 

@@ -1,24 +1,53 @@
 //! The HTTP server: routes Patroni's paths to the health rules, the status document and the control operations.
+//!
+//! Read endpoints (`/cluster`, `/history`, `/config`, `/failsafe`) read the store directly, without touching the
+//! agent's cached state. Write endpoints require basic auth when `restapi.authentication` is set, validate the
+//! body (400 on malformed JSON or wrong types, before anything changes), then either write the store with
+//! compare-and-swap (`/config`, `/switchover`, `/failover`) or ask the HA loop through the [`AgentHandle`]
+//! (`/restart`, `/reload`, `/reinitialize`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use base64::Engine;
+use keel_core::view::ClusterView;
+use serde_json::{Map, Value};
+use tracing::{info, warn};
 
+use super::agent::{AgentHandle, AgentReply, AgentRequest};
+use super::control::{self, ManualAction, ManualPlan, Refusal};
+use super::failsafe::{FailsafeAnnouncement, FailsafeState};
 use super::health::{passes, Check};
 use super::metrics;
+use crate::dcs::{ClusterStore, DcsError, KvBackend, WatchKey};
 use crate::status::NodeStatus;
 
 /// What the API needs from the running agent.
+///
+/// Every method is cheap and never waits on the HA loop; what needs the loop goes through [`ApiBackend::agent`].
 pub trait ApiBackend: Send + Sync + 'static {
-    /// The node's latest status snapshot (cheap; never waits on the HA loop).
+    /// The store backend (etcd in production, [`MemoryBackend`](crate::dcs::MemoryBackend) in tests).
+    type Kv: KvBackend;
+
+    /// The node's latest status snapshot.
     fn node_status(&self) -> NodeStatus;
+
+    /// The store this node uses (shared with the HA loop; the API only reads whole views and writes `config`
+    /// and `failover`).
+    fn store(&self) -> &ClusterStore<Self::Kv>;
+
+    /// The request-reply channel to the HA loop.
+    fn agent(&self) -> &AgentHandle;
+
+    /// Failsafe announcements received by `POST /failsafe`, and the agent's failsafe settings.
+    fn failsafe(&self) -> &FailsafeState;
 }
 
 /// Basic-auth credentials that write endpoints require (`restapi.authentication`).
@@ -41,11 +70,37 @@ impl BasicAuth {
     }
 }
 
-#[allow(dead_code)] // `auth` guards the write endpoints, which arrive with the agent.
+/// How the API behaves, beyond what the backend provides.
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    /// `restapi.authentication`: required by every write endpoint when set.
+    pub auth: Option<BasicAuth>,
+    /// How long an unscheduled switchover/failover request waits for the leader key to move. `None`: Patroni's
+    /// `2 * max(10, loop_wait)` seconds, `loop_wait` from the dynamic configuration.
+    pub switchover_wait: Option<Duration>,
+    /// The longest pause between two store reads while waiting (a store watch wakes the wait earlier).
+    pub poll_interval: Duration,
+}
+
+impl Default for ApiOptions {
+    fn default() -> Self {
+        ApiOptions { auth: None, switchover_wait: None, poll_interval: Duration::from_secs(1) }
+    }
+}
+
+impl ApiOptions {
+    pub fn with_auth(auth: Option<BasicAuth>) -> Self {
+        ApiOptions { auth, ..Default::default() }
+    }
+}
+
 pub(crate) struct AppState<B> {
     pub backend: Arc<B>,
     pub auth: Option<BasicAuth>,
+    pub options: ApiOptions,
 }
+
+type St<B> = State<Arc<AppState<B>>>;
 
 /// Unix time in milliseconds.
 pub fn unix_ms() -> u64 {
@@ -53,20 +108,29 @@ pub fn unix_ms() -> u64 {
 }
 
 /// Builds the router for a backend.
-pub fn router<B: ApiBackend>(backend: Arc<B>, auth: Option<BasicAuth>) -> Router {
-    let state = Arc::new(AppState { backend, auth });
+pub fn router<B: ApiBackend>(backend: Arc<B>, options: ApiOptions) -> Router {
+    let state = Arc::new(AppState { backend, auth: options.auth.clone(), options });
     Router::new()
         .route("/patroni", get(patroni::<B>))
         .route("/metrics", get(metrics_handler::<B>))
+        .route("/cluster", get(get_cluster::<B>))
+        .route("/history", get(get_history::<B>))
+        .route("/config", get(get_config::<B>).patch(patch_config::<B>).put(put_config::<B>))
+        .route("/switchover", post(post_switchover::<B>).delete(delete_switchover::<B>))
+        .route("/failover", post(post_failover::<B>))
+        .route("/restart", post(post_restart::<B>).delete(delete_restart::<B>))
+        .route("/reload", post(post_reload::<B>))
+        .route("/reinitialize", post(post_reinitialize::<B>))
+        .route("/failsafe", get(get_failsafe::<B>).post(post_failsafe::<B>))
         .fallback(any(health::<B>))
         .with_state(state)
 }
 
-async fn patroni<B: ApiBackend>(State(s): State<Arc<AppState<B>>>) -> Response {
+async fn patroni<B: ApiBackend>(State(s): St<B>) -> Response {
     Json(s.backend.node_status().to_json()).into_response()
 }
 
-async fn metrics_handler<B: ApiBackend>(State(s): State<Arc<AppState<B>>>) -> Response {
+async fn metrics_handler<B: ApiBackend>(State(s): St<B>) -> Response {
     match metrics::render(&s.backend.node_status()) {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response(),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "could not encode metrics").into_response(),
@@ -74,7 +138,7 @@ async fn metrics_handler<B: ApiBackend>(State(s): State<Arc<AppState<B>>>) -> Re
 }
 
 async fn health<B: ApiBackend>(
-    State(s): State<Arc<AppState<B>>>,
+    State(s): St<B>,
     method: Method,
     uri: Uri,
     Query(query): Query<BTreeMap<String, String>>,
@@ -93,23 +157,403 @@ async fn health<B: ApiBackend>(
     (code, Json(st.to_json())).into_response()
 }
 
+// ---- helpers ------------------------------------------------------------------------------------------------
+
+fn text(code: StatusCode, message: impl Into<String>) -> Response {
+    (code, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], message.into()).into_response()
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        text(self.code, self.message)
+    }
+}
+
+/// `Some(401)` when authentication is configured and the request does not carry it.
+fn unauthorized<B>(s: &AppState<B>, headers: &HeaderMap) -> Option<Response> {
+    let auth = s.auth.as_ref()?;
+    if auth.allows(headers) {
+        return None;
+    }
+    let why = if headers.contains_key(header::AUTHORIZATION) { "not authenticated" } else { "no auth header received" };
+    let mut r = text(StatusCode::UNAUTHORIZED, why);
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"Keel\""));
+    Some(r)
+}
+
+/// Reads the whole cluster at one revision, leaving the agent's cached store state alone.
+async fn read_view<K: KvBackend>(store: &ClusterStore<K>) -> Result<(ClusterView, i64), DcsError> {
+    let range = store.backend().range(store.prefix()).await?;
+    Ok((ClusterView::from_entries(range.entries), range.revision))
+}
+
+fn store_down(e: &DcsError) -> Response {
+    text(StatusCode::SERVICE_UNAVAILABLE, format!("DCS is not accessible: {e}"))
+}
+
+macro_rules! view_or_503 {
+    ($s:expr) => {
+        match read_view($s.backend.store()).await {
+            Ok(v) => v,
+            Err(e) => return store_down(&e),
+        }
+    };
+}
+
+macro_rules! try_refusal {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(r) => return Refusal::into_response(r),
+        }
+    };
+}
+
+// ---- read endpoints -----------------------------------------------------------------------------------------
+
+async fn get_cluster<B: ApiBackend>(State(s): St<B>) -> Response {
+    let (view, _) = view_or_503!(s);
+    let scope = s.backend.node_status().scope;
+    Json(control::cluster_as_json(&view, &scope)).into_response()
+}
+
+async fn get_history<B: ApiBackend>(State(s): St<B>) -> Response {
+    let (view, _) = view_or_503!(s);
+    Json(control::history_json(&view)).into_response()
+}
+
+async fn get_config<B: ApiBackend>(State(s): St<B>) -> Response {
+    let (view, _) = view_or_503!(s);
+    match view.config {
+        Some(c) => Json(c.value.raw).into_response(),
+        None => text(StatusCode::BAD_GATEWAY, "the config key is missing in the DCS"),
+    }
+}
+
+async fn get_failsafe<B: ApiBackend>(State(s): St<B>) -> Response {
+    let members = match read_view(s.backend.store()).await {
+        Ok((view, _)) => view.failsafe,
+        // The store being down is when this matters: serve what the agent last read.
+        Err(_) => s.backend.failsafe().members(),
+    };
+    match members {
+        Some(m) => Json(m).into_response(),
+        None => text(StatusCode::BAD_GATEWAY, "failsafe mode is not enabled or the failsafe key is not set"),
+    }
+}
+
+// ---- config -------------------------------------------------------------------------------------------------
+
+async fn patch_config<B: ApiBackend>(State(s): St<B>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(r) = unauthorized(&s, &headers) {
+        return r;
+    }
+    let patch = try_refusal!(control::json_object(&body, false));
+    let (view, _) = view_or_503!(s);
+    let Some(current) = view.config else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "the config key is missing in the DCS; use PUT /config");
+    };
+    let mut data = match current.value.raw {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    if control::patch_config(&mut data, &patch) {
+        let value = Value::Object(data.clone());
+        match s.backend.store().set_config(&value, Some(current.version)).await {
+            Ok(true) => info!("dynamic configuration patched through the REST API"),
+            Ok(false) => {
+                return text(StatusCode::CONFLICT, "the configuration was changed concurrently; read it and retry")
+            }
+            Err(e) => return store_down(&e),
+        }
+        s.backend.agent().wakeup();
+    }
+    Json(Value::Object(data)).into_response()
+}
+
+async fn put_config<B: ApiBackend>(State(s): St<B>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(r) = unauthorized(&s, &headers) {
+        return r;
+    }
+    let new = Value::Object(try_refusal!(control::json_object(&body, false)));
+    let current = read_view(s.backend.store()).await.ok().and_then(|(v, _)| v.config).map(|c| c.value.raw);
+    if current.as_ref() != Some(&new) {
+        match s.backend.store().set_config(&new, None).await {
+            Ok(_) => info!("dynamic configuration replaced through the REST API"),
+            Err(e) => return text(StatusCode::BAD_GATEWAY, format!("failed to write the config key: {e}")),
+        }
+        s.backend.agent().wakeup();
+    }
+    Json(new).into_response()
+}
+
+// ---- switchover / failover ----------------------------------------------------------------------------------
+
+async fn post_switchover<B: ApiBackend>(State(s): St<B>, headers: HeaderMap, body: Bytes) -> Response {
+    manual::<B>(s, headers, body, ManualAction::Switchover).await
+}
+
+async fn post_failover<B: ApiBackend>(State(s): St<B>, headers: HeaderMap, body: Bytes) -> Response {
+    manual::<B>(s, headers, body, ManualAction::Failover).await
+}
+
+async fn manual<B: ApiBackend>(s: Arc<AppState<B>>, headers: HeaderMap, body: Bytes, action: ManualAction) -> Response {
+    if let Some(r) = unauthorized(&s, &headers) {
+        return r;
+    }
+    let req = try_refusal!(control::json_object(&body, false));
+    let (view, _) = view_or_503!(s);
+    let plan = try_refusal!(control::plan_manual(action, &req, &view, unix_ms()));
+    info!(
+        action = plan.action.as_str(),
+        leader = ?plan.request.leader,
+        candidate = ?plan.request.member,
+        scheduled_at = ?plan.request.scheduled_at,
+        "received a manual {} request",
+        plan.action.as_str()
+    );
+    // While a live leader has a request to process, a second one would silently replace the first.
+    if let (Some(pending), Some(_)) = (&view.failover, &view.leader) {
+        let p = &pending.value;
+        return text(
+            StatusCode::CONFLICT,
+            format!(
+                "another switchover/failover is already pending (leader={:?}, candidate={:?}, scheduled_at={:?}); \
+                 wait for it, or cancel a scheduled one with DELETE /switchover",
+                p.leader, p.member, p.scheduled_at
+            ),
+        );
+    }
+    let version = view.failover_version.unwrap_or(0);
+    match s.backend.store().set_failover(&plan.request, Some(version)).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return text(
+                StatusCode::CONFLICT,
+                "failed to write failover key into DCS: another switchover/failover request was written concurrently",
+            )
+        }
+        Err(e) => {
+            warn!("could not write the failover key: {e}");
+            return text(StatusCode::SERVICE_UNAVAILABLE, format!("failed to write failover key into DCS: {e}"));
+        }
+    }
+    s.backend.agent().wakeup();
+    if plan.request.scheduled_at.is_some() {
+        return text(StatusCode::ACCEPTED, format!("{} scheduled", plan.action.title()));
+    }
+    let wait = s.options.switchover_wait.unwrap_or_else(|| {
+        let loop_wait = view.dynamic_config().timing.loop_wait;
+        Duration::from_secs(2 * loop_wait.max(10))
+    });
+    let (code, msg) = wait_for_new_leader(s.backend.store(), &plan, wait, s.options.poll_interval).await;
+    text(code, msg)
+}
+
+/// Patroni's `poll_failover_result`: waits until someone other than the old leader holds the leader key (200),
+/// the failover key is cleared without that happening (503 failed), or `timeout` passes (503 status unknown).
+async fn wait_for_new_leader<K: KvBackend>(
+    store: &ClusterStore<K>,
+    plan: &ManualPlan,
+    timeout: Duration,
+    poll: Duration,
+) -> (StatusCode, String) {
+    let deadline = Instant::now() + timeout;
+    let title = plan.action.title();
+    let candidate = plan.request.member.as_deref();
+    let keys = [WatchKey::Prefix(store.prefix().to_string())];
+    loop {
+        let mut after = 0;
+        match read_view(store).await {
+            Ok((view, rev)) => {
+                after = rev;
+                if let Some(l) = view.leader.as_ref().filter(|l| Some(&l.name) != plan.leader_before.as_ref()) {
+                    return match candidate {
+                        Some(c) if c != l.name => {
+                            (StatusCode::OK, format!("{title}ed over to \"{}\" instead of \"{c}\"", l.name))
+                        }
+                        _ => (StatusCode::OK, format!("Successfully {} over to \"{}\"", plan.action.past(), l.name)),
+                    };
+                }
+                if view.failover.is_none() {
+                    return (StatusCode::SERVICE_UNAVAILABLE, format!("{title} failed"));
+                }
+            }
+            Err(e) => warn!("reading the store while waiting for the {}: {e}", plan.action.as_str()),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("{title} status unknown"));
+        }
+        let step = (deadline - now).min(poll);
+        // A change anywhere in the cluster ends the wait early; without a revision to watch from, just pause.
+        let watched = after > 0 && store.backend().watch(&keys, after, step).await.is_ok();
+        if !watched {
+            tokio::time::sleep(step).await;
+        }
+    }
+}
+
+async fn delete_switchover<B: ApiBackend>(State(s): St<B>, headers: HeaderMap) -> Response {
+    if let Some(r) = unauthorized(&s, &headers) {
+        return r;
+    }
+    let (view, _) = view_or_503!(s);
+    let Some(fo) = view.failover.filter(|f| f.value.scheduled_at.is_some()) else {
+        return text(StatusCode::NOT_FOUND, "no switchover is scheduled");
+    };
+    match s.backend.store().clear_failover(Some(fo.version)).await {
+        Ok(true) => {
+            s.backend.agent().wakeup();
+            text(StatusCode::OK, "scheduled switchover deleted")
+        }
+        Ok(false) => text(StatusCode::CONFLICT, "the failover key was changed concurrently; nothing was deleted"),
+        Err(e) => store_down(&e),
+    }
+}
+
+// ---- agent operations ---------------------------------------------------------------------------------------
+
+fn agent_down(e: impl std::fmt::Display) -> Response {
+    text(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+}
+
+async fn post_restart<B: ApiBackend>(State(s): St<B>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(r) = unauthorized(&s, &headers) {
+        return r;
+    }
+    let req = try_refusal!(control::json_object(&body, true));
+    let st = s.backend.node_status();
+    let paused = match read_view(s.backend.store()).await {
+        Ok((view, _)) => view.is_paused(),
+        Err(_) => st.pause,
+    };
+    let request = try_refusal!(control::parse_restart(&req, paused, unix_ms()));
+    if request.schedule.is_none() && !control::restart_matches(&request, &st) {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "restart conditions are not satisfied");
+    }
+    match s.backend.agent().call(|reply| AgentRequest::Restart { request, reply }).await {
+        Ok(AgentReply::Done(m)) => text(StatusCode::OK, m),
+        Ok(AgentReply::Scheduled(m)) => text(StatusCode::ACCEPTED, m),
+        Ok(AgentReply::Conflict(m)) => text(StatusCode::CONFLICT, m),
+        Ok(AgentReply::Failed(m)) => text(StatusCode::SERVICE_UNAVAILABLE, m),
+        Err(e) => agent_down(e),
+    }
+}
+
+async fn delete_restart<B: ApiBackend>(State(s): St<B>, headers: HeaderMap) -> Response {
+    if let Some(r) = unauthorized(&s, &headers) {
+        return r;
+    }
+    match s.backend.agent().call(|reply| AgentRequest::CancelScheduledRestart { reply }).await {
+        Ok(AgentReply::Done(_)) => text(StatusCode::OK, "scheduled restart deleted"),
+        Ok(_) => text(StatusCode::NOT_FOUND, "no restarts are scheduled"),
+        Err(e) => agent_down(e),
+    }
+}
+
+async fn post_reload<B: ApiBackend>(State(s): St<B>, headers: HeaderMap) -> Response {
+    if let Some(r) = unauthorized(&s, &headers) {
+        return r;
+    }
+    match s.backend.agent().call(|reply| AgentRequest::Reload { reply }).await {
+        Ok(AgentReply::Failed(m)) | Ok(AgentReply::Conflict(m)) => text(StatusCode::SERVICE_UNAVAILABLE, m),
+        Ok(_) => text(StatusCode::ACCEPTED, "reload scheduled"),
+        Err(e) => agent_down(e),
+    }
+}
+
+async fn post_reinitialize<B: ApiBackend>(State(s): St<B>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(r) = unauthorized(&s, &headers) {
+        return r;
+    }
+    let req = try_refusal!(control::json_object(&body, true));
+    let (force, from_leader) = try_refusal!(control::parse_reinitialize(&req));
+    if s.backend.node_status().is_leader {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "I am the leader, can not reinitialize");
+    }
+    if let Ok((view, _)) = read_view(s.backend.store()).await {
+        if view.leader.is_none() {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "Cluster has no leader, can not reinitialize");
+        }
+    }
+    match s.backend.agent().call(|reply| AgentRequest::Reinitialize { force, from_leader, reply }).await {
+        Ok(AgentReply::Done(_)) | Ok(AgentReply::Scheduled(_)) => text(StatusCode::OK, "reinitialize started"),
+        Ok(AgentReply::Failed(m)) | Ok(AgentReply::Conflict(m)) => text(StatusCode::SERVICE_UNAVAILABLE, m),
+        Err(e) => agent_down(e),
+    }
+}
+
+// ---- failsafe -----------------------------------------------------------------------------------------------
+
+async fn post_failsafe<B: ApiBackend>(State(s): St<B>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(r) = unauthorized(&s, &headers) {
+        return r;
+    }
+    let fs = s.backend.failsafe();
+    if !fs.enabled() {
+        return text(StatusCode::BAD_GATEWAY, "failsafe mode is not enabled");
+    }
+    let req = try_refusal!(control::json_object(&body, false));
+    let st = s.backend.node_status();
+    if st.is_running() && st.role == Some(keel_core::view::Role::Primary) {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "Running as a leader");
+    }
+    let announcement = match FailsafeAnnouncement::from_json(&Value::Object(req), Instant::now()) {
+        Ok(a) => a,
+        Err(m) => return text(StatusCode::BAD_REQUEST, m),
+    };
+    fs.record(announcement);
+    let mut r = text(StatusCode::OK, "Accepted");
+    let lsn = match (st.received_location, st.replayed_location) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b).or(st.wal_location),
+    };
+    if let Some(l) = lsn {
+        if let Ok(v) = HeaderValue::from_str(&l.0.to_string()) {
+            r.headers_mut().insert("lsn", v);
+        }
+    }
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use keel_core::view::Role;
 
-    struct Fixed(NodeStatus);
+    use crate::api::agent::agent_channel;
+    use crate::dcs::MemoryBackend;
+
+    struct Fixed {
+        st: NodeStatus,
+        store: ClusterStore<MemoryBackend>,
+        agent: AgentHandle,
+        failsafe: FailsafeState,
+    }
 
     impl ApiBackend for Fixed {
+        type Kv = MemoryBackend;
         fn node_status(&self) -> NodeStatus {
-            self.0.clone()
+            self.st.clone()
+        }
+        fn store(&self) -> &ClusterStore<MemoryBackend> {
+            &self.store
+        }
+        fn agent(&self) -> &AgentHandle {
+            &self.agent
+        }
+        fn failsafe(&self) -> &FailsafeState {
+            &self.failsafe
         }
     }
 
     async fn start(st: NodeStatus) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = router(Arc::new(Fixed(st)), None);
+        let (agent, _rx) = agent_channel(Duration::from_secs(1));
+        let store = ClusterStore::new(MemoryBackend::new(), "service", "c", "n1", 30);
+        let app = router(Arc::new(Fixed { st, store, agent, failsafe: FailsafeState::new() }), ApiOptions::default());
         tokio::spawn(async move { axum::serve(listener, app).await });
         format!("http://{addr}")
     }

@@ -14,7 +14,22 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Config};
 
+pub mod ctl;
 pub mod demo;
+pub mod dsn;
+pub mod edit_config;
+pub mod history;
+pub mod list;
+pub mod members;
+pub mod output;
+pub mod pause;
+pub mod reinit;
+pub mod reload;
+pub mod remove;
+pub mod rest;
+pub mod restart;
+pub mod switchover;
+pub mod timefmt;
 
 /// Exit status for success.
 pub const EXIT_OK: u8 = 0;
@@ -68,37 +83,37 @@ pub struct RestArgs {
     pub args: Vec<String>,
 }
 
-/// patronictl's commands, run against the cluster named by `-c CONFIG`.
+/// patronictl's commands, run against the cluster named by `-c CONFIG`. They never prompt: see [`ctl`].
 #[derive(Debug, Subcommand)]
 pub enum CtlCommand {
     /// List the members of the cluster.
-    List(RestArgs),
+    List(list::ListArgs),
     /// The cluster as a tree of cascading replicas.
-    Topology(RestArgs),
+    Topology(list::ListArgs),
     /// Planned switchover to a replica.
-    Switchover(RestArgs),
+    Switchover(switchover::SwitchoverArgs),
     /// Manual failover to a replica.
-    Failover(RestArgs),
+    Failover(switchover::FailoverArgs),
     /// Edit the cluster-wide (dynamic) configuration.
-    EditConfig(RestArgs),
+    EditConfig(edit_config::EditConfigArgs),
     /// Show the cluster-wide (dynamic) configuration.
-    ShowConfig(RestArgs),
+    ShowConfig(edit_config::ShowConfigArgs),
     /// Stop automatic failover (maintenance mode).
-    Pause(RestArgs),
+    Pause(pause::PauseArgs),
     /// Resume automatic failover.
-    Resume(RestArgs),
+    Resume(pause::PauseArgs),
     /// Restart PostgreSQL on members.
-    Restart(RestArgs),
+    Restart(restart::RestartArgs),
     /// Rebuild a replica from the leader.
-    Reinit(RestArgs),
+    Reinit(reinit::ReinitArgs),
     /// Reload the configuration of members.
-    Reload(RestArgs),
+    Reload(reload::ReloadArgs),
     /// Timeline history of the cluster.
-    History(RestArgs),
+    History(history::HistoryArgs),
     /// The connection string of a member.
-    Dsn(RestArgs),
+    Dsn(dsn::DsnArgs),
     /// Remove the cluster from the store.
-    Remove(RestArgs),
+    Remove(remove::RemoveArgs),
 }
 
 impl CtlCommand {
@@ -139,14 +154,36 @@ pub fn dispatch(cli: &Cli) -> u8 {
 }
 
 fn ctl(cli: &Cli, command: &CtlCommand) -> u8 {
-    if cli.config_path().is_none() {
+    let Some(path) = cli.config_path() else {
         eprintln!(
             "error: `keel {}` needs a configuration: -c CONFIG, KEEL_CONFIG or PATRONICTL_CONFIG_FILE",
             command.name()
         );
         return EXIT_USAGE;
+    };
+    ctl::run_async(run_ctl(path, command))
+}
+
+/// Runs one control command against the store of the cluster in the configuration at `path`.
+async fn run_ctl(path: PathBuf, command: &CtlCommand) -> ctl::CtlResult {
+    use ctl::Ctl;
+    let open = |cluster: &Option<String>| Ctl::open(&path, cluster.as_deref());
+    match command {
+        CtlCommand::List(a) => list::list(&open(&a.cluster_name)?, a, false).await,
+        CtlCommand::Topology(a) => list::list(&open(&a.cluster_name)?, a, true).await,
+        CtlCommand::Switchover(a) => switchover::switchover(&open(&a.cluster_name)?, a).await,
+        CtlCommand::Failover(a) => switchover::failover(&open(&a.cluster_name)?, a).await,
+        CtlCommand::EditConfig(a) => edit_config::edit_config(&open(&a.cluster_name)?, a).await,
+        CtlCommand::ShowConfig(a) => edit_config::show_config(&open(&a.cluster_name)?).await,
+        CtlCommand::Pause(a) => pause::toggle_pause(&open(&a.cluster_name)?, a, true).await,
+        CtlCommand::Resume(a) => pause::toggle_pause(&open(&a.cluster_name)?, a, false).await,
+        CtlCommand::Restart(a) => restart::restart(&open(&None)?, a).await,
+        CtlCommand::Reinit(a) => reinit::reinit(&open(&None)?, a).await,
+        CtlCommand::Reload(a) => reload::reload(&open(&None)?, a).await,
+        CtlCommand::History(a) => history::history(&open(&a.cluster_name)?, a).await,
+        CtlCommand::Dsn(a) => dsn::dsn(&open(&None)?, a).await,
+        CtlCommand::Remove(a) => remove::remove(&open(&None)?, a).await,
     }
-    not_implemented(command.name())
 }
 
 /// `keel run CONFIG`: the agent, logging to stderr (`RUST_LOG` adjusts the level; default `info`).
@@ -170,11 +207,6 @@ fn run_agent(path: &std::path::Path) -> u8 {
             1
         }
     }
-}
-
-fn not_implemented(name: &str) -> u8 {
-    eprintln!("keel {name}: not implemented yet");
-    EXIT_USAGE
 }
 
 /// `keel validate CONFIG`.

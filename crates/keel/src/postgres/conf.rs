@@ -167,8 +167,10 @@ pub fn parameters(conf: &ServerConf) -> Result<Vec<(String, String)>, ConfError>
         if let Some(slot) = &recovery.primary_slot_name {
             params.push(("primary_slot_name".into(), slot.clone()));
         }
-        params.push(("recovery_target_timeline".into(), "latest".into()));
     }
+    // Written on primaries too: it is a restart-only setting, so adding or removing it on promotion or demotion
+    // would leave PostgreSQL reporting a pending restart.
+    params.push(("recovery_target_timeline".into(), "latest".into()));
     Ok(params)
 }
 
@@ -412,6 +414,7 @@ mod tests {
                 "wal_log_hints = 'on'",
                 "hot_standby_feedback = 'off'",
                 "shared_buffers = '256MB'",
+                "recovery_target_timeline = 'latest'",
             ]
         );
     }

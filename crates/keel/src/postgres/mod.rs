@@ -12,6 +12,7 @@ pub mod datadir;
 pub mod observe;
 pub mod process;
 pub mod roles;
+pub mod slots;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -23,6 +23,21 @@ pub enum PgError {
     BadValue { what: &'static str, value: String },
 }
 
+impl PgError {
+    /// The SQLSTATE (or a short kind when there is none) and the server's message, for callers that react to
+    /// specific errors (e.g. `58P01` missing WAL, `55000` an invalidated slot).
+    pub fn sqlstate_and_message(&self) -> (String, String) {
+        let source = match self {
+            PgError::Connect { source, .. } | PgError::Query { source, .. } => source,
+            other => return ("keel".into(), other.to_string()),
+        };
+        match source.as_db_error() {
+            Some(db) => (db.code().code().to_string(), db.message().to_string()),
+            None => ("connection".into(), self.to_string()),
+        }
+    }
+}
+
 fn query_err(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> PgError {
     let what = what.into();
     move |source| PgError::Query { what, source }

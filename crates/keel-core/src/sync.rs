@@ -1,0 +1,207 @@
+//! Synchronous replication (`synchronous_mode`): which standbys the leader makes synchronous, and the order in
+//! which it changes `synchronous_standby_names` and the store's `sync` key so that the key never lists a standby
+//! that might lack an acknowledged commit.
+//!
+//! The `sync` key names the members allowed to win a leader race. The safe order, as in Patroni:
+//! - **removing** a standby: first drop it from the key, then from `synchronous_standby_names`;
+//! - **adding** a standby: first put it in `synchronous_standby_names`, and only once `pg_stat_replication` reports
+//!   it `sync`, add it to the key.
+//!
+//! [`plan`] is called each cycle on the leader and returns at most one key write and the parameter value; the
+//! runtime writes the key (compare-and-swap on its revision) before applying the parameter, and skips the
+//! parameter when the write fails.
+
+use crate::dynconfig::{DynamicConfig, SynchronousMode};
+use crate::lsn::Lsn;
+use crate::view::{ClusterView, SyncState};
+
+/// One row of the leader's `pg_stat_replication`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StandbyConn {
+    /// `application_name`: Keel sets it to the member name.
+    pub name: String,
+    /// `state = 'streaming'`.
+    pub streaming: bool,
+    /// `sync_state` is `sync` or `quorum`: PostgreSQL currently waits for this standby's acknowledgement.
+    pub is_sync: bool,
+    pub flush_lsn: Option<Lsn>,
+}
+
+/// What the leader should do about synchronous replication this cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncPlan {
+    /// Write the `sync` key with this value (guarded by `version`: `None` = only if absent).
+    pub write_key: Option<(SyncState, Option<i64>)>,
+    /// The value for `synchronous_standby_names` (empty: asynchronous).
+    pub standby_names: String,
+}
+
+/// The placeholder Patroni puts in `synchronous_standby_names` when strict mode has no standby: every commit
+/// waits, so nothing is acknowledged that no standby has.
+pub const STRICT_PLACEHOLDER: &str = "*";
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The `synchronous_standby_names` value for these standbys.
+pub fn standby_names(names: &[String], count: usize, strict: bool) -> String {
+    if names.is_empty() {
+        return if strict { STRICT_PLACEHOLDER.to_string() } else { String::new() };
+    }
+    let list: Vec<String> = names.iter().map(|n| quote(n)).collect();
+    format!("FIRST {} ({})", count.clamp(1, names.len()), list.join(","))
+}
+
+/// Plans synchronous replication for the leader `me`. `None` when `synchronous_mode` is off (the runtime then
+/// clears `synchronous_standby_names` and leaves the key alone).
+pub fn plan(me: &str, view: &ClusterView, cfg: &DynamicConfig, standbys: &[StandbyConn]) -> Option<SyncPlan> {
+    if cfg.synchronous_mode == SynchronousMode::Off {
+        return None;
+    }
+    let count = cfg.synchronous_node_count.max(1) as usize;
+    let strict = cfg.synchronous_mode_strict;
+    // Candidates: streaming standbys that are members allowed to be synchronous, most advanced first, the ones
+    // already synchronous before others at equal position (so a healthy sync standby is not swapped needlessly).
+    let mut candidates: Vec<&StandbyConn> = standbys
+        .iter()
+        .filter(|s| s.streaming && !s.name.eq_ignore_ascii_case(me))
+        .filter(|s| {
+            view.members
+                .values()
+                .find(|m| m.name.eq_ignore_ascii_case(&s.name))
+                .is_some_and(|m| !m.tags.no_sync() && !m.tags.no_failover())
+        })
+        .collect();
+    candidates.sort_by(|a, b| b.is_sync.cmp(&a.is_sync).then(b.flush_lsn.cmp(&a.flush_lsn)).then(a.name.cmp(&b.name)));
+    let desired: Vec<String> = candidates.iter().take(count).map(|s| s.name.clone()).collect();
+
+    let (listed, version) = match &view.sync {
+        Some(v) if v.value.leader.as_deref().is_some_and(|l| l.eq_ignore_ascii_case(me)) => {
+            (v.value.sync_standby.clone(), Some(v.version))
+        }
+        Some(v) => (Vec::new(), Some(v.version)),
+        None => (Vec::new(), None),
+    };
+    let contains = |list: &[String], n: &str| list.iter().any(|x| x.eq_ignore_ascii_case(n));
+    let key = |names: Vec<String>| SyncState { leader: Some(me.to_string()), sync_standby: names, quorum: None };
+    let key_is_ours = view.sync.as_ref().is_some_and(|v| v.value.leader.as_deref() == Some(me));
+
+    // Strict mode with nobody to replace the listed standbys: keep what the key says, block commits otherwise.
+    if strict && desired.is_empty() {
+        let write_key = (!key_is_ours).then(|| (key(listed.clone()), version));
+        return Some(SyncPlan { write_key, standby_names: standby_names(&listed, count, true) });
+    }
+
+    let kept: Vec<String> = listed.iter().filter(|n| contains(&desired, n)).cloned().collect();
+    if kept.len() != listed.len() || !key_is_ours {
+        // Removal first: the key shrinks to the standbys we keep; the parameter still covers the old set so
+        // PostgreSQL keeps waiting for them until the key no longer lists them.
+        let mut names = listed.clone();
+        for d in &desired {
+            if !contains(&names, d) {
+                names.push(d.clone());
+            }
+        }
+        let names = if key_is_ours { names } else { desired.clone() };
+        return Some(SyncPlan {
+            write_key: Some((key(kept), version)),
+            standby_names: standby_names(&names, count, false),
+        });
+    }
+    // Addition: list a desired standby in the key only once PostgreSQL reports it synchronous.
+    let confirmed: Vec<String> = desired
+        .iter()
+        .filter(|d| contains(&kept, d) || standbys.iter().any(|s| s.is_sync && s.name.eq_ignore_ascii_case(d)))
+        .cloned()
+        .collect();
+    let write_key = (confirmed.len() != kept.len()).then(|| (key(confirmed), version));
+    Some(SyncPlan { write_key, standby_names: standby_names(&desired, count, false) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::{Member, Versioned};
+    use serde_json::json;
+
+    fn view(members: &[&str], sync: Option<(&str, &[&str])>) -> ClusterView {
+        let mut v = ClusterView::default();
+        for m in members {
+            v.members.insert(m.to_string(), Member { name: m.to_string(), ..Default::default() });
+        }
+        v.sync = sync.map(|(l, s)| Versioned {
+            value: SyncState {
+                leader: Some(l.into()),
+                sync_standby: s.iter().map(|x| x.to_string()).collect(),
+                quorum: None,
+            },
+            version: 7,
+        });
+        v
+    }
+
+    fn conn(name: &str, is_sync: bool, lsn: u64) -> StandbyConn {
+        StandbyConn { name: name.into(), streaming: true, is_sync, flush_lsn: Some(Lsn(lsn)) }
+    }
+
+    fn on(strict: bool) -> DynamicConfig {
+        DynamicConfig::from_value(json!({"synchronous_mode": true, "synchronous_mode_strict": strict}))
+    }
+
+    #[test]
+    fn off_means_no_plan() {
+        assert_eq!(plan("a", &view(&["a", "b"], None), &DynamicConfig::default(), &[conn("b", false, 1)]), None);
+    }
+
+    #[test]
+    fn a_new_standby_enters_the_parameter_before_the_key() {
+        let v = view(&["a", "b", "c"], Some(("a", &[])));
+        let p = plan("a", &v, &on(false), &[conn("b", false, 10), conn("c", false, 5)]).unwrap();
+        assert_eq!(p.standby_names, "FIRST 1 (\"b\")");
+        assert_eq!(p.write_key, None, "b is not confirmed synchronous yet");
+        let p = plan("a", &v, &on(false), &[conn("b", true, 10), conn("c", false, 5)]).unwrap();
+        assert_eq!(p.write_key.unwrap().0.sync_standby, vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn a_gone_standby_leaves_the_key_before_the_parameter() {
+        let v = view(&["a", "b", "c"], Some(("a", &["b"])));
+        let p = plan("a", &v, &on(false), &[conn("c", false, 5)]).unwrap();
+        let (key, version) = p.write_key.unwrap();
+        assert!(key.sync_standby.is_empty());
+        assert_eq!(version, Some(7));
+        assert!(p.standby_names.contains("\"b\""), "PostgreSQL keeps waiting for b until the key dropped it");
+    }
+
+    #[test]
+    fn a_new_leader_takes_the_key_over() {
+        let v = view(&["a", "b"], Some(("old", &["a"])));
+        let p = plan("a", &v, &on(false), &[conn("b", false, 5)]).unwrap();
+        let (key, _) = p.write_key.unwrap();
+        assert_eq!(key.leader.as_deref(), Some("a"));
+        assert!(key.sync_standby.is_empty());
+    }
+
+    #[test]
+    fn strict_without_standbys_blocks_commits() {
+        let v = view(&["a", "b"], Some(("a", &["b"])));
+        let p = plan("a", &v, &on(true), &[]).unwrap();
+        assert_eq!(p.write_key, None);
+        assert_eq!(p.standby_names, "FIRST 1 (\"b\")");
+        let v = view(&["a"], Some(("a", &[])));
+        assert_eq!(plan("a", &v, &on(true), &[]).unwrap().standby_names, STRICT_PLACEHOLDER);
+        let p = plan("a", &v, &on(false), &[]).unwrap();
+        assert_eq!(p.standby_names, "");
+    }
+
+    #[test]
+    fn nosync_members_are_never_chosen() {
+        let mut v = view(&["a", "b", "c"], Some(("a", &[])));
+        if let Some(m) = v.members.get_mut("b") {
+            m.tags.nosync = true;
+        }
+        let p = plan("a", &v, &on(false), &[conn("b", false, 10), conn("c", false, 5)]).unwrap();
+        assert_eq!(p.standby_names, "FIRST 1 (\"c\")");
+    }
+}

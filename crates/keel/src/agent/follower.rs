@@ -1,0 +1,225 @@
+//! The slot follower: on a replica, keeps the local copies of the primary's managed slots moving with the primary,
+//! between HA cycles and independently of them.
+//!
+//! Every [`TICK`] it reads the managed slots' positions on the leader (`restart_lsn` for physical slots,
+//! `confirmed_flush_lsn` for logical ones) and the local replay position, and advances each local slot to
+//! `min(leader position, local replay)`. Each slot advances in its own task on its own connection, bounded by
+//! [`ADVANCE_TIMEOUT`]: a slow or stuck advance delays neither the HA loop nor the other slots. The outcome of each
+//! attempt is kept in a shared table that the HA loop reads (for readiness and errors such as missing WAL).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use keel_core::lsn::Lsn;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::postgres::observe::{self, PgError, Session};
+use crate::postgres::slots as pg_slots;
+use crate::postgres::ConnParams;
+
+/// How often positions are compared.
+pub const TICK: Duration = Duration::from_millis(100);
+/// The longest one advance may take before it is abandoned (and retried on a later tick).
+pub const ADVANCE_TIMEOUT: Duration = Duration::from_secs(30);
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the follower should follow; `None` stops following (this node is the primary, or there is no leader).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowPlan {
+    pub leader: ConnParams,
+    pub local: ConnParams,
+    /// Managed slots present on this replica: name → logical?
+    pub slots: BTreeMap<String, bool>,
+}
+
+/// The last known state of one followed slot.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SlotProgress {
+    /// The leader's position for the slot.
+    pub leader_lsn: Option<Lsn>,
+    /// The local slot's position after the last successful advance.
+    pub local_lsn: Option<Lsn>,
+    /// Successful advances since the slot was first followed.
+    pub advances: u64,
+    /// The last advance error (SQLSTATE and message), cleared by a success.
+    pub last_error: Option<(String, String)>,
+    /// When the local slot last caught up with the leader (or the replay position).
+    pub caught_up_at: Option<Instant>,
+}
+
+/// Shared table of slot progress, read by the HA loop and the REST API.
+pub type Progress = Arc<Mutex<BTreeMap<String, SlotProgress>>>;
+
+/// Starts the follower task. Send plans through the returned sender; dropping it stops the task.
+pub fn spawn() -> (watch::Sender<Option<FollowPlan>>, Progress, JoinHandle<()>) {
+    let (tx, rx) = watch::channel(None);
+    let progress: Progress = Arc::default();
+    let handle = tokio::spawn(run(rx, progress.clone()));
+    (tx, progress, handle)
+}
+
+async fn run(mut plans: watch::Receiver<Option<FollowPlan>>, progress: Progress) {
+    let mut leader: Option<(ConnParams, Session)> = None;
+    let mut local: Option<(ConnParams, Session)> = None;
+    let mut in_flight: BTreeMap<String, JoinHandle<()>> = BTreeMap::new();
+    let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            changed = plans.changed() => if changed.is_err() { return },
+            _ = interval.tick() => {}
+        }
+        let plan = plans.borrow().clone();
+        let Some(plan) = plan else {
+            leader = None;
+            local = None;
+            lock(&progress).clear();
+            continue;
+        };
+        in_flight.retain(|_, h| !h.is_finished());
+        lock(&progress).retain(|name, _| plan.slots.contains_key(name));
+        if plan.slots.is_empty() {
+            continue;
+        }
+        if let Err(e) = ensure(&mut leader, &plan.leader).await.and(ensure(&mut local, &plan.local).await) {
+            debug!("slot follower cannot connect: {e}");
+            continue;
+        }
+        let (Some((_, leader_session)), Some((_, local_session))) = (&leader, &local) else { continue };
+        let names: Vec<String> = plan.slots.keys().cloned().collect();
+        let targets = match leader_positions(leader_session, &names).await {
+            Ok(t) => t,
+            Err(e) => {
+                debug!("slot follower cannot read the leader's slots: {e}");
+                leader = None;
+                continue;
+            }
+        };
+        let (replay, locals) = match local_positions(local_session, &names).await {
+            Ok(v) => v,
+            Err(e) => {
+                debug!("slot follower cannot read the local slots: {e}");
+                local = None;
+                continue;
+            }
+        };
+        for (name, logical) in &plan.slots {
+            let leader_lsn = targets.get(name).copied().flatten();
+            let local_lsn = locals.get(name).copied().flatten();
+            {
+                let mut table = lock(&progress);
+                let entry = table.entry(name.clone()).or_default();
+                entry.leader_lsn = leader_lsn;
+                if entry.local_lsn.is_none() || local_lsn > entry.local_lsn {
+                    entry.local_lsn = local_lsn;
+                }
+            }
+            let (Some(target), Some(replay)) = (leader_lsn, replay) else { continue };
+            let goal = target.min(replay);
+            if local_lsn.is_some_and(|l| l >= goal) {
+                let mut table = lock(&progress);
+                if let Some(entry) = table.get_mut(name) {
+                    entry.caught_up_at = Some(Instant::now());
+                }
+                continue;
+            }
+            if local_lsn.is_none() || in_flight.contains_key(name) {
+                continue;
+            }
+            let task = advance_task(plan.local.clone(), name.clone(), *logical, goal, progress.clone());
+            in_flight.insert(name.clone(), tokio::spawn(task));
+        }
+    }
+}
+
+fn lock(p: &Progress) -> std::sync::MutexGuard<'_, BTreeMap<String, SlotProgress>> {
+    p.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Makes sure `slot` holds a live session to `params`.
+async fn ensure(slot: &mut Option<(ConnParams, Session)>, params: &ConnParams) -> Result<(), PgError> {
+    let stale = match slot {
+        Some((p, s)) => p != params || s.is_closed(),
+        None => true,
+    };
+    if stale {
+        *slot = None;
+        *slot = Some((params.clone(), observe::connect(params, QUERY_TIMEOUT).await?));
+    }
+    Ok(())
+}
+
+/// Positions of the named slots on the leader: physical → restart_lsn, logical → confirmed_flush_lsn.
+async fn leader_positions(s: &Session, names: &[String]) -> Result<BTreeMap<String, Option<Lsn>>, PgError> {
+    let rows = s
+        .query(
+            "SELECT slot_name::text, CASE WHEN slot_type = 'logical' THEN confirmed_flush_lsn ELSE restart_lsn \
+             END::text FROM pg_catalog.pg_replication_slots WHERE slot_name = ANY($1) AND NOT pg_is_in_recovery()",
+            &[&names],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, Option<String>>(1).and_then(|t| t.parse().ok())))
+        .collect())
+}
+
+/// The local replay position and the local positions of the named slots.
+async fn local_positions(
+    s: &Session,
+    names: &[String],
+) -> Result<(Option<Lsn>, BTreeMap<String, Option<Lsn>>), PgError> {
+    let rows = s
+        .query(
+            "SELECT slot_name::text, CASE WHEN slot_type = 'logical' THEN confirmed_flush_lsn ELSE restart_lsn \
+             END::text, pg_last_wal_replay_lsn()::text FROM pg_catalog.pg_replication_slots \
+             WHERE slot_name = ANY($1)",
+            &[&names],
+        )
+        .await?;
+    let mut replay = None;
+    let mut out = BTreeMap::new();
+    for r in &rows {
+        replay = r.get::<_, Option<String>>(2).and_then(|t| t.parse().ok());
+        out.insert(r.get::<_, String>(0), r.get::<_, Option<String>>(1).and_then(|t| t.parse().ok()));
+    }
+    if rows.is_empty() {
+        let r = s.query("SELECT pg_last_wal_replay_lsn()::text", &[]).await?;
+        replay = r.first().and_then(|r| r.get::<_, Option<String>>(0)).and_then(|t| t.parse().ok());
+    }
+    Ok((replay, out))
+}
+
+/// One advance on its own connection, bounded in time; the outcome goes into the progress table.
+async fn advance_task(local: ConnParams, name: String, logical: bool, goal: Lsn, progress: Progress) {
+    let attempt = async {
+        let s = observe::connect(&local, ADVANCE_TIMEOUT).await?;
+        pg_slots::advance(&s, &name, goal).await
+    };
+    let outcome = tokio::time::timeout(ADVANCE_TIMEOUT, attempt).await;
+    let mut table = lock(&progress);
+    let entry = table.entry(name.clone()).or_default();
+    match outcome {
+        Ok(Ok(end)) => {
+            entry.advances += 1;
+            entry.last_error = None;
+            if end.is_some() && end > entry.local_lsn {
+                entry.local_lsn = end;
+            }
+        }
+        Ok(Err(e)) => {
+            let (code, msg) = e.sqlstate_and_message();
+            if entry.last_error.as_ref().map(|(c, _)| c) != Some(&code) {
+                warn!("advancing {} slot {name} to {goal} failed: {msg}", if logical { "logical" } else { "physical" });
+            }
+            entry.last_error = Some((code, msg));
+        }
+        Err(_) => {
+            warn!("advancing slot {name} to {goal} took longer than {ADVANCE_TIMEOUT:?}; will retry");
+            entry.last_error = Some(("timeout".into(), format!("no answer within {ADVANCE_TIMEOUT:?}")));
+        }
+    }
+}

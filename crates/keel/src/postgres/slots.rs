@@ -1,0 +1,149 @@
+//! Replication slots over SQL: list, create, advance, drop, and read a slot's state file from a primary.
+//!
+//! Every statement names the slot as a bind parameter, never by string concatenation.
+
+use keel_core::lsn::Lsn;
+use serde_json::Value;
+
+use super::observe::{PgError, Session};
+
+/// One row of `pg_replication_slots` (non-temporary slots), with the columns that exist on every supported major
+/// and the newer ones as options.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PgSlot {
+    pub name: String,
+    /// `physical` or `logical`.
+    pub slot_type: String,
+    pub plugin: Option<String>,
+    pub database: Option<String>,
+    pub datoid: Option<u32>,
+    pub active: bool,
+    pub xmin: Option<u32>,
+    pub catalog_xmin: Option<u32>,
+    pub restart_lsn: Option<Lsn>,
+    pub confirmed_flush_lsn: Option<Lsn>,
+    /// `reserved`, `extended`, `unreserved` or `lost` (PostgreSQL 13+).
+    pub wal_status: Option<String>,
+    /// PostgreSQL 17+: a native failover slot, and whether the slot-sync worker made it.
+    pub failover: bool,
+    pub synced: bool,
+}
+
+impl PgSlot {
+    pub fn is_logical(&self) -> bool {
+        self.slot_type == "logical"
+    }
+
+    /// Reads one `to_jsonb(pg_replication_slots)` row; `None` when it lacks a name or type.
+    pub fn from_json(v: &Value) -> Option<PgSlot> {
+        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        let xid = |k: &str| {
+            v.get(k).and_then(|x| match x {
+                Value::String(t) => t.parse::<u32>().ok(),
+                Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+                _ => None,
+            })
+        };
+        let lsn = |k: &str| s(k).and_then(|t| t.parse::<Lsn>().ok());
+        Some(PgSlot {
+            name: s("slot_name")?,
+            slot_type: s("slot_type")?,
+            plugin: s("plugin"),
+            database: s("database"),
+            datoid: v.get("datoid").and_then(Value::as_u64).and_then(|d| u32::try_from(d).ok()),
+            active: v.get("active").and_then(Value::as_bool).unwrap_or(false),
+            xmin: xid("xmin"),
+            catalog_xmin: xid("catalog_xmin"),
+            restart_lsn: lsn("restart_lsn"),
+            confirmed_flush_lsn: lsn("confirmed_flush_lsn"),
+            wal_status: s("wal_status"),
+            failover: v.get("failover").and_then(Value::as_bool).unwrap_or(false),
+            synced: v.get("synced").and_then(Value::as_bool).unwrap_or(false),
+        })
+    }
+}
+
+/// Every non-temporary slot. `to_jsonb` keeps the query the same across majors whose views differ in columns.
+pub async fn list(session: &Session) -> Result<Vec<PgSlot>, PgError> {
+    let rows = session
+        .query(
+            "SELECT coalesce(json_agg(to_jsonb(s) ORDER BY s.slot_name), '[]')::text \
+             FROM pg_catalog.pg_replication_slots s WHERE NOT s.temporary",
+            &[],
+        )
+        .await?;
+    let text: String = rows.first().map(|r| r.get(0)).unwrap_or_else(|| "[]".into());
+    let parsed: Value =
+        serde_json::from_str(&text).map_err(|_| PgError::BadValue { what: "pg_replication_slots", value: text })?;
+    Ok(parsed.as_array().map(|a| a.iter().filter_map(PgSlot::from_json).collect()).unwrap_or_default())
+}
+
+/// Creates a physical slot that reserves WAL immediately.
+pub async fn create_physical(session: &Session, name: &str) -> Result<(), PgError> {
+    session.query("SELECT pg_catalog.pg_create_physical_replication_slot($1, true)", &[&name]).await?;
+    Ok(())
+}
+
+/// Creates a logical slot with `plugin` in the database this session is connected to.
+pub async fn create_logical(session: &Session, name: &str, plugin: &str) -> Result<Lsn, PgError> {
+    let rows = session
+        .query("SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, $2)", &[&name, &plugin])
+        .await?;
+    let text: String = rows.first().map(|r| r.get(0)).unwrap_or_default();
+    text.parse().map_err(|_| PgError::BadValue { what: "pg_create_logical_replication_slot", value: text })
+}
+
+/// Drops a slot (`pg_drop_replication_slot`); an active slot makes PostgreSQL refuse.
+pub async fn drop(session: &Session, name: &str) -> Result<(), PgError> {
+    session.query("SELECT pg_catalog.pg_drop_replication_slot($1)", &[&name]).await?;
+    Ok(())
+}
+
+/// Moves a slot forward to `to` (clamped by PostgreSQL to the flush or replay position); returns the new end.
+pub async fn advance(session: &Session, name: &str, to: Lsn) -> Result<Option<Lsn>, PgError> {
+    let target = to.to_string();
+    let rows = session
+        .query(
+            "SELECT end_lsn::text FROM pg_catalog.pg_replication_slot_advance($1, $2::text::pg_lsn)",
+            &[&name, &target],
+        )
+        .await?;
+    Ok(rows.first().and_then(|r| r.get::<_, Option<String>>(0)).and_then(|t| t.parse().ok()))
+}
+
+/// The bytes of `pg_replslot/<name>/state` on the server this session is connected to (needs superuser or the
+/// EXECUTE grant on `pg_read_binary_file` that Keel gives the rewind role).
+pub async fn read_state_file(session: &Session, name: &str) -> Result<Vec<u8>, PgError> {
+    let path = format!("pg_replslot/{name}/state");
+    let rows = session.query("SELECT pg_catalog.pg_read_binary_file($1)", &[&path]).await?;
+    Ok(rows.first().map(|r| r.get::<_, Vec<u8>>(0)).unwrap_or_default())
+}
+
+/// The OID of database `name`, as slot files record it.
+pub async fn database_oid(session: &Session, name: &str) -> Result<Option<u32>, PgError> {
+    let rows = session.query("SELECT oid::bigint FROM pg_catalog.pg_database WHERE datname = $1", &[&name]).await?;
+    Ok(rows.first().map(|r| r.get::<_, i64>(0)).and_then(|o| u32::try_from(o).ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_rows_of_every_major() {
+        let pg15 = json!({"slot_name":"node2","plugin":null,"slot_type":"physical","datoid":null,"database":null,
+            "temporary":false,"active":true,"xmin":null,"catalog_xmin":null,"restart_lsn":"0/3000148",
+            "confirmed_flush_lsn":null,"wal_status":"reserved","safe_wal_size":null,"two_phase":false});
+        let s = PgSlot::from_json(&pg15).unwrap();
+        assert_eq!(s.restart_lsn, Some(Lsn(0x3000148)));
+        assert!(s.active && !s.is_logical() && !s.failover);
+        let pg17 = json!({"slot_name":"cdc","plugin":"pgoutput","slot_type":"logical","datoid":5,"database":"app",
+            "active":false,"xmin":null,"catalog_xmin":"745","restart_lsn":"0/1","confirmed_flush_lsn":"0/2",
+            "wal_status":"lost","failover":true,"synced":false});
+        let s = PgSlot::from_json(&pg17).unwrap();
+        assert_eq!((s.catalog_xmin, s.datoid, s.failover), (Some(745), Some(5), true));
+        assert_eq!(s.wal_status.as_deref(), Some("lost"));
+        assert!(PgSlot::from_json(&json!({"slot_type":"logical"})).is_none());
+    }
+}
