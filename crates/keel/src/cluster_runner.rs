@@ -750,6 +750,16 @@ impl LocalCluster {
         Ok(crate::cli::list::members(&self.view()?))
     }
 
+    /// Whether every node has a member key saying it runs (or streams) on the leader's timeline: what `keel list`
+    /// (and a switchover's candidate check) sees once the agents have caught up with PostgreSQL.
+    pub fn members_settled(&self) -> Result<bool, String> {
+        let rows = self.members()?;
+        let leader_tl = rows.iter().find(|r| r.role == "leader").and_then(|r| r.timeline);
+        Ok(leader_tl.is_some()
+            && rows.len() == self.nodes.len()
+            && rows.iter().all(|r| (r.state == "running" || r.state == "streaming") && r.timeline == leader_tl))
+    }
+
     /// The `keel list` table.
     pub fn table(&self) -> String {
         match self.view() {

@@ -39,7 +39,8 @@ fn up(opts: KeelOptions) -> (KeelCluster, String) {
             }
         }
         match c.wait_replicas_streaming(2, Duration::ZERO) {
-            Ok((leader, _)) if c.writable(&leader) => return (c, leader),
+            Ok((leader, _)) if c.writable(&leader) && c.members_settled().unwrap_or(false) => return (c, leader),
+            Ok((leader, _)) if c.writable(&leader) => last = format!("member keys not settled:\n{}", c.table()),
             Ok((leader, _)) => last = format!("leader {leader} not writable"),
             Err(e) => last = e,
         }
@@ -84,6 +85,15 @@ fn wait_streaming_from(c: &KeelCluster, leader: &str, replica: &str, deadline: D
         Ok(names.iter().any(|n| n == replica).then_some(()))
     })
     .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Waits until every member key shows the node running on the leader's timeline (what `keel list` and the
+/// switchover candidate check see).
+fn settle(c: &KeelCluster) {
+    c.wait("member keys up to date", Duration::from_secs(30), || {
+        c.members_settled().map(|ok| ok.then_some(())).map_err(|e| e.to_string())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.table()));
 }
 
 /// Asserts exactly one node accepts writes and it is `leader`.
@@ -213,6 +223,7 @@ fn switchover_cli_rest_and_failover_to_candidate() {
             assert_eq!(l, target, "the switchover must promote the candidate");
             wait_streaming_from(&c, &target, &first, UP);
             assert_single_primary(&c, &target);
+            settle(&c);
         }
     }
 
@@ -230,6 +241,7 @@ fn switchover_cli_rest_and_failover_to_candidate() {
         assert_eq!(l, target);
         wait_streaming_from(&c, &target, &current, UP);
         assert_single_primary(&c, &target);
+        settle(&c);
     }
 
     // Manual failover to a named candidate (healthy cluster: Patroni allows it with a candidate).

@@ -219,10 +219,7 @@ fn demo(cluster: &mut LocalCluster, args: &DemoArgs) -> Result<(), Halt> {
 /// cluster as it is: every member running or streaming, on the leader's timeline.
 fn settle(cluster: &mut LocalCluster) {
     let _ = cluster_runner::wait_until("member keys", Duration::from_secs(15), Duration::from_millis(250), || {
-        let rows = cluster.members()?;
-        let leader_tl = rows.iter().find(|r| r.role == "leader").and_then(|r| r.timeline);
-        let settled = rows.len() == cluster.nodes.len()
-            && rows.iter().all(|r| (r.state == "running" || r.state == "streaming") && r.timeline == leader_tl);
+        let settled = cluster.members_settled()?;
         Ok(settled.then_some(()))
     });
 }
