@@ -407,3 +407,21 @@ fn store_outage_demotes_the_primary_and_the_cluster_recovers() {
     c.wait("a writable leader after the outage", FAILOVER, || Ok(c.writable(&l).then_some(()))).unwrap();
     assert_single_primary(&c, &l);
 }
+
+#[test]
+fn demo_failover_runs_to_completion() {
+    let _serial = serial();
+    let dir = tempfile::Builder::new().prefix("keel-demo-test-").tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["demo", "--failover", "--exit-after", "--dir"])
+        .arg(dir.path().join("demo"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run keel demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "keel demo failed ({}):\n{stdout}\n{stderr}", out.status);
+    for want in ["Cluster up in", "| Member", "keel -c ", "New primary", "streams from", "Stopping the nodes"] {
+        assert!(stdout.contains(want), "no {want:?} in the demo's output:\n{stdout}");
+    }
+}
