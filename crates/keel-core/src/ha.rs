@@ -56,14 +56,20 @@ pub use types::*;
 
 use crate::dynconfig::{DynamicConfig, SynchronousMode};
 use crate::lsn::Lsn;
+use crate::slots::{FailoverSlotReadiness, SlotsConfig};
 use crate::view::{FailoverRequest, Versioned};
 
 /// Decides what this node does in this cycle. Pure: the same input always gives the same decision.
 pub fn decide(input: &HaInput) -> Decision {
     let cfg = input.view.dynamic_config();
+    let slots_cfg = SlotsConfig::from_dynamic(&cfg);
+    // The gate matters only when there are permanent logical slots to be ready.
+    let slot_gate =
+        if slots_cfg.has_logical() && slots_cfg.use_slots { slots_cfg.readiness } else { FailoverSlotReadiness::Off };
     let ctx = Ctx {
         input,
         paused: cfg.pause,
+        slot_gate,
         cfg,
         me: input.name.as_str(),
         i_am_leader: input.view.leader.as_ref().is_some_and(|l| l.name == input.name),
@@ -95,6 +101,8 @@ enum Manual {
 struct Ctx<'a> {
     input: &'a HaInput,
     cfg: DynamicConfig,
+    /// `failover_slot_readiness`, `Off` when the configuration has no permanent logical slots.
+    slot_gate: FailoverSlotReadiness,
     paused: bool,
     me: &'a str,
     i_am_leader: bool,
@@ -380,7 +388,12 @@ impl Ctx<'_> {
         let Some(probes) = &self.input.probes else {
             return Manual::NeedProbes(targets);
         };
-        let ok = targets.iter().any(|t| self.switchover_target_healthy(t, probes));
+        // Without a named candidate the race decides; under `strict` an unready replica cannot win it, so do not
+        // step down unless a ready one exists.
+        let ok = targets.iter().any(|t| {
+            self.switchover_target_healthy(t, probes)
+                && (req.member.is_some() || self.slot_gate != FailoverSlotReadiness::Strict || self.peer_slots_ready(t))
+        });
         if ok {
             let actions = vec![
                 Action::Demote { mode: DemoteMode::Graceful },
@@ -574,6 +587,11 @@ impl Ctx<'_> {
         if !self.sync_allows(self.me) {
             return Err(Ineligible::NotSynchronous);
         }
+        if self.slot_gate == FailoverSlotReadiness::Strict {
+            if let Err(unready) = self.my_slots_ready() {
+                return Err(Ineligible::SlotsNotReady { unready });
+            }
+        }
         if self.cfg.check_timeline {
             let cluster = view.history_timeline();
             match self.pg().timeline {
@@ -602,10 +620,35 @@ impl Ctx<'_> {
             }
         }
         let ours = self.pg().wal_position().unwrap_or(Lsn::ZERO);
+        let gate = self.slot_gate != FailoverSlotReadiness::Off;
+        let me_ready = self.my_slots_ready().is_ok();
+        if gate && !me_ready {
+            // `prefer` (under `strict` we were already ineligible): an eligible peer with ready slots wins.
+            let horizon = self.input.view.status.optime.unwrap_or(ours);
+            let ready_peer = probes.iter().filter(|p| p.name != self.me && self.sync_allows(&p.name)).find(|p| {
+                reachable(probes, &p.name).is_some_and(|st| {
+                    st.pg_running
+                        && st.in_recovery
+                        && !st.tags.no_failover()
+                        && st
+                            .wal_position
+                            .is_some_and(|w| horizon.saturating_sub(w) <= self.cfg.maximum_lag_on_failover)
+                        && self.peer_slots_ready(&p.name)
+                        && self.peer_could_win(&p.name, st)
+                })
+            });
+            if let Some(p) = ready_peer {
+                return Err(Ineligible::PeerSlotsReady { member: p.name.clone() });
+            }
+        }
         let our_prio = self.input.tags.effective_failover_priority();
         for p in probes.iter().filter(|p| p.name != self.me && self.sync_allows(&p.name)) {
             let Some(st) = reachable(probes, &p.name) else { continue };
             if st.tags.no_failover() || !st.pg_running {
+                continue;
+            }
+            // Within maximum_lag_on_failover (we passed that check), ready slots beat WAL position and priority.
+            if gate && me_ready && !self.peer_slots_ready(&p.name) {
                 continue;
             }
             let Some(theirs) = st.wal_position else { continue };
@@ -624,6 +667,30 @@ impl Ctx<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Our failover-slot readiness: `Err(unready slots)` when not ready (an empty list: unknown).
+    fn my_slots_ready(&self) -> Result<(), Vec<String>> {
+        let published = self.input.view.members.get(self.me).and_then(|m| m.slots_readiness.as_ref());
+        match self.input.local_slots.as_ref().or(published) {
+            Some(r) if r.ready => Ok(()),
+            Some(r) => Err(r.unready.clone()),
+            None => Err(Vec::new()),
+        }
+    }
+
+    /// The peer passes the eligibility checks we can judge from here (failsafe list, timeline), so deferring to
+    /// it does not leave the cluster without a leader.
+    fn peer_could_win(&self, name: &str, st: &PeerStatus) -> bool {
+        let view = &self.input.view;
+        let in_failsafe = view.failsafe.as_ref().is_none_or(|fs| fs.is_empty() || fs.contains_key(name));
+        let timeline_ok = !self.cfg.check_timeline || st.timeline.is_some_and(|t| t >= view.history_timeline());
+        in_failsafe && timeline_ok
+    }
+
+    /// A peer's readiness as its member key publishes it (missing: not ready).
+    fn peer_slots_ready(&self, name: &str) -> bool {
+        self.input.view.members.get(name).and_then(|m| m.slots_readiness.as_ref()).is_some_and(|r| r.ready)
     }
 
     /// A named failover candidate (not us) that can take the key itself: reachable, running, failover allowed.

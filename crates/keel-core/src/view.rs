@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::dynconfig::{parse_bool, parse_uint, DynamicConfig};
 use crate::lsn::Lsn;
+use crate::slots::readiness::{SlotsReadiness, MEMBER_KEY_FIELD};
 
 /// A store key below the cluster prefix (`<namespace><scope>/`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,6 +260,9 @@ pub struct Member {
     pub pending_restart: bool,
     pub pause: bool,
     pub checkpoint_after_promote: Option<bool>,
+    /// Keel's failover-slot readiness (`"keel_slots": {"ready": bool, "unready": [names]}`); `None` when the
+    /// member publishes none (Patroni, an older Keel) or garbage.
+    pub slots_readiness: Option<SlotsReadiness>,
     /// The whole document as stored (fields Keel does not model are kept here).
     pub data: Value,
     pub version_rev: i64,
@@ -306,6 +310,7 @@ impl Member {
             pending_restart: data.get("pending_restart").and_then(parse_bool).unwrap_or(false),
             pause: data.get("pause").and_then(parse_bool).unwrap_or(false),
             checkpoint_after_promote: data.get("checkpoint_after_promote").and_then(parse_bool),
+            slots_readiness: data.get(MEMBER_KEY_FIELD).and_then(SlotsReadiness::from_json),
             data,
             version_rev: 0,
             lease: 0,

@@ -440,6 +440,7 @@ impl Sim {
             pg: self.observe(i),
             agent: AgentState { store_ok, lease_valid: store_ok, last_leader_refresh: None },
             probes: None,
+            local_slots: None,
         };
         let mut d = decide(&input);
         if let Some(members) = d.probe_request() {

@@ -8,4 +8,5 @@ pub mod cluster_runner;
 pub mod config;
 pub mod dcs;
 pub mod postgres;
+pub mod slots;
 pub mod status;

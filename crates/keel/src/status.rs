@@ -57,6 +57,8 @@ pub struct NodeStatus {
     /// Unix milliseconds when the HA loop last finished a cycle.
     pub last_cycle_ms: Option<u64>,
     pub version: String,
+    /// `GET /slots`: this node's replication slots with positions, lag and readiness.
+    pub slots: Value,
 }
 
 impl NodeStatus {

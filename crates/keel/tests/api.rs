@@ -98,6 +98,9 @@ async fn start_with<K: KvBackend>(api_kv: K, kv: MemoryBackend, options: ApiOpti
                     Some(reply),
                     AgentReply::Done(String::new()),
                 ),
+                AgentRequest::RecreateSlot { slot, reply } => {
+                    (format!("recreate {slot}"), Some(reply), AgentReply::Done(String::new()))
+                }
                 AgentRequest::Wakeup => ("wakeup".into(), None, AgentReply::Done(String::new())),
             };
             log.lock().unwrap().push(what);

@@ -111,6 +111,7 @@ fn input(name: &str, world: &World, pg: PgObservation) -> HaInput {
         pg,
         agent: AgentState { store_ok: true, lease_valid: true, last_leader_refresh: None },
         probes: None,
+        local_slots: None,
     }
 }
 
@@ -862,6 +863,162 @@ mod props {
                     prop_assert!(acquires, "healthiest n{i} does not race: {d}");
                 }
             }
+        }
+    }
+}
+
+/// `failover_slot_readiness`: the leader race with permanent logical slots.
+mod slot_gate {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const LOGICAL: &str = r#""slots":{"lg":{"type":"logical","database":"postgres","plugin":"pgoutput"}}"#;
+
+    /// n1 (old leader) is gone; n2 and n3 are replicas at the given LSNs with the given readiness.
+    fn world(policy: &str, n2: (u64, Option<bool>), n3: (u64, Option<bool>)) -> World {
+        let mut w = World::healthy().no_leader();
+        let policy =
+            if policy.is_empty() { String::new() } else { format!(r#","failover_slot_readiness":"{policy}""#) };
+        w.set("config", &format!("{{{LOGICAL}{policy}}}"));
+        for (name, (lsn, ready)) in [("n2", n2), ("n3", n3)] {
+            let mut m: serde_json::Value = serde_json::from_str(&member_json("replica", 1, lsn)).unwrap();
+            if let Some(r) = ready {
+                let unready: Vec<&str> = if r { vec![] } else { vec!["lg"] };
+                m["keel_slots"] = json!({"ready": r, "unready": unready});
+            }
+            w.set(&format!("members/{name}"), &m.to_string());
+        }
+        w.rm("members/n1");
+        w
+    }
+
+    fn race(w: &World, me: &str, lsn: u64, other: (&str, u64)) -> Decision {
+        let i = with_probes(input(me, w, replica_pg(lsn)), vec![peer(other.0, true, true, other.1)]);
+        decide(&i)
+    }
+
+    fn wins(d: &Decision) -> bool {
+        d.has(|a| matches!(a, Action::AcquireLeader))
+    }
+
+    #[test]
+    fn prefer_is_the_default_and_ready_peer_wins() {
+        let w = world("", (1000, Some(false)), (1000, Some(true)));
+        let d = race(&w, "n2", 1000, ("n3", 1000));
+        assert_eq!(d.reason, Reason::NotHealthiest(Ineligible::PeerSlotsReady { member: "n3".into() }));
+        assert!(wins(&race(&w, "n3", 1000, ("n2", 1000))));
+    }
+
+    #[test]
+    fn prefer_ready_beats_a_peer_ahead_within_the_lag_limit() {
+        // n2 is ahead but unready: the ready n3 does not defer to it, and n2 defers to n3.
+        let w = world("prefer", (1100, Some(false)), (1000, Some(true)));
+        assert!(wins(&race(&w, "n3", 1000, ("n2", 1100))));
+        assert!(!wins(&race(&w, "n2", 1100, ("n3", 1000))));
+    }
+
+    #[test]
+    fn prefer_ignores_a_ready_peer_beyond_the_lag_limit() {
+        let w = world("prefer", (5_000_000, Some(false)), (1000, Some(true))).with("status", r#"{"optime":5000000}"#);
+        assert!(wins(&race(&w, "n2", 5_000_000, ("n3", 1000))));
+    }
+
+    #[test]
+    fn prefer_keeps_liveness_when_nobody_is_ready() {
+        let w = world("prefer", (1000, Some(false)), (1000, None));
+        let d = race(&w, "n2", 1000, ("n3", 1000));
+        assert!(wins(&d), "{d}");
+    }
+
+    #[test]
+    fn strict_never_promotes_an_unready_replica_automatically() {
+        let w = world("strict", (1000, Some(false)), (1000, Some(false)));
+        let d = race(&w, "n2", 1000, ("n3", 1000));
+        assert_eq!(d.reason, Reason::NotHealthiest(Ineligible::SlotsNotReady { unready: vec!["lg".into()] }));
+        // Unknown readiness is not readiness.
+        let w = world("strict", (1000, None), (1000, Some(false)));
+        let d = race(&w, "n2", 1000, ("n3", 1000));
+        assert_eq!(d.reason, Reason::NotHealthiest(Ineligible::SlotsNotReady { unready: vec![] }));
+    }
+
+    #[test]
+    fn strict_still_allows_a_named_manual_failover() {
+        let w = world("strict", (1000, Some(false)), (1000, Some(false))).with("failover", r#"{"member":"n2"}"#);
+        let d = race(&w, "n2", 1000, ("n3", 1000));
+        assert_eq!(d.reason, Reason::PromotedByManualFailover);
+    }
+
+    #[test]
+    fn local_readiness_overrides_the_member_key() {
+        let w = world("strict", (1000, Some(false)), (1000, Some(false)));
+        let mut i = with_probes(input("n2", &w, replica_pg(1000)), vec![peer("n3", true, true, 1000)]);
+        i.local_slots = Some(crate::slots::SlotsReadiness { ready: true, unready: vec![] });
+        assert!(wins(&decide(&i)));
+    }
+
+    #[test]
+    fn off_and_no_logical_slots_behave_like_patroni() {
+        let w = world("off", (1000, Some(false)), (1000, Some(true)));
+        assert!(wins(&race(&w, "n2", 1000, ("n3", 1000))));
+        let mut w = world("strict", (1000, Some(false)), (1000, Some(true)));
+        w.set("config", r#"{"failover_slot_readiness":"strict"}"#);
+        assert!(wins(&race(&w, "n2", 1000, ("n3", 1000))));
+    }
+
+    #[test]
+    fn strict_switchover_without_candidate_needs_a_ready_replica() {
+        let mut w = world("strict", (1000, Some(false)), (1000, Some(false)));
+        w.set("leader", "n1").set("members/n1", &member_json("primary", 1, 1000)).set("failover", r#"{"leader":"n1"}"#);
+        let i = with_probes(
+            input("n1", &w, primary_pg(1000)),
+            vec![peer("n2", true, true, 1000), peer("n3", true, true, 1000)],
+        );
+        let d = decide(&i);
+        assert_eq!(d.reason, Reason::FailoverRefused(FailoverRefusal::NoHealthyCandidate));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        /// Never promote an unready candidate while an eligible ready one exists (prefer and strict); strict never
+        /// promotes an unready one automatically.
+        #[test]
+        fn unready_never_wins_over_ready(
+            strict in any::<bool>(),
+            lsns in proptest::collection::vec(990u64..1010, 3),
+            ready in proptest::collection::vec(proptest::option::of(any::<bool>()), 3),
+        ) {
+            let names = ["n2", "n3", "n4"];
+            let mut w = World::healthy().no_leader();
+            w.rm("members/n1").rm("members/n3");
+            let policy = if strict { "strict" } else { "prefer" };
+            w.set("config", &format!(r#"{{{LOGICAL},"failover_slot_readiness":"{policy}"}}"#));
+            for (i, n) in names.iter().enumerate() {
+                let mut m: serde_json::Value = serde_json::from_str(&member_json("replica", 1, lsns[i])).unwrap();
+                if let Some(r) = ready[i] {
+                    m["keel_slots"] = json!({"ready": r});
+                }
+                w.set(&format!("members/{n}"), &m.to_string());
+            }
+            let is_ready = |i: usize| ready[i] == Some(true);
+            let any_ready = (0..3).any(is_ready);
+            for (i, me) in names.iter().enumerate() {
+                let probes = names.iter().enumerate().filter(|(j, _)| *j != i)
+                    .map(|(j, n)| peer(n, true, true, lsns[j])).collect();
+                let d = decide(&with_probes(input(me, &w, replica_pg(lsns[i])), probes));
+                if wins(&d) && !is_ready(i) {
+                    prop_assert!(!strict, "strict promoted unready {me}: {d}");
+                    prop_assert!(!any_ready, "unready {me} won although a ready peer exists: {d}");
+                }
+            }
+            // Liveness: somebody can win (a ready one if any, under prefer anyone otherwise).
+            let winners = names.iter().enumerate().filter(|(i, me)| {
+                let probes = names.iter().enumerate().filter(|(j, _)| j != i)
+                    .map(|(j, n)| peer(n, true, true, lsns[j])).collect();
+                wins(&decide(&with_probes(input(me, &w, replica_pg(lsns[*i])), probes)))
+            }).count();
+            prop_assert!(winners > 0 || (strict && !any_ready));
         }
     }
 }

@@ -3,6 +3,7 @@
 use std::fmt;
 
 use crate::lsn::Lsn;
+use crate::slots::SlotsReadiness;
 use crate::time::Millis;
 use crate::view::{ClusterView, Tags};
 
@@ -153,6 +154,9 @@ pub struct HaInput {
     pub agent: AgentState,
     /// Peer probes, `None` until [`Action::ProbePeers`] asked for them in this cycle.
     pub probes: Option<Vec<PeerProbe>>,
+    /// This node's failover-slot readiness now. `None`: use what our member key in `view` says (and treat a
+    /// missing one as not ready when the configuration has permanent logical slots).
+    pub local_slots: Option<SlotsReadiness>,
 }
 
 /// How a primary steps down (Patroni's demotion modes).
@@ -288,6 +292,15 @@ pub enum Ineligible {
     OtherCandidateNamed {
         candidate: String,
     },
+    /// `failover_slot_readiness: strict` and our logical slots are not ready (`unready` lists them; empty when
+    /// our readiness is unknown).
+    SlotsNotReady {
+        unready: Vec<String>,
+    },
+    /// `failover_slot_readiness: prefer`: our logical slots are not ready and this eligible peer's are.
+    PeerSlotsReady {
+        member: String,
+    },
 }
 
 impl fmt::Display for Ineligible {
@@ -314,6 +327,15 @@ impl fmt::Display for Ineligible {
             }
             Ineligible::OtherCandidateNamed { candidate } => {
                 write!(f, "manual failover names the healthy candidate {candidate}")
+            }
+            Ineligible::SlotsNotReady { unready } if unready.is_empty() => {
+                write!(f, "my failover slots' readiness is unknown (failover_slot_readiness=strict)")
+            }
+            Ineligible::SlotsNotReady { unready } => {
+                write!(f, "my logical slots {unready:?} are not safe to use yet (failover_slot_readiness=strict)")
+            }
+            Ineligible::PeerSlotsReady { member } => {
+                write!(f, "{member}'s logical slots are ready and mine are not (failover_slot_readiness=prefer)")
             }
         }
     }

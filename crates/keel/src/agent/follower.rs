@@ -33,6 +33,9 @@ pub struct FollowPlan {
     pub local: ConnParams,
     /// Managed slots present on this replica: name → logical?
     pub slots: BTreeMap<String, bool>,
+    /// Targets from the `status` key for slots the leader does not have itself (e.g. the slot named after the
+    /// leader, which the leader publishes at its flush position).
+    pub fallback: BTreeMap<String, Lsn>,
 }
 
 /// The last known state of one followed slot.
@@ -107,7 +110,7 @@ async fn run(mut plans: watch::Receiver<Option<FollowPlan>>, progress: Progress)
             }
         };
         for (name, logical) in &plan.slots {
-            let leader_lsn = targets.get(name).copied().flatten();
+            let leader_lsn = targets.get(name).copied().flatten().or_else(|| plan.fallback.get(name).copied());
             let local_lsn = locals.get(name).copied().flatten();
             {
                 let mut table = lock(&progress);

@@ -84,6 +84,8 @@ pub struct Local {
     pub pending_restart: Vec<String>,
     /// `synchronous_standby_names` as the leader's synchronous-mode plan wants it (`None`: not managed).
     pub synchronous_standby_names: Option<String>,
+    /// `hot_standby_feedback` forced on for logical slots.
+    force_hsf: bool,
 }
 
 /// Host and port of a `postgres://host:port/...` URL.
@@ -146,6 +148,7 @@ impl Local {
             written: None,
             pending_restart: Vec::new(),
             synchronous_standby_names: None,
+            force_hsf: false,
         })
     }
 
@@ -255,6 +258,7 @@ impl Local {
         if let Some(v) = params.remove("hot_standby_feedback") {
             sc.hot_standby_feedback = matches!(v.as_str(), "on" | "true" | "1" | "yes");
         }
+        sc.hot_standby_feedback |= self.force_hsf;
         if let Some(ssn) = &self.synchronous_standby_names {
             params.insert("synchronous_standby_names".into(), ssn.clone());
         }
@@ -429,6 +433,61 @@ impl Local {
                 Ok(())
             }
         }
+    }
+
+    /// The session to the local PostgreSQL (reconnecting when needed).
+    pub async fn local_session(&mut self) -> Result<&observe::Session> {
+        self.session().await
+    }
+
+    /// Connection parameters for the local PostgreSQL (superuser).
+    pub fn local_params(&self) -> ConnParams {
+        self.local_conn()
+    }
+
+    /// A new session to the local PostgreSQL in `database` (logical slots are created per database).
+    pub async fn session_on(&self, database: &str) -> Result<observe::Session> {
+        let mut p = self.local_conn();
+        p.dbname = database.to_string();
+        Ok(observe::connect(&p, QUERY_TIMEOUT).await?)
+    }
+
+    /// Connection parameters for `leader` with the rewind credentials (which may read slot files), in `database`.
+    pub fn leader_params(&self, leader: &Member, database: &str) -> Result<ConnParams> {
+        let mut p = self.member_params(leader, &self.rewind)?;
+        p.dbname = database.to_string();
+        Ok(p)
+    }
+
+    /// A new session to `leader` with the rewind credentials.
+    pub async fn leader_session(&self, leader: &Member, database: &str) -> Result<observe::Session> {
+        Ok(observe::connect(&self.leader_params(leader, database)?, QUERY_TIMEOUT).await?)
+    }
+
+    /// `hot_standby_feedback` forced on (where this node or a cascade from it keeps logical slots), or left to the
+    /// configuration.
+    pub fn force_hot_standby_feedback(&mut self, force: bool) {
+        self.force_hsf = force;
+    }
+
+    /// Installs validated logical slot state files: stops PostgreSQL (fast), writes every file atomically, starts
+    /// PostgreSQL again with the same configuration.
+    pub async fn install_slot_files(
+        &mut self,
+        files: &[(String, Vec<u8>, keel_core::slotfile::Expectation)],
+    ) -> Result<()> {
+        let owner = self.run_as.owner().ok();
+        self.session = None;
+        self.ctl.stop(StopMode::Fast, STOP_TIMEOUT).await?;
+        let mut result = Ok(());
+        for (name, bytes, expectation) in files {
+            if let Err(e) = crate::slots::copy::write_slot_file(&self.data_dir, name, bytes, expectation, owner, true) {
+                result = Err(anyhow!(e).context(format!("installing logical slot {name}")));
+                break;
+            }
+        }
+        self.start().await?;
+        result
     }
 
     /// Takes the run-time changeable parts of a re-read configuration file; `apply_parameters` writes them.

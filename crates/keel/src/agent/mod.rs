@@ -5,6 +5,7 @@
 pub mod follower;
 pub mod local;
 pub mod probe;
+pub mod slots;
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -27,6 +28,7 @@ use crate::dcs::{ClusterStore, EtcdBackend, EtcdConfig, KvBackend};
 use crate::postgres::observe::{Observation, ReplicationState};
 use crate::status::{NodeStatus, ReplicationRow};
 use local::{iso8601, member, Local};
+use slots::{SlotCycle, SlotManager};
 
 /// How soon the loop runs again while the cluster has no leader.
 const UNLOCKED_RETRY: Duration = Duration::from_millis(500);
@@ -132,6 +134,9 @@ pub async fn run(config_path: &Path) -> Result<()> {
         last_obs: None,
         requests,
         failsafe,
+        slots: SlotManager::new(),
+        pending_optime: None,
+        last_status: None,
         scheduled_restart: None,
         config_path: config_path.to_path_buf(),
     };
@@ -155,6 +160,11 @@ struct Agent<B: KvBackend> {
     last_obs: Option<Observation>,
     requests: mpsc::Receiver<AgentRequest>,
     failsafe: Arc<FailsafeState>,
+    slots: SlotManager,
+    /// The optime an `UpdateLeader` this cycle asked to publish.
+    pending_optime: Option<Lsn>,
+    /// The `status` this node last published as leader.
+    last_status: Option<Status>,
     /// A restart requested for later (`POST /restart` with `schedule`), as Unix epoch milliseconds.
     scheduled_restart: Option<(Millis, RestartRequest)>,
     config_path: std::path::PathBuf,
@@ -259,6 +269,7 @@ impl<B: KvBackend> Agent<B> {
             pg,
             agent: AgentState { store_ok, lease_valid, last_leader_refresh: self.last_leader_refresh },
             probes: None,
+            local_slots: self.slots.summary.clone(),
         };
         let mut decision = ha::decide(&input);
         if let Some(members) = decision.probe_request() {
@@ -269,6 +280,27 @@ impl<B: KvBackend> Agent<B> {
         let (applied, result) = self.execute(&decision).await;
         let is_primary = self.last_obs.as_ref().is_some_and(|o| !o.in_recovery);
         self.manage_sync(is_primary).await;
+        let optime = self.pending_optime.take();
+        let cycle = SlotCycle {
+            me: &self.cfg.name,
+            tags: &self.cfg.tags,
+            view: &self.view,
+            dynamic: &dynamic,
+            leader_primary: self.holds_leader && is_primary,
+            running: self.last_obs.is_some() && self.local.ctl.is_running(),
+            replay_lsn: self.last_obs.as_ref().and_then(|o| o.replay_lsn),
+            flush_lsn: self.last_obs.as_ref().and_then(|o| o.wal_flush_lsn),
+            paused: dynamic.pause,
+            now,
+        };
+        let published = self.slots.cycle(&cycle, &mut self.local).await;
+        if let Some(mut status) = published {
+            status.optime = optime.or(status.optime);
+            self.last_status = Some(status);
+        }
+        if optime.is_some() {
+            self.write_status(optime).await;
+        }
         if let Err(e) = self.local.apply_parameters(is_primary).await {
             warn!("cannot apply PostgreSQL parameters: {e:#}");
         }
@@ -360,7 +392,8 @@ impl<B: KvBackend> Agent<B> {
                 self.holds_leader = ok;
                 if ok {
                     self.last_leader_refresh = Some(Millis(unix_ms()));
-                    self.write_status(*optime).await;
+                    // Written once per cycle after the slot work, with the slot positions.
+                    self.pending_optime = *optime;
                 }
                 Ok(guard(ok))
             }
@@ -433,6 +466,21 @@ impl<B: KvBackend> Agent<B> {
                 let answer = match self.reload_config() {
                     Ok(()) => AgentReply::Done("reload scheduled".into()),
                     Err(e) => AgentReply::Failed(format!("{e:#}")),
+                };
+                let _ = reply.send(answer);
+            }
+            AgentRequest::RecreateSlot { slot, reply } => {
+                let cfg = keel_core::slots::SlotsConfig::from_dynamic(&self.dynamic_config());
+                let logical = cfg.permanent.get(&slot).is_some_and(|p| p.kind.is_logical());
+                let answer = if !self.holds_leader {
+                    AgentReply::Failed("I am not the leader: ask the leader".into())
+                } else if !logical {
+                    AgentReply::Failed(format!("{slot} is not a permanent logical slot in the configuration"))
+                } else {
+                    warn!("operator asked to re-create logical slot {slot}: its consumers must resynchronise");
+                    self.slots.breaks.remove(&slot);
+                    self.slots.recreate.insert(slot.clone());
+                    AgentReply::Done(format!("logical slot {slot} will be re-created in the next cycle"))
                 };
                 let _ = reply.send(answer);
             }
@@ -534,12 +582,17 @@ impl<B: KvBackend> Agent<B> {
         }
     }
 
+    /// Writes `status` with this optime and the slot positions last published (the store client skips the write
+    /// when nothing changed). Keeping the slots when the leader hands over lets the next leader see every
+    /// position consumers may have reached.
     async fn write_status(&mut self, optime: Option<Lsn>) {
         let Some(optime) = optime else { return };
-        let status = Status { optime: Some(optime), ..Default::default() };
+        let mut status = self.last_status.clone().unwrap_or_default();
+        status.optime = Some(optime);
         if let Err(e) = self.store.set_status(&status).await {
             warn!("cannot write the status key: {e}");
         }
+        self.last_status = Some(status);
     }
 
     async fn append_history(&mut self, old_tl: u32, lsn: Lsn) {
@@ -587,6 +640,8 @@ impl<B: KvBackend> Agent<B> {
                 st.dcs_last_seen = Some(now.0 / 1000);
             }
             st.last_cycle_ms = Some(now.0);
+            let current = self.last_obs.as_ref().and_then(|o| o.wal_flush_lsn.or(o.replay_lsn));
+            st.slots = self.slots.to_json(&self.view.status, current);
             match (&self.last_obs, running) {
                 (Some(o), true) => {
                     st.state = "running".into();
@@ -638,7 +693,10 @@ impl<B: KvBackend> Agent<B> {
             *s = st.clone();
         }
         if store_ok {
-            let json = st.member_json(&self.conn_url, &self.api_url);
+            let mut json = st.member_json(&self.conn_url, &self.api_url);
+            if let (Some(summary), Some(obj)) = (&self.slots.summary, json.as_object_mut()) {
+                obj.insert(keel_core::slots::MEMBER_KEY_FIELD.into(), summary.to_json());
+            }
             if let Err(e) = self.store.touch_member(&json).await {
                 warn!("cannot write the member key: {e}");
             }

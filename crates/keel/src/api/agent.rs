@@ -70,6 +70,10 @@ pub enum AgentRequest {
     /// Reply `Done(..)` (200 `reinitialize started`) or `Failed(reason)` (503), e.g. `"I am the leader, can not
     /// reinitialize"`, `"Cluster has no leader, can not reinitialize"`, `"<action> already in progress"`.
     Reinitialize { force: bool, from_leader: bool, reply: ReplyTo },
+    /// Re-create a permanent logical slot despite a continuity break (`keel slots recreate NAME`). Reply
+    /// `Done(..)` when the leader will create it in its next cycle, `Failed(reason)` (412) when this node is not
+    /// the leader or the slot is not a permanent logical slot.
+    RecreateSlot { slot: String, reply: ReplyTo },
     /// Something in the store changed on the API's initiative (config, failover key): run the next cycle now.
     /// No reply.
     Wakeup,

@@ -122,6 +122,8 @@ pub fn router<B: ApiBackend>(backend: Arc<B>, options: ApiOptions) -> Router {
         .route("/reload", post(post_reload::<B>))
         .route("/reinitialize", post(post_reinitialize::<B>))
         .route("/failsafe", get(get_failsafe::<B>).post(post_failsafe::<B>))
+        .route("/slots", get(get_slots::<B>))
+        .route("/slots/recreate", post(post_slots_recreate::<B>))
         .fallback(any(health::<B>))
         .with_state(state)
 }
@@ -459,6 +461,29 @@ async fn post_reload<B: ApiBackend>(State(s): St<B>, headers: HeaderMap) -> Resp
     match s.backend.agent().call(|reply| AgentRequest::Reload { reply }).await {
         Ok(AgentReply::Failed(m)) | Ok(AgentReply::Conflict(m)) => text(StatusCode::SERVICE_UNAVAILABLE, m),
         Ok(_) => text(StatusCode::ACCEPTED, "reload scheduled"),
+        Err(e) => agent_down(e),
+    }
+}
+
+/// `GET /slots`: this node's replication slots (type, position, lag, readiness, WAL retained) and any continuity
+/// breaks it recorded as leader.
+async fn get_slots<B: ApiBackend>(State(s): St<B>) -> Response {
+    Json(s.backend.node_status().slots).into_response()
+}
+
+/// `POST /slots/recreate {"slot": NAME}` on the leader: re-create a permanent logical slot after a continuity
+/// break, knowingly (its consumers must resynchronise).
+async fn post_slots_recreate<B: ApiBackend>(State(s): St<B>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(r) = unauthorized(&s, &headers) {
+        return r;
+    }
+    let req = try_refusal!(control::json_object(&body, false));
+    let Some(slot) = req.get("slot").and_then(serde_json::Value::as_str).map(str::to_string) else {
+        return text(StatusCode::BAD_REQUEST, "the body must name the slot: {\"slot\": \"NAME\"}");
+    };
+    match s.backend.agent().call(|reply| AgentRequest::RecreateSlot { slot, reply }).await {
+        Ok(AgentReply::Done(m)) | Ok(AgentReply::Scheduled(m)) => text(StatusCode::OK, m),
+        Ok(AgentReply::Failed(m)) | Ok(AgentReply::Conflict(m)) => text(StatusCode::PRECONDITION_FAILED, m),
         Err(e) => agent_down(e),
     }
 }

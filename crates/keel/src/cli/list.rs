@@ -6,8 +6,9 @@ use keel_core::dynconfig::SynchronousMode;
 use keel_core::view::{ClusterView, Member};
 use serde_json::{json, Value};
 
-use crate::cli::ctl::{Ctl, CtlResult};
+use crate::cli::ctl::{usage, Ctl, CtlResult};
 use crate::cli::output::{Format, Table};
+use crate::cli::timefmt;
 
 #[derive(Debug, Args, Default)]
 pub struct ListArgs {
@@ -19,6 +20,15 @@ pub struct ListArgs {
     /// Always show the Pending restart, Scheduled restart and Tags columns.
     #[arg(short = 'e', long = "extended")]
     pub extended: bool,
+    /// Print the time before the table.
+    #[arg(short = 't', long = "timestamp")]
+    pub timestamp: bool,
+    /// Refresh the output every 2 seconds until interrupted.
+    #[arg(short = 'W')]
+    pub watch_default: bool,
+    /// Refresh the output every SECONDS seconds until interrupted.
+    #[arg(short = 'w', long = "watch", value_name = "SECONDS")]
+    pub watch: Option<f64>,
 }
 
 /// Where a member's WAL is behind the leader's.
@@ -328,9 +338,27 @@ pub fn render(scope: &str, view: &ClusterView, format: Format, extended: bool, t
 }
 
 pub async fn list(ctl: &Ctl, args: &ListArgs, topology: bool) -> CtlResult {
-    let view = ctl.load().await?;
-    print!("{}", render(&ctl.scope, &view, args.format, args.extended, topology));
-    Ok(())
+    let interval = match (args.watch, args.watch_default) {
+        (Some(s), _) if !(s.is_finite() && s > 0.0) => return usage("--watch needs a positive number of seconds"),
+        (Some(s), _) => Some(std::time::Duration::from_secs_f64(s)),
+        (None, true) => Some(std::time::Duration::from_secs(2)),
+        (None, false) => None,
+    };
+    loop {
+        let view = ctl.load().await?;
+        if interval.is_some() {
+            // Clear the terminal, as patronictl's watch mode does.
+            print!("\x1b[2J\x1b[H");
+        }
+        if args.timestamp {
+            println!("{}", &timefmt::now_string()[..19]);
+        }
+        print!("{}", render(&ctl.scope, &view, args.format, args.extended, topology));
+        match interval {
+            Some(i) => tokio::time::sleep(i).await,
+            None => return Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub mod ctl;
 pub mod demo;
 pub mod dsn;
 pub mod edit_config;
+pub mod flush;
 pub mod history;
 pub mod list;
 pub mod members;
@@ -30,6 +31,7 @@ pub mod rest;
 pub mod restart;
 pub mod switchover;
 pub mod timefmt;
+pub mod version;
 
 /// Exit status for success.
 pub const EXIT_OK: u8 = 0;
@@ -114,6 +116,10 @@ pub enum CtlCommand {
     Dsn(dsn::DsnArgs),
     /// Remove the cluster from the store.
     Remove(remove::RemoveArgs),
+    /// Cancel scheduled actions: `flush [CLUSTER] [MEMBER...] restart|switchover`.
+    Flush(flush::FlushArgs),
+    /// Keel's version, and the versions members report.
+    Version(version::VersionArgs),
 }
 
 impl CtlCommand {
@@ -133,6 +139,8 @@ impl CtlCommand {
             CtlCommand::History(_) => "history",
             CtlCommand::Dsn(_) => "dsn",
             CtlCommand::Remove(_) => "remove",
+            CtlCommand::Flush(_) => "flush",
+            CtlCommand::Version(_) => "version",
         }
     }
 }
@@ -183,6 +191,8 @@ async fn run_ctl(path: PathBuf, command: &CtlCommand) -> ctl::CtlResult {
         CtlCommand::History(a) => history::history(&open(&a.cluster_name)?, a).await,
         CtlCommand::Dsn(a) => dsn::dsn(&open(&None)?, a).await,
         CtlCommand::Remove(a) => remove::remove(&open(&None)?, a).await,
+        CtlCommand::Flush(a) => flush::flush(&open(&None)?, a).await,
+        CtlCommand::Version(a) => version::version(&open(&None)?, a).await,
     }
 }
 

@@ -51,6 +51,23 @@ impl Rest {
         Ok(Rest { client, auth })
     }
 
+    /// `GET <api>/<endpoint>` as JSON (`None` when the answer is not JSON), waiting at most `timeout`.
+    pub async fn get_json(
+        &self,
+        api_url: Option<&str>,
+        endpoint: &str,
+        timeout: Duration,
+    ) -> Result<(Reply, Option<Value>), Unreachable> {
+        let reply = self.send(reqwest::Method::GET, api_url, endpoint, None, timeout).await?;
+        let json = serde_json::from_str(&reply.body).ok();
+        Ok((reply, json))
+    }
+
+    /// `DELETE <api>/<endpoint>`, waiting at most `timeout`.
+    pub async fn delete(&self, api_url: Option<&str>, endpoint: &str, timeout: Duration) -> Result<Reply, Unreachable> {
+        self.send(reqwest::Method::DELETE, api_url, endpoint, None, timeout).await
+    }
+
     /// `POST <api>/<endpoint>` with a JSON body (none when `body` is `None`), waiting at most `timeout`.
     pub async fn post(
         &self,
@@ -59,10 +76,21 @@ impl Rest {
         body: Option<&Value>,
         timeout: Duration,
     ) -> Result<Reply, Unreachable> {
+        self.send(reqwest::Method::POST, api_url, endpoint, body, timeout).await
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        api_url: Option<&str>,
+        endpoint: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<Reply, Unreachable> {
         let api_url = api_url.ok_or_else(|| Unreachable("the member publishes no api_url".to_string()))?;
         let url = endpoint_url(api_url, endpoint)
             .ok_or_else(|| Unreachable(format!("the member's api_url {api_url:?} is not an http(s) URL")))?;
-        let mut req = self.client.post(&url).timeout(timeout);
+        let mut req = self.client.request(method, &url).timeout(timeout);
         if let Some((user, password)) = &self.auth {
             req = req.basic_auth(user, password.as_deref());
         }
@@ -84,10 +112,12 @@ fn describe(url: &str, e: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
+    // reqwest nests its causes ("error sending request" > "client error" > "tcp connect error" > the OS error):
+    // the innermost one says what happened.
     let mut detail = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        detail = format!("{detail}: {s}");
+        detail = s.to_string();
         source = s.source();
     }
     format!("{url}: {what} ({detail})")

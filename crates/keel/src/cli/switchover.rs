@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use clap::Args;
+use keel_core::dynconfig::SynchronousMode;
 use keel_core::view::{ClusterView, FailoverRequest};
 use serde_json::{json, Value};
 
@@ -158,6 +159,23 @@ pub fn plan(
             ));
         }
     }
+    if action == Action::Switchover {
+        // Patroni's own rules (the REST API answers 412/400 for these; checking here keeps the store fallback
+        // from writing a request the leader would refuse).
+        if view.is_paused() && candidate.is_none() {
+            return failed("Switchover is possible only to a specific candidate in a paused state: pass --candidate");
+        }
+        let config = view.dynamic_config();
+        if config.synchronous_mode == SynchronousMode::On {
+            if let Some(c) = candidate {
+                if !view.sync.as_ref().is_some_and(|s| s.value.matches(c)) {
+                    return failed(format!(
+                        "Switchover: candidate {c} is not a synchronous standby (synchronous_mode is on)"
+                    ));
+                }
+            }
+        }
+    }
     let scheduled_at = match scheduled.map(str::trim) {
         None | Some("now") | Some("") => None,
         Some(s) => {
@@ -302,6 +320,24 @@ mod tests {
         assert_eq!(p.failover_key().to_json(), json!({"leader": "n1"}));
         let no_leader = ClusterView::from_entries([e("members/n1", "{}")]);
         assert_eq!(msg(plan(&no_leader, "b", Action::Switchover, None, None, None, 0.0)), "This cluster has no leader");
+    }
+
+    #[test]
+    fn pause_and_synchronous_mode_rules() {
+        let paused = ClusterView::from_entries([
+            e("config", r#"{"pause":true,"synchronous_mode":true}"#),
+            e("leader", "n1"),
+            e("sync", r#"{"leader":"n1","sync_standby":"n2"}"#),
+            e("members/n1", "{}"),
+            e("members/n2", "{}"),
+            e("members/n3", "{}"),
+        ]);
+        let sw = |c: Option<&str>| plan(&paused, "b", Action::Switchover, None, c, None, 0.0);
+        assert!(msg(sw(None)).contains("only to a specific candidate in a paused state"));
+        assert!(msg(sw(Some("n3"))).contains("not a synchronous standby"));
+        assert!(sw(Some("n2")).is_ok());
+        // A failover may go to an asynchronous replica.
+        assert!(plan(&paused, "b", Action::Failover, None, Some("n3"), None, 0.0).is_ok());
     }
 
     #[test]

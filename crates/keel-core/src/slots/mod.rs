@@ -1,0 +1,55 @@
+//! Replication slots: names, the desired set, reconciliation, publishing, and failover readiness.
+//!
+//! - [`config`]: the `slots`, `ignore_slots`, `failover_slot_readiness` and `failover_slot_recreate` settings.
+//! - [`desired`]: which slots a node should have ([`desired_slots`]), `hot_standby_feedback` enforcement.
+//! - [`reconcile`]: desired vs. actual → [`SlotAction`]s.
+//! - [`status`]: what the leader publishes in `status`, the retention clock.
+//! - [`readiness`]: whether a copied logical slot is safe to use after promoting this replica.
+//!
+//! See `crates/keel-core/SLOTS.md` for the life cycle of a slot.
+
+pub mod config;
+pub mod desired;
+pub mod readiness;
+pub mod reconcile;
+pub mod status;
+
+pub use config::{FailoverSlotReadiness, IgnoreMatcher, PermanentSlot, SlotKind, SlotNote, SlotsConfig};
+pub use desired::{
+    desired_slots, enforce_hot_standby_feedback, has_permanent_slots, should_query_slots, slot_name_on_primary,
+    DesiredInput, DesiredSlot, DesiredSlots, NodeRole, SlotOrigin,
+};
+pub use readiness::{SlotsReadiness, Xid, MEMBER_KEY_FIELD};
+pub use reconcile::{
+    reconcile, ActualSlot, ActualSlots, CreateReason, DropReason, LeaderState, ReconcileContext, SlotAction, WalStatus,
+};
+pub use status::{published_slots, published_status, PublishInput, RetainClock};
+
+/// Patroni's mapping from a member name to its physical slot name: lower case, `-` and `.` become `_`, any
+/// other character outside `[a-z0-9_]` becomes `u` and its code point as four decimal digits, truncated to 63.
+pub fn slot_name_from_member_name(member: &str) -> String {
+    let mut out = String::new();
+    for c in member.to_lowercase().chars() {
+        match c {
+            'a'..='z' | '0'..='9' | '_' => out.push(c),
+            '-' | '.' => out.push('_'),
+            other => out.push_str(&format!("u{:04}", other as u32)),
+        }
+    }
+    out.chars().take(63).collect()
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn matches_patroni() {
+        assert_eq!(slot_name_from_member_name("Node-1.example.COM/x"), "node_1_example_comu0047x");
+        assert_eq!(slot_name_from_member_name("ab@c"), "abu0064c");
+        assert_eq!(slot_name_from_member_name(&"a".repeat(80)).len(), 63);
+    }
+}
