@@ -1,12 +1,15 @@
-//! Test harness for Keel's integration and scenario tests.
+//! Test harness for Keel's integration and scenario tests: [`EtcdServer`] and a whole [`KeelCluster`].
 //!
 //! Everything here runs real processes on loopback ports and cleans up after itself: every process a helper
 //! starts is killed (SIGKILL, then reaped) when its handle is dropped, so a failing or panicking test never leaves
 //! one running. Readiness is always detected by polling with a generous deadline, never by fixed sleeps.
 
+mod cluster;
 mod etcd;
 
+pub use cluster::{KeelCluster, KeelOptions};
 pub use etcd::EtcdServer;
+pub use keel::cluster_runner::{ClusterOptions, LocalCluster, NodeSpec};
 
 use std::io;
 use std::net::{Ipv4Addr, TcpListener};

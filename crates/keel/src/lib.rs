@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod cluster_runner;
 pub mod config;
 pub mod dcs;
 pub mod postgres;

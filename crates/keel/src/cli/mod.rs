@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{self, Config};
 
 pub mod ctl;
+pub mod demo;
 pub mod dsn;
 pub mod edit_config;
 pub mod flush;
@@ -63,8 +64,8 @@ pub enum Command {
     Run(ConfigArg),
     /// Check CONFIG and print a one-line summary (warnings on stderr).
     Validate(ConfigArg),
-    /// Start a local demonstration cluster.
-    Demo(RestArgs),
+    /// Start a local demonstration cluster: etcd and three nodes on loopback, until Ctrl-C.
+    Demo(demo::DemoArgs),
     #[command(flatten)]
     Ctl(CtlCommand),
 }
@@ -155,7 +156,7 @@ pub fn dispatch(cli: &Cli) -> u8 {
     match &cli.command {
         Command::Validate(a) => validate(&a.config),
         Command::Run(a) => run_agent(&a.config),
-        Command::Demo(_) => not_implemented("demo"),
+        Command::Demo(a) => demo::run(a),
         Command::Ctl(c) => ctl(cli, c),
     }
 }
@@ -216,11 +217,6 @@ fn run_agent(path: &std::path::Path) -> u8 {
             1
         }
     }
-}
-
-fn not_implemented(name: &str) -> u8 {
-    eprintln!("keel {name}: not implemented yet");
-    EXIT_USAGE
 }
 
 /// `keel validate CONFIG`.

@@ -1,0 +1,128 @@
+//! Benchmark of a local three-node cluster (real etcd, real agents, real PostgreSQL):
+//!
+//! - failover: kill -9 of the primary's agent and postmaster → a new primary accepts writes;
+//! - rejoin: restart of the killed node's agent → it streams from the new primary;
+//! - switchover (`keel switchover --candidate X --force`, else `POST /switchover`) → the candidate accepts writes;
+//! - each agent's resident memory (VmRSS) and CPU time per HA loop cycle while the cluster is idle.
+//!
+//! `cargo build --bin keel && cargo run --example bench -- [CYCLES]` (as root or as a user that can run
+//! PostgreSQL). `KEEL_TEST_PG_VERSION` picks the PostgreSQL version (default 15).
+
+use std::time::{Duration, Instant};
+
+use keel::cluster_runner::{clock_ticks_per_sec, cpu_ticks, rss_kib};
+use keel_testkit::{KeelCluster, KeelOptions};
+use serde_json::json;
+
+const DEADLINE: Duration = Duration::from_secs(180);
+
+fn main() {
+    let cycles: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(3);
+    let opts = KeelOptions::default();
+    println!("keel binary: {}", opts.resolve_keel_bin().display());
+    let t = Instant::now();
+    let mut c = KeelCluster::start(3, opts).expect("start the cluster");
+    let (mut leader, _) = c.wait_replicas_streaming(2, DEADLINE).expect("bootstrap");
+    wait_writable(&c, &leader);
+    let bootstrap = t.elapsed();
+    println!(
+        "settings: ttl {} s, loop_wait {} s, retry_timeout {} s, PostgreSQL {}",
+        c.opts.ttl,
+        c.opts.loop_wait,
+        c.opts.retry_timeout,
+        c.opts.bin_dir.display()
+    );
+    println!("bootstrap to a leader and 2 streaming replicas: {:.1} s", bootstrap.as_secs_f64());
+
+    // Idle cost, measured over 30 s.
+    let window = Duration::from_secs(30);
+    let pids: Vec<(String, u32)> = c.names().into_iter().filter_map(|n| Some((n.clone(), c.agent_pid(&n)?))).collect();
+    let before: Vec<u64> = pids.iter().map(|(_, p)| cpu_ticks(*p).unwrap_or(0)).collect();
+    std::thread::sleep(window);
+    let cycles_in_window = window.as_secs_f64() / c.opts.loop_wait as f64;
+    println!("\n| agent | role | VmRSS (MiB) | CPU per cycle (ms) | CPU idle (%) |\n|---|---|---|---|---|");
+    for ((name, pid), b) in pids.iter().zip(before) {
+        let after = cpu_ticks(*pid).unwrap_or(0);
+        let cpu_s = after.saturating_sub(b) as f64 / clock_ticks_per_sec() as f64;
+        let rss = rss_kib(*pid).unwrap_or(0) as f64 / 1024.0;
+        let role = if *name == leader { "leader" } else { "replica" };
+        println!(
+            "| {name} | {role} | {rss:.1} | {:.2} | {:.2} |",
+            cpu_s * 1000.0 / cycles_in_window,
+            cpu_s * 100.0 / window.as_secs_f64()
+        );
+    }
+
+    let mut failovers = Vec::new();
+    let mut rejoins = Vec::new();
+    let mut switchovers = Vec::new();
+    for i in 0..cycles {
+        // kill -9 failover.
+        let old = leader.clone();
+        let t = Instant::now();
+        c.kill9(&old);
+        leader = c
+            .wait("new leader", DEADLINE, || match c.leader() {
+                Some(l) if l != old && c.writable(&l) => Ok(Some(l)),
+                other => Err(format!("{other:?}")),
+            })
+            .expect("failover");
+        failovers.push(t.elapsed());
+        // Rejoin.
+        let t = Instant::now();
+        c.start_agent(&old).expect("restart agent");
+        wait_streaming(&c, &leader, &old);
+        rejoins.push(t.elapsed());
+        // Switchover to a replica.
+        let cand = c.names().into_iter().find(|n| *n != leader).unwrap();
+        let t = Instant::now();
+        let out = c.ctl(&leader, &["switchover", "--candidate", &cand, "--force"]);
+        if !out.status.success() {
+            let (code, body) = c
+                .http_post(&cand, "/switchover", &json!({"leader": leader, "candidate": cand}))
+                .expect("POST /switchover");
+            if code != 200 {
+                println!("cycle {i}: switchover not available (CLI: {}; REST: {code} {body})", out.status);
+                continue;
+            }
+        }
+        let old = leader.clone();
+        leader = c
+            .wait("switchover", DEADLINE, || match c.leader() {
+                Some(l) if l == cand && c.writable(&l) => Ok(Some(l)),
+                other => Err(format!("{other:?}")),
+            })
+            .expect("switchover");
+        switchovers.push(t.elapsed());
+        wait_streaming(&c, &leader, &old);
+        println!(
+            "cycle {i}: failover {:.1} s, rejoin {:.1} s, switchover {:.1} s",
+            failovers[i].as_secs_f64(),
+            rejoins[i].as_secs_f64(),
+            switchovers.last().unwrap().as_secs_f64()
+        );
+    }
+    println!("\n| measurement | min (s) | median (s) | max (s) |\n|---|---|---|---|");
+    for (what, v) in [
+        ("kill -9 of the primary → new primary writable", &mut failovers),
+        ("agent restart → old primary streaming again", &mut rejoins),
+        ("switchover → candidate writable", &mut switchovers),
+    ] {
+        if v.is_empty() {
+            println!("| {what} | - | - | - |");
+            continue;
+        }
+        v.sort();
+        let s = |d: Duration| d.as_secs_f64();
+        println!("| {what} | {:.1} | {:.1} | {:.1} |", s(v[0]), s(v[v.len() / 2]), s(v[v.len() - 1]));
+    }
+}
+
+fn wait_writable(c: &KeelCluster, node: &str) {
+    c.wait("writable", DEADLINE, || Ok(c.writable(node).then_some(()))).expect("writable");
+}
+
+fn wait_streaming(c: &KeelCluster, leader: &str, replica: &str) {
+    c.wait("streaming", DEADLINE, || Ok(c.streaming_replicas(leader)?.iter().any(|r| r == replica).then_some(())))
+        .expect("streaming");
+}
