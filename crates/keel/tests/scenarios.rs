@@ -203,7 +203,11 @@ fn bootstrap_health_kill9_failover_and_rewind() {
     .unwrap();
     let log = std::fs::read_to_string(&c.node(&leader).log_path).unwrap_or_default();
     assert!(log.to_lowercase().contains("rewind"), "{leader}'s agent log does not mention pg_rewind:\n{}", c.logs(40));
-    assert_eq!(status(&c, &leader, "/replica"), 200);
+    // The REST status follows the agent's next cycle after PostgreSQL started streaming.
+    c.wait(&format!("{leader} answers /replica with 200"), Duration::from_secs(30), || {
+        Ok((status(&c, &leader, "/replica") == 200).then_some(()))
+    })
+    .unwrap();
     assert_eq!(status(&c, &leader, "/primary"), 503);
 }
 
