@@ -179,7 +179,10 @@ impl SlotManager {
             for n in notes {
                 info!("{n}");
             }
+            // Readiness describes copies on replicas; a leader serves the originals.
             self.summary = None;
+            self.readiness.clear();
+            self.reasons.clear();
             return Some(status);
         }
 

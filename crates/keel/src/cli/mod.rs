@@ -29,6 +29,7 @@ pub mod reload;
 pub mod remove;
 pub mod rest;
 pub mod restart;
+pub mod slots;
 pub mod switchover;
 pub mod timefmt;
 pub mod version;
@@ -120,6 +121,9 @@ pub enum CtlCommand {
     Flush(flush::FlushArgs),
     /// Keel's version, and the versions members report.
     Version(version::VersionArgs),
+    /// Replication slots on every member (positions, lag, readiness); `slots recreate NAME` after a
+    /// continuity break.
+    Slots(slots::SlotsArgs),
 }
 
 impl CtlCommand {
@@ -141,6 +145,7 @@ impl CtlCommand {
             CtlCommand::Remove(_) => "remove",
             CtlCommand::Flush(_) => "flush",
             CtlCommand::Version(_) => "version",
+            CtlCommand::Slots(_) => "slots",
         }
     }
 }
@@ -193,6 +198,7 @@ async fn run_ctl(path: PathBuf, command: &CtlCommand) -> ctl::CtlResult {
         CtlCommand::Remove(a) => remove::remove(&open(&None)?, a).await,
         CtlCommand::Flush(a) => flush::flush(&open(&None)?, a).await,
         CtlCommand::Version(a) => version::version(&open(&None)?, a).await,
+        CtlCommand::Slots(a) => slots::slots(&open(&None)?, a).await,
     }
 }
 
