@@ -71,6 +71,36 @@ pub fn render(st: &NodeStatus) -> Result<String, std::fmt::Error> {
         st.replica_lag().map(|l| l as i64).unwrap_or(0),
     );
     gauge("keel_leader_lock_held", "Value is 1 if this node holds the leader key.", flag(st.is_leader));
+    // Per slot: lag behind the primary, WAL retained, and readiness of copied logical slots.
+    let slots = st.slots.get("slots").and_then(serde_json::Value::as_array).cloned().unwrap_or_default();
+    let lag = Family::<Labels, Gauge>::default();
+    let retained = Family::<Labels, Gauge>::default();
+    let ready = Family::<Labels, Gauge>::default();
+    for s in &slots {
+        let Some(name) = s.get("name").and_then(serde_json::Value::as_str) else { continue };
+        let mut l = labels.clone();
+        l.push(("slot".into(), name.to_string()));
+        if let Some(v) = s.get("lag_bytes").and_then(serde_json::Value::as_i64) {
+            lag.get_or_create(&l).set(v);
+        }
+        if let Some(v) = s.get("wal_retained_bytes").and_then(serde_json::Value::as_i64) {
+            retained.get_or_create(&l).set(v);
+        }
+        if let Some(r) = s.get("readiness").and_then(serde_json::Value::as_str) {
+            ready.get_or_create(&l).set(i64::from(r == "Ready"));
+        }
+    }
+    registry.register("keel_slot_lag_bytes", "Bytes a slot on this node is behind the primary's copy.", lag);
+    registry.register("keel_slot_wal_retained_bytes", "WAL bytes a slot on this node holds back.", retained);
+    registry.register("keel_slot_ready", "Value is 1 if a copied logical slot is safe to use after promotion.", ready);
+    let breaks = st.slots.get("continuity_breaks").and_then(serde_json::Value::as_array).map_or(0, Vec::len);
+    let family = Family::<Labels, Gauge>::default();
+    family.get_or_create(&labels).set(breaks as i64);
+    registry.register(
+        "keel_slot_continuity_breaks",
+        "Permanent logical slots missing on this primary although consumers may have used them.",
+        family,
+    );
     let mut out = String::new();
     encode(&mut out, &registry)?;
     Ok(out)
