@@ -158,12 +158,17 @@ impl Ctx<'_> {
         }
     }
 
-    /// Patroni's `_handle_dcs_error` without failsafe mode.
+    /// Patroni's `_handle_dcs_error`: demote, unless failsafe mode confirmed that every member still accepts us.
     fn store_down(&self) -> Decision {
         if self.paused {
             return wait(Reason::StoreUnreachablePaused);
         }
         if self.pg().is_running_primary() {
+            let was_leader = self.input.view.leader.as_ref().is_some_and(|l| l.name == self.input.name);
+            let failsafe_mode = self.input.view.dynamic_config().failsafe_mode;
+            if failsafe_mode && was_leader && self.input.agent.failsafe_confirmed {
+                return wait(Reason::FailsafeContinuing);
+            }
             return plan(vec![Action::Demote { mode: DemoteMode::Offline }], Reason::StoreUnreachableDemoting);
         }
         wait(Reason::StoreUnreachable)

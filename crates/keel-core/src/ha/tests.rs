@@ -109,7 +109,7 @@ fn input(name: &str, world: &World, pg: PgObservation) -> HaInput {
         tags: Tags::default(),
         view: world.view(),
         pg,
-        agent: AgentState { store_ok: true, lease_valid: true, last_leader_refresh: None },
+        agent: AgentState { store_ok: true, lease_valid: true, last_leader_refresh: None, failsafe_confirmed: false },
         probes: None,
         local_slots: None,
     }
@@ -139,6 +139,11 @@ fn with_probes(mut i: HaInput, probes: Vec<PeerProbe>) -> HaInput {
 
 fn with_tags(mut i: HaInput, tags: serde_json::Value) -> HaInput {
     i.tags = Tags::from_json(&tags);
+    i
+}
+
+fn failsafe_confirmed(mut i: HaInput) -> HaInput {
+    i.agent.failsafe_confirmed = true;
     i
 }
 
@@ -212,6 +217,17 @@ rows! {
     // The store.
     store_down_primary_demotes_offline:
         store_down(input("n1", &World::healthy(), primary_pg(1000))) => [demote(DemoteMode::Offline)],
+        Reason::StoreUnreachableDemoting;
+    store_down_failsafe_confirmed_primary_stays:
+        failsafe_confirmed(store_down(input("n1", &World::healthy().with("config", r#"{"failsafe_mode":true}"#),
+            primary_pg(1000)))) => [],
+        Reason::FailsafeContinuing;
+    store_down_failsafe_unconfirmed_primary_demotes:
+        store_down(input("n1", &World::healthy().with("config", r#"{"failsafe_mode":true}"#), primary_pg(1000)))
+            => [demote(DemoteMode::Offline)],
+        Reason::StoreUnreachableDemoting;
+    store_down_confirmation_without_failsafe_mode_demotes:
+        failsafe_confirmed(store_down(input("n1", &World::healthy(), primary_pg(1000)))) => [demote(DemoteMode::Offline)],
         Reason::StoreUnreachableDemoting;
     store_down_replica_waits:
         store_down(input("n2", &World::healthy(), replica_pg(1000))) => [], Reason::StoreUnreachable;

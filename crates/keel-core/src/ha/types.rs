@@ -102,9 +102,12 @@ pub struct AgentState {
     /// The runtime's lease is alive: its last keepalive (or grant) succeeded less than `ttl` ago. Without one
     /// the node does not enter the leader race. (A key holder's refresh is checked by the `UpdateLeader` guard.)
     pub lease_valid: bool,
-    /// When the leader key was last refreshed successfully by this node. Informational today (logs); meant for
-    /// failsafe mode, which is not implemented yet.
+    /// When the leader key was last refreshed successfully by this node (informational).
     pub last_leader_refresh: Option<Millis>,
+    /// Failsafe mode: with the store unreachable, every member listed in the `failsafe` key accepted this
+    /// primary's `POST /failsafe` this cycle (Patroni's exchange). The runtime runs the exchange only when the store
+    /// is down, `failsafe_mode` is on and this node was the leader and runs as a primary.
+    pub failsafe_confirmed: bool,
 }
 
 /// The answer of one peer's `GET /patroni`.
@@ -387,6 +390,8 @@ impl fmt::Display for FailoverRefusal {
 pub enum Reason {
     // Store trouble.
     StoreUnreachableDemoting,
+    /// Failsafe mode: the store is down but every member accepted us, so we stay primary.
+    FailsafeContinuing,
     StoreUnreachable,
     StoreUnreachablePaused,
     // Data directory and bootstrap.
@@ -399,9 +404,18 @@ pub enum Reason {
     InitializeRaceLost,
     WaitingForLeaderToBootstrap,
     NoFailoverWillNotBootstrap,
-    CloningFrom { source: String, is_leader: bool },
-    SysidMismatch { ours: String, cluster: String },
-    SysidMismatchPaused { ours: String, cluster: String },
+    CloningFrom {
+        source: String,
+        is_leader: bool,
+    },
+    SysidMismatch {
+        ours: String,
+        cluster: String,
+    },
+    SysidMismatchPaused {
+        ours: String,
+        cluster: String,
+    },
     // PostgreSQL state.
     PgStateUnknown,
     PgStarting,
@@ -411,22 +425,41 @@ pub enum Reason {
     PgStoppedPaused,
     PgStoppedPausedReleasedLock,
     StartingReadonlyWithLock,
-    StartingAsReplica { leader: Option<String> },
+    StartingAsReplica {
+        leader: Option<String>,
+    },
     // Healthy cluster, we hold the key.
-    LeaderWithLock { me: String },
-    LeaderWithLockPaused { me: String },
+    LeaderWithLock {
+        me: String,
+    },
+    LeaderWithLockPaused {
+        me: String,
+    },
     PromotedWithLock,
     LockUpdateFailedDemoted,
     LockUpdateFailedPaused,
     LockUpdateFailed,
     PausedReplicaReleasedLock,
     // Healthy cluster, somebody else holds the key.
-    DemotingNoLock { leader: String },
-    PausedPrimaryWithoutLock { leader: String },
-    Following { me: String, leader: String },
-    StartedFollowing { leader: String },
-    CheckingDivergence { leader: String },
-    DivergedNeedsReinit { leader: String },
+    DemotingNoLock {
+        leader: String,
+    },
+    PausedPrimaryWithoutLock {
+        leader: String,
+    },
+    Following {
+        me: String,
+        leader: String,
+    },
+    StartedFollowing {
+        leader: String,
+    },
+    CheckingDivergence {
+        leader: String,
+    },
+    DivergedNeedsReinit {
+        leader: String,
+    },
     // Leader race.
     AcquiredLockAsLeader,
     PromotedByRace,
@@ -438,9 +471,15 @@ pub enum Reason {
     PausedNoLeader,
     ProbingPeers,
     // Manual failover / switchover on the leader.
-    SwitchoverDemoting { candidate: Option<String> },
-    SwitchoverScheduled { at: Millis },
-    ReleasingForCandidate { candidate: String },
+    SwitchoverDemoting {
+        candidate: Option<String>,
+    },
+    SwitchoverScheduled {
+        at: Millis,
+    },
+    ReleasingForCandidate {
+        candidate: String,
+    },
     FailoverRefused(FailoverRefusal),
 }
 
@@ -449,6 +488,9 @@ impl fmt::Display for Reason {
         use Reason::*;
         match self {
             StoreUnreachableDemoting => write!(f, "demoted self because DCS is not accessible and I was a leader"),
+            FailsafeContinuing => {
+                write!(f, "continue to run as a leader because failsafe mode is enabled and all members are accessible")
+            }
             StoreUnreachable => write!(f, "DCS is not accessible"),
             StoreUnreachablePaused => write!(f, "PAUSE: DCS is not accessible"),
             DataDirUnknown => write!(f, "data directory state is unknown, will try again later"),

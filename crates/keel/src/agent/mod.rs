@@ -2,6 +2,7 @@
 //! (`keel_core::ha::decide`), executes the actions, publishes its member key, and logs one line saying what was
 //! decided and why.
 
+pub mod failsafe;
 pub mod follower;
 pub mod local;
 pub mod probe;
@@ -261,13 +262,19 @@ impl<B: KvBackend> Agent<B> {
             }
         }
         let (pg, obs) = self.local.observe(now).await;
+        let input_pg = pg.clone();
         let mut input = HaInput {
             now,
             name: self.cfg.name.clone(),
             tags: self.cfg.tags.clone(),
             view: self.view.clone(),
-            pg,
-            agent: AgentState { store_ok, lease_valid, last_leader_refresh: self.last_leader_refresh },
+            pg: input_pg,
+            agent: AgentState {
+                store_ok,
+                lease_valid,
+                last_leader_refresh: self.last_leader_refresh,
+                failsafe_confirmed: self.failsafe_exchange(store_ok, &pg, &dynamic).await,
+            },
             probes: None,
             local_slots: self.slots.summary.clone(),
         };
@@ -300,6 +307,7 @@ impl<B: KvBackend> Agent<B> {
         }
         if optime.is_some() {
             self.write_status(optime).await;
+            self.write_failsafe_key(&dynamic).await;
         }
         if let Err(e) = self.local.apply_parameters(is_primary).await {
             warn!("cannot apply PostgreSQL parameters: {e:#}");
@@ -431,6 +439,42 @@ impl<B: KvBackend> Agent<B> {
                 Ok(Outcome::Done)
             }
             Action::RefuseToRun { why } => Err(anyhow!(Fatal(format!("{why:?}")))),
+        }
+    }
+
+    /// Failsafe mode: with the store down, a primary that was the leader asks every member listed in the
+    /// `failsafe` key to accept it. Runs only in that situation; `true` when all accepted.
+    async fn failsafe_exchange(
+        &self,
+        store_ok: bool,
+        pg: &keel_core::ha::PgObservation,
+        dynamic: &keel_core::dynconfig::DynamicConfig,
+    ) -> bool {
+        let was_leader = self.view.leader.as_ref().is_some_and(|l| l.name == self.cfg.name);
+        if store_ok || !dynamic.failsafe_mode || !was_leader || !pg.is_running_primary() {
+            return false;
+        }
+        let slots = self.last_status.as_ref().map(|s| s.slots.clone()).unwrap_or_default();
+        let body = failsafe::announcement(&self.cfg.name, &self.conn_url, &self.api_url, &slots);
+        let auth = self.cfg.restapi.authentication.as_ref().and_then(|a| match (&a.username, &a.password) {
+            (Some(u), Some(p)) => Some((u.as_str(), p.as_str())),
+            _ => None,
+        });
+        failsafe::confirm(&self.http, &self.cfg.name, self.view.failsafe.as_ref(), &body, auth).await.is_some()
+    }
+
+    /// The leader keeps the `failsafe` key listing every member's REST API (and its own) while failsafe mode is on.
+    async fn write_failsafe_key(&mut self, dynamic: &keel_core::dynconfig::DynamicConfig) {
+        if !dynamic.failsafe_mode || !self.holds_leader {
+            return;
+        }
+        let mut members: std::collections::BTreeMap<String, String> =
+            self.view.members.values().filter_map(|m| m.api_url.clone().map(|u| (m.name.clone(), u))).collect();
+        members.insert(self.cfg.name.clone(), self.api_url.clone());
+        if self.view.failsafe.as_ref() != Some(&members) {
+            if let Err(e) = self.store.set_failsafe(&members).await {
+                warn!("cannot write the failsafe key: {e}");
+            }
         }
     }
 
