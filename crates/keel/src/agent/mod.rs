@@ -248,6 +248,16 @@ impl<B: KvBackend> Agent<B> {
         };
         let lease_valid = self.last_lease_ok.is_some_and(|t| t.elapsed() < ttl);
         let dynamic = self.dynamic_config();
+        if store_ok && self.view.leader.is_none() && dynamic.failsafe_mode {
+            // Patroni's rule: while a primary's failsafe announcement is fresh (younger than ttl), it is still the
+            // leader even though its key expired during the outage; it takes the key back itself.
+            if let Some(a) = self.failsafe.active(ttl) {
+                if a.name != self.cfg.name && self.view.members.contains_key(&a.name) {
+                    info!("failsafe: {} announced itself as primary during the store outage; not racing", a.name);
+                    self.view.leader = Some(keel_core::view::LeaderKey { name: a.name, version: 0, lease: 0 });
+                }
+            }
+        }
         self.local.set_dynamic(&dynamic);
         if store_ok {
             self.failsafe.set_config(dynamic.failsafe_mode, self.view.failsafe.clone());
