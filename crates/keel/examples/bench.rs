@@ -73,6 +73,8 @@ fn main() {
         c.start_agent(&old).expect("restart agent");
         wait_streaming(&c, &leader, &old);
         rejoins.push(t.elapsed());
+        // A switchover's candidate check reads the member keys: let them catch up first.
+        settle(&c);
         // Switchover to a replica.
         let cand = c.names().into_iter().find(|n| *n != leader).unwrap();
         let t = Instant::now();
@@ -95,6 +97,7 @@ fn main() {
             .expect("switchover");
         switchovers.push(t.elapsed());
         wait_streaming(&c, &leader, &old);
+        settle(&c);
         println!(
             "cycle {i}: failover {:.1} s, rejoin {:.1} s, switchover {:.1} s",
             failovers[i].as_secs_f64(),
@@ -116,6 +119,10 @@ fn main() {
         let s = |d: Duration| d.as_secs_f64();
         println!("| {what} | {:.1} | {:.1} | {:.1} |", s(v[0]), s(v[v.len() / 2]), s(v[v.len() - 1]));
     }
+}
+
+fn settle(c: &KeelCluster) {
+    c.wait("member keys", DEADLINE, || c.members_settled().map(|ok| ok.then_some(()))).expect("member keys");
 }
 
 fn wait_writable(c: &KeelCluster, node: &str) {
