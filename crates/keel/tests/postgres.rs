@@ -6,13 +6,12 @@
 //! Debian's (`/usr/lib/postgresql/15/bin`), others live in `/opt/keel/pg/<major>/bin` (`scripts/setup.sh`).
 //! As root (CI, this machine) every PostgreSQL program runs as the `postgres` OS user.
 
-use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use keel::postgres::bins::{PgBinaries, Tool};
-use keel::postgres::conf::{self, ChangeKind, RecoveryConf, ServerConf};
+use keel::postgres::bins::PgBinaries;
+use keel::postgres::conf::{self, ChangeKind, RecoveryConf};
 use keel::postgres::ctl::{CtlError, InitdbOption, InitdbParams, PgCtl, RewindOutcome, StopMode};
 use keel::postgres::datadir::{self, ClusterState, DataDirError, DataDirState};
 use keel::postgres::observe::{self, Observation, ReplicationState, Session};
@@ -21,6 +20,9 @@ use keel::postgres::roles::{self, RoleKind, RoleSpec};
 use keel::postgres::ConnParams;
 use keel_core::lsn::Lsn;
 
+mod common;
+use common::{free_port, hba, run_as, scratch, server_conf, versions, wait_for, Guard};
+
 const SUPERUSER: &str = "postgres";
 const SUPERUSER_PASSWORD: &str = "su'per \\ secret";
 const REPLICATION_USER: &str = "replicator";
@@ -28,115 +30,6 @@ const REPLICATION_PASSWORD: &str = "rep'l pass";
 const REWIND_USER: &str = "rewind user";
 const REWIND_PASSWORD: &str = "rewind:pass";
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn versions() -> Vec<(u32, PathBuf)> {
-    let dir = |major: u32| -> PathBuf {
-        if major == 15 {
-            PathBuf::from("/usr/lib/postgresql/15/bin")
-        } else {
-            PathBuf::from(format!("/opt/keel/pg/{major}/bin"))
-        }
-    };
-    match std::env::var("KEEL_TEST_PG_VERSIONS") {
-        Ok(list) if !list.trim().is_empty() => list
-            .split(',')
-            .map(|v| {
-                let major: u32 =
-                    v.trim().parse().unwrap_or_else(|_| panic!("KEEL_TEST_PG_VERSIONS: bad version {v:?}"));
-                let path = dir(major);
-                assert!(
-                    path.join("initdb").exists(),
-                    "PostgreSQL {major} is not in {}: run scripts/setup.sh",
-                    path.display()
-                );
-                (major, path)
-            })
-            .collect(),
-        _ => [15, 18].into_iter().map(|m| (m, dir(m))).filter(|(m, p)| *m == 15 || p.join("initdb").exists()).collect(),
-    }
-}
-
-fn run_as() -> RunAs {
-    RunAs::auto("postgres")
-}
-
-/// A temporary directory the PostgreSQL user owns (under /tmp, which everybody may traverse).
-fn scratch() -> tempfile::TempDir {
-    let dir = tempfile::Builder::new().prefix("keel-pg").tempdir().expect("create a temporary directory");
-    run_as().chown(dir.path()).expect("give the temporary directory to postgres");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
-    dir
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().expect("local address").port()
-}
-
-/// Stops every server it knows about with `pg_ctl stop -m immediate`, whatever happened to the test.
-#[derive(Default)]
-struct Guard(Vec<PgCtl>);
-
-impl Guard {
-    fn watch(&mut self, ctl: &PgCtl) {
-        self.0.push(ctl.clone());
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        for ctl in &self.0 {
-            if !ctl.is_running() {
-                continue;
-            }
-            let pg_ctl = ctl.bins.path(Tool::PgCtl);
-            let mut cmd = match &ctl.run_as.user {
-                Some(user) => {
-                    let mut cmd = std::process::Command::new("runuser");
-                    cmd.args(["-u", user, "--"]).arg(pg_ctl);
-                    cmd
-                }
-                None => std::process::Command::new(pg_ctl),
-            };
-            cmd.current_dir("/").args(["stop", "-m", "immediate", "-w", "-t", "30", "-D"]).arg(&ctl.data_dir);
-            let _ = cmd.status();
-        }
-    }
-}
-
-/// Polls `check` every 100 ms until it returns `Some`, panicking with `what` after `deadline`.
-async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn hba() -> Vec<String> {
-    vec![
-        "local all all trust".to_string(),
-        "host all all 127.0.0.1/32 scram-sha-256".to_string(),
-        "host replication replicator 127.0.0.1/32 scram-sha-256".to_string(),
-    ]
-}
-
-fn server_conf(socket_dir: &Path, port: u16, recovery: Option<RecoveryConf>) -> ServerConf {
-    let mut conf = ServerConf::new("127.0.0.1", port);
-    conf.parameters.insert("unix_socket_directories".into(), socket_dir.display().to_string());
-    conf.parameters.insert("shared_buffers".into(), "16MB".into());
-    conf.parameters.insert("max_connections".into(), "20".into());
-    // pg_rewind reads the old primary's WAL back to the last common checkpoint: keep it.
-    conf.parameters.insert("wal_keep_size".into(), "128MB".into());
-    conf.recovery = recovery;
-    conf
-}
 
 async fn initdb(ctl: &PgCtl) {
     let options = InitdbOption::list_from_json(&serde_json::json!(["no-sync", {"encoding": "UTF8"}, {"locale": "C"}]))
@@ -167,7 +60,7 @@ async fn lifecycle(major: u32, bin_dir: &Path) {
     let bins = PgBinaries::find(Some(bin_dir)).expect("find the binaries");
     assert_eq!(bins.major, major);
     let run_as = run_as();
-    let dir = scratch();
+    let dir = scratch("keel-pg");
     let root = dir.path();
     let mut guard = Guard::default();
 
@@ -329,7 +222,7 @@ async fn primary_replica_promote_rewind_on_each_version() {
 async fn start_on_a_port_in_use_says_so() {
     for (_, dir) in versions() {
         let bins = PgBinaries::find(Some(&dir)).expect("find the binaries");
-        let scratch = scratch();
+        let scratch = scratch("keel-pg");
         let mut guard = Guard::default();
         let ctl = PgCtl::new(bins, run_as(), scratch.path().join("data"));
         guard.watch(&ctl);

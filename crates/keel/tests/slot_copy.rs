@@ -7,21 +7,29 @@
 //! `tests/postgres.rs`. As root every PostgreSQL program runs as the `postgres` OS user. Every server the test
 //! starts is stopped (`pg_ctl stop -m immediate`) by a drop guard, also when an assertion fails.
 
-use std::future::Future;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use keel::postgres::bins::{PgBinaries, Tool};
+use keel::postgres::bins::PgBinaries;
 use keel::postgres::conf::{self, RecoveryConf, ServerConf, WalLevel};
 use keel::postgres::ctl::{InitdbOption, InitdbParams, PgCtl, StopMode};
 use keel::postgres::observe::{self, Session};
-use keel::postgres::process::RunAs;
 use keel::postgres::roles::{self, RoleKind, RoleSpec};
 use keel::postgres::ConnParams;
 use keel::slots::copy::{write_slot_file, CopyError};
 use keel_core::lsn::Lsn;
 use keel_core::slotfile::Expectation;
+
+mod common;
+use common::{free_port, hba, run_as, scratch, versions, wait_for, Guard};
+
+/// The shared small server, with logical decoding and feedback for the copied slot.
+fn server_conf(socket_dir: &Path, port: u16, recovery: Option<RecoveryConf>) -> ServerConf {
+    let mut conf = common::server_conf(socket_dir, port, recovery);
+    conf.wal_level = WalLevel::Logical;
+    conf.hot_standby_feedback = true;
+    conf
+}
 
 const SUPERUSER: &str = "postgres";
 const SUPERUSER_PASSWORD: &str = "super secret";
@@ -29,110 +37,6 @@ const REPLICATION_USER: &str = "replicator";
 const REPLICATION_PASSWORD: &str = "repl pass";
 const SLOT: &str = "copied";
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn versions() -> Vec<(u32, PathBuf)> {
-    let dir = |major: u32| -> PathBuf {
-        if major == 15 {
-            PathBuf::from("/usr/lib/postgresql/15/bin")
-        } else {
-            PathBuf::from(format!("/opt/keel/pg/{major}/bin"))
-        }
-    };
-    match std::env::var("KEEL_TEST_PG_VERSIONS") {
-        Ok(list) if !list.trim().is_empty() => list
-            .split(',')
-            .map(|v| {
-                let major: u32 =
-                    v.trim().parse().unwrap_or_else(|_| panic!("KEEL_TEST_PG_VERSIONS: bad version {v:?}"));
-                let path = dir(major);
-                assert!(
-                    path.join("initdb").exists(),
-                    "PostgreSQL {major} is not in {}: run scripts/setup.sh",
-                    path.display()
-                );
-                (major, path)
-            })
-            .collect(),
-        _ => [15, 18].into_iter().map(|m| (m, dir(m))).filter(|(m, p)| *m == 15 || p.join("initdb").exists()).collect(),
-    }
-}
-
-fn run_as() -> RunAs {
-    RunAs::auto("postgres")
-}
-
-/// A temporary directory the PostgreSQL user owns.
-fn scratch() -> tempfile::TempDir {
-    let dir = tempfile::Builder::new().prefix("keel-slot-copy").tempdir().expect("create a temporary directory");
-    run_as().chown(dir.path()).expect("give the temporary directory to postgres");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
-    dir
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().expect("local address").port()
-}
-
-/// Stops every server it watches with `pg_ctl stop -m immediate`, whatever happened to the test.
-#[derive(Default)]
-struct Guard(Vec<PgCtl>);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        for ctl in &self.0 {
-            if !ctl.is_running() {
-                continue;
-            }
-            let pg_ctl = ctl.bins.path(Tool::PgCtl);
-            let mut cmd = match &ctl.run_as.user {
-                Some(user) => {
-                    let mut cmd = std::process::Command::new("runuser");
-                    cmd.args(["-u", user, "--"]).arg(pg_ctl);
-                    cmd
-                }
-                None => std::process::Command::new(pg_ctl),
-            };
-            cmd.current_dir("/").args(["stop", "-m", "immediate", "-w", "-t", "30", "-D"]).arg(&ctl.data_dir);
-            let _ = cmd.status();
-        }
-    }
-}
-
-async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(start.elapsed() < TIMEOUT, "timed out after {TIMEOUT:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn server_conf(socket_dir: &Path, port: u16, recovery: Option<RecoveryConf>) -> ServerConf {
-    let mut conf = ServerConf::new("127.0.0.1", port);
-    conf.wal_level = WalLevel::Logical;
-    conf.hot_standby_feedback = true;
-    conf.parameters.insert("unix_socket_directories".into(), socket_dir.display().to_string());
-    conf.parameters.insert("shared_buffers".into(), "16MB".into());
-    conf.parameters.insert("max_connections".into(), "20".into());
-    // The replica must still have the WAL from the slot's restart_lsn when it advances the copied slot.
-    conf.parameters.insert("wal_keep_size".into(), "128MB".into());
-    conf.recovery = recovery;
-    conf
-}
-
-fn hba() -> Vec<String> {
-    vec![
-        "local all all trust".to_string(),
-        "host all all 127.0.0.1/32 scram-sha-256".to_string(),
-        "host replication replicator 127.0.0.1/32 scram-sha-256".to_string(),
-    ]
-}
 
 async fn connect(port: u16) -> Session {
     let params = ConnParams::new("127.0.0.1", port, SUPERUSER).with_password(SUPERUSER_PASSWORD);
@@ -173,7 +77,7 @@ async fn slot_row(session: &Session) -> Option<(String, u32, Lsn, Lsn, bool)> {
 }
 
 async fn wait_replayed(replica_port: u16, target: Lsn, what: &str) {
-    wait_for(what, || async {
+    wait_for(what, TIMEOUT, || async {
         let replica = connect(replica_port).await;
         let replayed: Lsn = text(&replica, "SELECT pg_last_wal_replay_lsn()::text").await.parse().ok()?;
         (replayed >= target).then_some(())
@@ -185,7 +89,7 @@ async fn copy_slot(major: u32, bin_dir: &Path) {
     let bins = PgBinaries::find(Some(bin_dir)).expect("find the binaries");
     assert_eq!(bins.major, major);
     let run_as = run_as();
-    let dir = scratch();
+    let dir = scratch("keel-slot-copy");
     let root = dir.path();
     let mut guard = Guard::default();
 
@@ -268,7 +172,7 @@ async fn copy_slot(major: u32, bin_dir: &Path) {
     assert_eq!(on_replica, (plugin, datoid, confirmed, restart, false));
 
     // Once the replica's feedback holds the primary's catalog_xmin, the primary's slot may move on.
-    wait_for("the replica's feedback to reach replica1's catalog_xmin", || async {
+    wait_for("the replica's feedback to reach replica1's catalog_xmin", TIMEOUT, || async {
         let xmin =
             text(&session, "SELECT catalog_xmin::text FROM pg_replication_slots WHERE slot_name = 'replica1'").await;
         (!xmin.is_empty()).then_some(())
