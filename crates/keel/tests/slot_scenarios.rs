@@ -168,7 +168,11 @@ fn permanent_slots_are_copied_followed_and_unknown_ones_dropped() {
         wait_slot(&c, &n, LOGICAL, true, SLOTS);
         wait_slot(&c, &n, PHYSICAL, true, SLOTS);
     }
-    assert_eq!(c.psql(&leader, &format!("SELECT plugin, database FROM pg_replication_slots WHERE slot_name = '{LOGICAL}'")).unwrap(), "test_decoding|postgres");
+    assert_eq!(
+        c.psql(&leader, &format!("SELECT plugin, database FROM pg_replication_slots WHERE slot_name = '{LOGICAL}'"))
+            .unwrap(),
+        "test_decoding|postgres"
+    );
     // The leader publishes their positions in the status key.
     c.wait("the status key lists the permanent slots", Duration::from_secs(30), || {
         let st = c.view()?.status;
@@ -245,7 +249,8 @@ impl Consumer {
         let consumer = Consumer { child: Some(child), node: node.to_string() };
         // It counts as started once the slot is active on the node.
         c.wait(&format!("pg_recvlogical streaming from {node}"), Duration::from_secs(30), || {
-            let active = c.psql(node, &format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{LOGICAL}'"))?;
+            let active =
+                c.psql(node, &format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{LOGICAL}'"))?;
             Ok((active == "t").then_some(()))
         })
         .unwrap_or_else(|e| {
@@ -556,7 +561,11 @@ fn readiness_stage(c: &KeelCluster, node: &str) -> Result<Option<String>, String
 #[test]
 fn prefer_promotes_the_ready_replica_over_an_unready_one_ahead() {
     let _serial = serial();
-    let (mut c, leader) = up(options("    failover_slot_readiness: prefer\n"));
+    // Through PATCH /config: the bootstrap.dcs validation of this build rejects Keel's own dynamic keys.
+    let (mut c, leader) = up(options(""));
+    let (code, body) =
+        c.http(&leader, "PATCH", "/config", Some(&json!({ "failover_slot_readiness": "prefer" }))).unwrap();
+    assert_eq!(code, 200, "PATCH /config: {body}");
     let reps = replicas(&c, &leader);
     let (ready, fresh) = (reps[0].clone(), reps[1].clone());
     c.psql(&leader, "CREATE TABLE g (id serial primary key, v text)").unwrap();
@@ -569,8 +578,12 @@ fn prefer_promotes_the_ready_replica_over_an_unready_one_ahead() {
     c.wait(&format!("{fresh} re-initialised, streaming, with an unready copy"), UP, || {
         let stage = readiness_stage(&c, &fresh)?;
         let streaming = c.streaming_replicas(&leader)?.contains(&fresh);
-        let published =
-            c.view()?.members.get(&fresh).and_then(|m| m.data.pointer("/keel_slots/ready").cloned()).unwrap_or_default();
+        let published = c
+            .view()?
+            .members
+            .get(&fresh)
+            .and_then(|m| m.data.pointer("/keel_slots/ready").cloned())
+            .unwrap_or_default();
         let pm = c.postmaster_pid(&fresh);
         let copied = matches!(stage.as_deref(), Some("Copied" | "Protected" | "Advanced"));
         if streaming && copied && published == json!(false) && pm.is_some() && pm != old_pm {
