@@ -25,6 +25,8 @@ pub struct KeelOptions {
     pub pg_version: Option<u32>,
     pub synchronous_mode: bool,
     pub failsafe_mode: bool,
+    /// `wal_level: logical` in the dynamic configuration (for logical slots); `replica` otherwise.
+    pub logical: bool,
     /// Extra `bootstrap.dcs` YAML lines, indented four spaces.
     pub extra_dcs_yaml: String,
     pub scope: Option<String>,
@@ -79,6 +81,7 @@ impl KeelCluster {
             keel_bin: opts.resolve_keel_bin(),
             synchronous_mode: opts.synchronous_mode,
             failsafe_mode: opts.failsafe_mode,
+            wal_level: if opts.logical { "logical" } else { "replica" }.into(),
             extra_dcs_yaml: opts.extra_dcs_yaml.clone(),
             ..defaults
         };
