@@ -68,6 +68,7 @@ async fn run(mut plans: watch::Receiver<Option<FollowPlan>>, progress: Progress)
     let mut leader: Option<(ConnParams, Session)> = None;
     let mut local: Option<(ConnParams, Session)> = None;
     let mut in_flight: BTreeMap<String, JoinHandle<()>> = BTreeMap::new();
+    let mut sessions: BTreeMap<String, SlotSession> = BTreeMap::new();
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -83,6 +84,7 @@ async fn run(mut plans: watch::Receiver<Option<FollowPlan>>, progress: Progress)
             continue;
         };
         in_flight.retain(|_, h| !h.is_finished());
+        sessions.retain(|name, _| plan.slots.contains_key(name));
         lock(&progress).retain(|name, _| plan.slots.contains_key(name));
         if plan.slots.is_empty() {
             continue;
@@ -137,7 +139,8 @@ async fn run(mut plans: watch::Receiver<Option<FollowPlan>>, progress: Progress)
             if local_lsn.is_none() || in_flight.contains_key(name) {
                 continue;
             }
-            let task = advance_task(plan.local.clone(), name.clone(), *logical, goal, progress.clone());
+            let session = sessions.entry(name.clone()).or_default().clone();
+            let task = advance_task(plan.local.clone(), name.clone(), *logical, goal, progress.clone(), session);
             in_flight.insert(name.clone(), tokio::spawn(task));
         }
     }
@@ -201,13 +204,34 @@ async fn local_positions(
     Ok((replay, out))
 }
 
-/// One advance on its own connection, bounded in time; the outcome goes into the progress table.
-async fn advance_task(local: ConnParams, name: String, logical: bool, goal: Lsn, progress: Progress) {
+/// A slot's own connection, kept between advances (connecting costs more than a small advance).
+type SlotSession = Arc<tokio::sync::Mutex<Option<Session>>>;
+
+/// One advance on the slot's own connection, bounded in time; the outcome goes into the progress table. A failed
+/// or timed-out attempt drops the connection, so a stuck statement never blocks the next one.
+async fn advance_task(
+    local: ConnParams,
+    name: String,
+    logical: bool,
+    goal: Lsn,
+    progress: Progress,
+    session: SlotSession,
+) {
+    let mut guard = session.lock().await;
     let attempt = async {
-        let s = observe::connect(&local, ADVANCE_TIMEOUT).await?;
-        pg_slots::advance(&s, &name, goal).await
+        if guard.as_ref().is_none_or(|s| s.is_closed()) {
+            *guard = Some(observe::connect(&local, ADVANCE_TIMEOUT).await?);
+        }
+        match guard.as_ref() {
+            Some(s) => pg_slots::advance(s, &name, goal).await,
+            None => Ok(None),
+        }
     };
     let outcome = tokio::time::timeout(ADVANCE_TIMEOUT, attempt).await;
+    if !matches!(outcome, Ok(Ok(_))) {
+        *guard = None;
+    }
+    drop(guard);
     let mut table = lock(&progress);
     let entry = table.entry(name.clone()).or_default();
     match outcome {
