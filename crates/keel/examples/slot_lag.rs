@@ -66,7 +66,7 @@ fn main() {
         while Instant::now() < stop {
             let _ = keel::cluster_runner::psql(&bin_dir, port, "INSERT INTO bench DEFAULT VALUES");
             n += 1;
-            if n % 3 == 0 {
+            if n.is_multiple_of(3) {
                 let _ = keel::cluster_runner::psql(
                     &bin_dir,
                     port,
