@@ -86,6 +86,11 @@ pub struct Local {
     pub synchronous_standby_names: Option<String>,
     /// `hot_standby_feedback` forced on for logical slots.
     force_hsf: bool,
+    /// Clone again when pg_rewind reports it cannot rewind (`remove_data_directory_on_rewind_failure`, default on
+    /// in Keel: a node that cannot rejoin helps nobody, and its diverged WAL is not on the cluster's timeline).
+    reclone_on_rewind_failure: bool,
+    /// Clone again when diverged with pg_rewind disabled (`remove_data_directory_on_diverged_timelines`, off).
+    reclone_on_divergence: bool,
 }
 
 /// Host and port of a `postgres://host:port/...` URL.
@@ -149,6 +154,8 @@ impl Local {
             pending_restart: Vec::new(),
             synchronous_standby_names: None,
             force_hsf: false,
+            reclone_on_rewind_failure: cfg.postgresql.remove_data_directory_on_rewind_failure.unwrap_or(true),
+            reclone_on_divergence: cfg.postgresql.remove_data_directory_on_diverged_timelines.unwrap_or(false),
         })
     }
 
@@ -558,7 +565,13 @@ impl Local {
         }
         info!("my timeline {local_tl} at {local_lsn} diverged from the leader's timeline {leader_tl}");
         if !use_pg_rewind {
-            warn!("postgresql.use_pg_rewind is off: this node needs a reinit (keel reinit {})", self.name);
+            if self.reclone_on_divergence {
+                warn!("diverged and postgresql.use_pg_rewind is off: removing the data directory to clone it again");
+                self.stop().await?;
+                self.remove_data().await?;
+            } else {
+                warn!("postgresql.use_pg_rewind is off: this node needs a reinit (keel reinit {})", self.name);
+            }
             return Ok(false);
         }
         self.rewind(leader).await
@@ -602,7 +615,12 @@ impl Local {
                 Ok(true)
             }
             RewindOutcome::Impossible { reason } => {
-                warn!("pg_rewind is not possible: {reason}; this node needs a reinit (keel reinit {})", self.name);
+                if self.reclone_on_rewind_failure {
+                    warn!("pg_rewind is not possible: {reason}; removing the data directory to clone it again");
+                    self.remove_data().await?;
+                } else {
+                    warn!("pg_rewind is not possible: {reason}; this node needs a reinit (keel reinit {})", self.name);
+                }
                 Ok(false)
             }
         }
