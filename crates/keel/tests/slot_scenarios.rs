@@ -618,7 +618,7 @@ fn prefer_promotes_the_ready_replica_over_an_unready_one_ahead() {
 
     let new = wait_new_leader(&c, &leader, FAILOVER);
     let fresh_log = std::fs::read_to_string(&c.node(&fresh).log_path).unwrap_or_default();
-    let reason = fresh_log.lines().filter(|l| l.contains("failover_slot_readiness")).last().unwrap_or("").to_string();
+    let reason = fresh_log.lines().rfind(|l| l.contains("failover_slot_readiness")).unwrap_or("").to_string();
     eprintln!("{new} promoted; {fresh}'s last readiness line: {reason}");
     assert_eq!(new, ready, "the replica with ready logical slots must win over the unready one ahead in WAL");
 }
