@@ -160,6 +160,9 @@ const BOOTSTRAP: &[Field] = &[
 ];
 
 const DCS: &[Field] = &[
+    // Keel's failover-slot settings (read by keel_core::slots from the dynamic configuration).
+    opt("failover_slot_readiness", Kind::Str),
+    opt("failover_slot_recreate", Kind::Bool),
     opt("ttl", Kind::Seconds),
     opt("loop_wait", Kind::Seconds),
     opt("retry_timeout", Kind::Seconds),

@@ -297,3 +297,12 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn keel_failover_slot_settings_are_known_dcs_keys() {
+    let yaml = "scope: c\nname: n\nrestapi:\n  listen: 127.0.0.1:8008\netcd3:\n  host: 127.0.0.1:2379\n\
+                bootstrap:\n  dcs:\n    failover_slot_readiness: strict\n    failover_slot_recreate: false\n\
+                postgresql:\n  listen: 127.0.0.1:5432\n  connect_address: 127.0.0.1:5432\n  data_dir: /d\n";
+    let loaded = Config::from_str(yaml, &Default::default()).expect("valid");
+    assert_eq!(loaded.config.bootstrap_dcs()["failover_slot_readiness"], "strict");
+}
