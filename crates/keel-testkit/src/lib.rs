@@ -13,7 +13,7 @@ pub use keel::cluster_runner::{ClusterOptions, LocalCluster, NodeSpec};
 
 use std::io;
 use std::net::{Ipv4Addr, TcpListener};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (the OS picked it for a listener we closed again).
 ///
@@ -30,24 +30,10 @@ pub fn wait_until<T>(
     what: &str,
     deadline: Duration,
     interval: Duration,
-    mut probe: impl FnMut() -> Result<Option<T>, String>,
+    probe: impl FnMut() -> Result<Option<T>, String>,
 ) -> io::Result<T> {
-    let start = Instant::now();
-    let mut last = String::from("not probed yet");
-    loop {
-        match probe() {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = e,
-        }
-        if start.elapsed() >= deadline {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("{what}: not ready after {deadline:?} (last check: {last})"),
-            ));
-        }
-        std::thread::sleep(interval);
-    }
+    keel::cluster_runner::wait_until(what, deadline, interval, probe)
+        .map_err(|message| io::Error::new(io::ErrorKind::TimedOut, message))
 }
 
 /// Sends `signal` to the process `pid`.

@@ -86,6 +86,8 @@ pub struct Local {
     pub synchronous_standby_names: Option<String>,
     /// `hot_standby_feedback` forced on for logical slots.
     force_hsf: bool,
+    /// `postgresql.conf`/`pg_hba.conf` must be written again even if the parameters did not change.
+    rewrite_conf: bool,
     /// Clone again when pg_rewind reports it cannot rewind (`remove_data_directory_on_rewind_failure`, default on
     /// in Keel: a node that cannot rejoin helps nobody, and its diverged WAL is not on the cluster's timeline).
     reclone_on_rewind_failure: bool,
@@ -154,6 +156,7 @@ impl Local {
             pending_restart: Vec::new(),
             synchronous_standby_names: None,
             force_hsf: false,
+            rewrite_conf: false,
             reclone_on_rewind_failure: cfg.postgresql.remove_data_directory_on_rewind_failure.unwrap_or(true),
             reclone_on_divergence: cfg.postgresql.remove_data_directory_on_diverged_timelines.unwrap_or(false),
         })
@@ -307,15 +310,16 @@ impl Local {
         if !self.ctl.is_running() {
             return Ok(());
         }
-        let written = match self.written.clone() {
-            Some(w) => w,
-            None if is_primary => ServerConf { port: 0, ..self.server_conf(None) },
+        let (recovery, changed) = match &self.written {
+            Some(w) => (w.recovery.clone(), self.rewrite_conf || self.server_conf(w.recovery.clone()) != *w),
+            // Nothing written by this agent yet: a primary's configuration can be written without knowing more.
+            None if is_primary => (None, true),
             None => return Ok(()),
         };
-        let wanted = self.server_conf(written.recovery.clone());
-        if wanted != written {
+        if changed {
+            self.rewrite_conf = false;
             info!("PostgreSQL parameters changed: rewriting postgresql.conf and reloading");
-            self.write_conf(written.recovery)?;
+            self.write_conf(recovery)?;
             self.ctl.reload(QUERY_TIMEOUT).await?;
         }
         let session = self.session().await?;
@@ -503,10 +507,8 @@ impl Local {
         if !cfg.postgresql.pg_hba.is_empty() {
             self.pg_hba = cfg.postgresql.pg_hba.clone();
         }
-        // Force a rewrite (and reload) on the next cycle even if only pg_hba changed.
-        if let Some(w) = &mut self.written {
-            w.port = 0;
-        }
+        // Rewrite (and reload) on the next cycle even if only pg_hba changed.
+        self.rewrite_conf = true;
     }
 
     /// Restarts PostgreSQL with a fast shutdown, keeping its current configuration.

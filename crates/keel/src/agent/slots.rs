@@ -187,7 +187,7 @@ impl SlotManager {
         }
 
         // A replica: follow the leader's positions and track readiness of logical copies.
-        self.follow_leader(c, local, &desired, &actual, leader_member.as_ref());
+        self.follow_leader(local, &desired, &actual, leader_member.as_ref());
         self.update_readiness(c, local, &desired, &actual, leader_member.as_ref()).await;
         None
     }
@@ -339,14 +339,7 @@ impl SlotManager {
         });
     }
 
-    fn follow_leader(
-        &self,
-        c: &SlotCycle<'_>,
-        local: &Local,
-        desired: &DesiredSlots,
-        actual: &ActualSlots,
-        leader: Option<&Member>,
-    ) {
+    fn follow_leader(&self, local: &Local, desired: &DesiredSlots, actual: &ActualSlots, leader: Option<&Member>) {
         let (Some(leader), ActualSlots::Known(have)) = (leader, actual) else {
             self.follow(None);
             return;
@@ -366,14 +359,13 @@ impl SlotManager {
                 fallback.insert(name.clone(), lsn);
             }
         }
-        let _ = c;
         self.follow(Some(FollowPlan { leader: leader_params, local: local.local_params(), slots, fallback }));
     }
 
     async fn update_readiness(
         &mut self,
         c: &SlotCycle<'_>,
-        local: &mut Local,
+        local: &Local,
         desired: &DesiredSlots,
         actual: &ActualSlots,
         leader: Option<&Member>,
@@ -451,7 +443,6 @@ impl SlotManager {
         }
         self.readiness.retain(|n, _| logical.contains(n));
         self.summary = Some(SlotsReadiness::summarize(logical.iter().map(String::as_str), &self.readiness));
-        let _ = local;
     }
 
     /// The node's slots for `GET /slots`: type, position, lag behind the leader, readiness, WAL retained.
