@@ -62,10 +62,7 @@ use crate::view::{FailoverRequest, Versioned};
 /// Decides what this node does in this cycle. Pure: the same input always gives the same decision.
 pub fn decide(input: &HaInput) -> Decision {
     let cfg = input.view.dynamic_config();
-    let slots_cfg = SlotsConfig::from_dynamic(&cfg);
-    // The gate matters only when there are permanent logical slots to be ready.
-    let slot_gate =
-        if slots_cfg.has_logical() && slots_cfg.use_slots { slots_cfg.readiness } else { FailoverSlotReadiness::Off };
+    let slot_gate = SlotsConfig::from_dynamic(&cfg).effective_gate();
     let ctx = Ctx {
         input,
         paused: cfg.pause,

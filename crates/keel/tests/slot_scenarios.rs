@@ -399,6 +399,22 @@ fn check_continuity(c: &KeelCluster, primary: &str, acked: &[i32], files: &[Path
     }
 }
 
+/// The promotion check `node` recorded for the permanent logical slot (`/slots` → `promotion`), once present.
+fn promotion_check(c: &KeelCluster, node: &str) -> Value {
+    c.wait(&format!("{node}'s promotion check in /slots"), Duration::from_secs(60), || {
+        let v = slots_api(c, node)?;
+        let slot = v
+            .pointer("/promotion/slots")
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().find(|s| s["slot"] == LOGICAL).cloned());
+        match slot {
+            Some(s) => Ok(Some(s)),
+            None => Err(format!("/slots: {v}")),
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(40)))
+}
+
 /// Keel's promise for logical consumers: after a kill -9 failover and after a switchover, a consumer restarted
 /// on the new primary from the same slot misses nothing that was acknowledged and survived.
 #[test]
@@ -419,6 +435,9 @@ fn logical_consumer_continues_across_failover_and_switchover() {
     c.kill9(&first);
     let second = wait_new_leader(&c, &first, FAILOVER);
     eprintln!("failover: {second} writable {:.1}s after kill -9 of {first}", t0.elapsed().as_secs_f64());
+    let check = promotion_check(&c, &second);
+    eprintln!("failover: promotion check on {second}: {check}");
+    assert_ne!(check["verdict"], "missing", "{second} must have a copy of {LOGICAL}: {check}");
     consumer.stop();
     assert_eq!(consumer.node, first);
     writer.point_at(&c, &second);
@@ -448,6 +467,10 @@ fn logical_consumer_continues_across_failover_and_switchover() {
     let third = wait_new_leader(&c, &second, FAILOVER);
     assert_eq!(third, target, "the switchover must promote the candidate");
     eprintln!("switchover: {third} writable {:.1}s after the request", t1.elapsed().as_secs_f64());
+    // A graceful switchover hands every WAL record to the candidate: consumers cannot be ahead of it.
+    let check = promotion_check(&c, &third);
+    eprintln!("switchover: promotion check on {third}: {check}");
+    assert!(["in_step", "redelivery"].contains(&check["verdict"].as_str().unwrap_or("")), "{check}");
     consumer.stop();
     writer.point_at(&c, &third);
     files.push(dir.join("consumer3.out"));
@@ -595,6 +618,16 @@ fn prefer_promotes_the_ready_replica_over_an_unready_one_ahead() {
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(40)));
     let ready_view = slots_api(&c, &ready).unwrap();
     assert_eq!(ready_view["ready"], json!(true), "{ready} must still be ready: {ready_view}");
+
+    // A manual switchover to the unready replica is refused unless forced, naming the slot at risk.
+    let out = c.ctl(&leader, &["switchover", "--candidate", &fresh]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "keel switchover to unready {fresh} must fail: {stderr}");
+    assert!(stderr.contains(LOGICAL) && stderr.contains("--force"), "keel switchover: {stderr}");
+    let (code, body) = c.http_post(&leader, "/switchover", &json!({ "leader": leader, "candidate": fresh })).unwrap();
+    assert_eq!(code, 412, "POST /switchover to unready {fresh}: {body}");
+    assert!(body.to_string().contains(LOGICAL), "POST /switchover: {body}");
+    assert_eq!(c.view().unwrap().leader.map(|l| l.name), Some(leader.clone()), "nothing may have changed");
 
     // Put `fresh` ahead of `ready` in WAL: freeze ready's WAL receiver, write, let fresh replay it.
     let pm = c.postmaster_pid(&ready).expect("ready's postmaster");

@@ -321,6 +321,16 @@ impl SlotsConfig {
     }
 
     /// Whether the configuration defines any permanent logical slot (the readiness gate is moot otherwise).
+    /// The readiness gate in force: `off` unless member slots are on and permanent logical slots are configured
+    /// (only those have copies that can be unready).
+    pub fn effective_gate(&self) -> FailoverSlotReadiness {
+        if self.use_slots && self.has_logical() {
+            self.readiness
+        } else {
+            FailoverSlotReadiness::Off
+        }
+    }
+
     pub fn has_logical(&self) -> bool {
         self.permanent.values().any(|s| s.kind.is_logical() && s.cluster_type != ClusterType::Standby)
     }

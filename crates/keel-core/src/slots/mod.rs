@@ -3,15 +3,19 @@
 //! - [`config`]: the `slots`, `ignore_slots`, `failover_slot_readiness` and `failover_slot_recreate` settings.
 //! - [`desired`]: which slots a node should have ([`desired_slots`]), `hot_standby_feedback` enforcement.
 //! - [`reconcile`]: desired vs. actual → [`SlotAction`]s.
+//! - [`risk`]: the slots a manual failover to an unready member would put at risk.
 //! - [`status`]: what the leader publishes in `status`, the retention clock.
+//! - [`promotion`]: at promotion, each logical copy against what its consumers may have seen.
 //! - [`readiness`]: whether a copied logical slot is safe to use after promoting this replica.
 //!
 //! See `crates/keel-core/SLOTS.md` for the life cycle of a slot.
 
 pub mod config;
 pub mod desired;
+pub mod promotion;
 pub mod readiness;
 pub mod reconcile;
+pub mod risk;
 pub mod status;
 
 pub use config::{FailoverSlotReadiness, IgnoreMatcher, PermanentSlot, SlotKind, SlotNote, SlotsConfig};
@@ -23,6 +27,7 @@ pub use readiness::{SlotsReadiness, Xid, MEMBER_KEY_FIELD};
 pub use reconcile::{
     reconcile, ActualSlot, ActualSlots, CreateReason, DropReason, LeaderState, ReconcileContext, SlotAction, WalStatus,
 };
+pub use risk::{manual_failover_risk, SlotsAtRisk};
 pub use status::{published_slots, published_status, PublishInput, RetainClock};
 
 /// Patroni's mapping from a member name to its physical slot name: lower case, `-` and `.` become `_`, any

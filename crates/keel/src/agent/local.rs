@@ -413,9 +413,29 @@ impl Local {
         if let Err(e) = session.checkpoint().await {
             warn!("CHECKPOINT after promote failed: {e}");
         }
-        let old_tl = before.as_ref().and_then(|o| o.timeline).unwrap_or(1);
-        let lsn = before.and_then(|o| o.replay_lsn).unwrap_or_default();
-        Ok((old_tl, lsn))
+        // The new timeline's history file ends with the line "parent timeline, switchpoint": the exact end of the old
+        // timeline here. The timeline and replay position read before promoting are the fallback: a replica's
+        // reported timeline can be an older one (its last restartpoint's), and replay can trail the switchpoint.
+        let new_tl = match session.observe().await {
+            Ok(o) => o.timeline,
+            Err(e) => {
+                warn!("cannot read the timeline after promote: {e}");
+                None
+            }
+        };
+        let switched = match new_tl {
+            Some(tl) => match Self::history_file(session, tl).await {
+                Ok(lines) => lines.last().copied(),
+                Err(e) => {
+                    warn!("cannot read timeline {tl}'s history file: {e:#}");
+                    None
+                }
+            },
+            None => None,
+        };
+        let before_tl = before.as_ref().and_then(|o| o.timeline).unwrap_or(1);
+        let replayed = before.and_then(|o| o.replay_lsn).unwrap_or_default();
+        Ok(switched.unwrap_or((before_tl, replayed)))
     }
 
     /// Steps down. `Graceful`: CHECKPOINT and a fast shutdown (walsenders send the shutdown checkpoint to the
@@ -556,7 +576,7 @@ impl Local {
         } else if local_tl > leader_tl {
             true
         } else {
-            let switch = self.switchpoint(&remote, leader_tl, local_tl).await?;
+            let switch = Self::switchpoint(&remote, leader_tl, local_tl).await?;
             match switch {
                 Some(sp) => !clean || local_lsn > sp,
                 None => true,
@@ -580,16 +600,23 @@ impl Local {
     }
 
     /// The LSN where `leader_tl`'s history left `our_tl`, from the leader's timeline history file.
-    async fn switchpoint(&self, remote: &observe::Session, leader_tl: u32, our_tl: u32) -> Result<Option<Lsn>> {
-        let file = format!("pg_wal/{leader_tl:08X}.history");
+    async fn switchpoint(remote: &observe::Session, leader_tl: u32, our_tl: u32) -> Result<Option<Lsn>> {
+        let lines = Self::history_file(remote, leader_tl).await?;
+        Ok(lines.into_iter().find_map(|(tl, lsn)| (tl == our_tl).then_some(lsn)))
+    }
+
+    /// The (parent timeline, switchpoint) lines of `tl`'s history file on `remote`, oldest first.
+    async fn history_file(remote: &observe::Session, tl: u32) -> Result<Vec<(u32, Lsn)>> {
+        let file = format!("pg_wal/{tl:08X}.history");
         let rows = remote.query("SELECT convert_from(pg_read_binary_file($1), 'UTF8')", &[&file]).await?;
         let text: String = rows.first().map(|r| r.get(0)).unwrap_or_default();
-        Ok(text.lines().find_map(|line| {
-            let mut parts = line.split_whitespace();
-            let tl: u32 = parts.next()?.parse().ok()?;
-            let lsn: Lsn = parts.next()?.parse().ok()?;
-            (tl == our_tl).then_some(lsn)
-        }))
+        Ok(text
+            .lines()
+            .filter_map(|line| {
+                let mut parts = line.split_whitespace();
+                Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+            })
+            .collect())
     }
 
     async fn rewind(&mut self, leader: &Member) -> Result<bool> {

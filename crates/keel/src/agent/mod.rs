@@ -425,6 +425,7 @@ impl<B: KvBackend> Agent<B> {
                 info!("promoting PostgreSQL ({cause:?})");
                 self.failsafe.reset();
                 let (old_tl, lsn) = self.local.promote().await?;
+                self.slots.promoted((lsn != Lsn::ZERO).then_some(lsn));
                 self.append_history(old_tl, lsn).await;
                 Ok(Outcome::Done)
             }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use keel_core::lsn::Lsn;
 use keel_core::slotfile::Expectation;
+use keel_core::slots::promotion::{self, PromotionInput, SlotComparison, Verdict};
 use keel_core::slots::readiness::{
     LocalLogicalSlot, PrimaryPhysicalSlot, ReadinessEvent, ReadinessObservation, SlotReadiness, Xid,
 };
@@ -72,6 +73,24 @@ pub struct SlotManager {
     /// the leader's slot moved on, so a copy that cannot advance (WAL this replica no longer has) does not make
     /// PostgreSQL restart every cycle.
     copied_at: BTreeMap<String, Option<Lsn>>,
+    /// Set when this node was promoted; the next cycle as leader runs the promotion check with it.
+    pending_promotion: Option<PendingPromotion>,
+    /// The promotion check of this node's last promotion (for the API and metrics).
+    pub promotion: Option<PromotionReport>,
+}
+
+/// What was known at the moment of promotion.
+struct PendingPromotion {
+    wal_end: Option<Lsn>,
+    /// The old leader's slot positions as the follower last read them.
+    followed: BTreeMap<String, Lsn>,
+}
+
+/// The result of the promotion check.
+pub struct PromotionReport {
+    pub at: Millis,
+    pub wal_end: Option<Lsn>,
+    pub slots: Vec<SlotComparison>,
 }
 
 impl SlotManager {
@@ -92,7 +111,43 @@ impl SlotManager {
             last_actual: Vec::new(),
             summary: None,
             copied_at: BTreeMap::new(),
+            pending_promotion: None,
+            promotion: None,
         }
+    }
+
+    /// Records that this node was just promoted with its WAL ending at `wal_end`, keeping the old leader's slot
+    /// positions the follower last read before they are forgotten.
+    pub fn promoted(&mut self, wal_end: Option<Lsn>) {
+        let progress = self.progress.lock().map(|p| p.clone()).unwrap_or_default();
+        let followed = progress.into_iter().filter_map(|(n, p)| p.leader_lsn.map(|l| (n, l))).collect();
+        self.pending_promotion = Some(PendingPromotion { wal_end, followed });
+    }
+
+    /// The promotion check: each permanent logical slot here against its last known position on the old primary.
+    fn check_promotion(&mut self, c: &SlotCycle<'_>, desired: &DesiredSlots, actual: &ActualSlots) {
+        let ActualSlots::Known(have) = actual else { return };
+        let Some(pending) = self.pending_promotion.take() else { return };
+        let input = PromotionInput {
+            logical: desired.logical_names().collect(),
+            published: Some(&c.view.status.slots),
+            followed: pending.followed,
+            copies: have
+                .iter()
+                .filter(|(_, a)| a.kind.is_logical())
+                .map(|(n, a)| (n.clone(), a.confirmed_flush_lsn))
+                .collect(),
+            wal_end: pending.wal_end,
+        };
+        let slots = promotion::compare(&input);
+        for cmp in &slots {
+            match cmp.verdict {
+                Verdict::Divergence { .. } => error!("PROMOTION CHECK: {}", cmp.describe()),
+                Verdict::Redelivery { .. } => warn!("promotion check: {}", cmp.describe()),
+                _ => info!("promotion check: {}", cmp.describe()),
+            }
+        }
+        self.promotion = Some(PromotionReport { at: c.now, wal_end: pending.wal_end, slots });
     }
 
     fn log_notes(&mut self, notes: Vec<String>) {
@@ -163,6 +218,7 @@ impl SlotManager {
         self.execute(&plan, local, leader_member.as_ref()).await;
 
         if c.leader_primary {
+            self.check_promotion(c, &desired, &actual);
             self.follow(None);
             let clock =
                 self.retain.get_or_insert_with(|| RetainClock::on_promotion(&c.view.status.retain_slots, c.now));
@@ -482,7 +538,19 @@ impl SlotManager {
             .collect();
         let breaks: Vec<Value> =
             self.breaks.iter().map(|(n, l)| json!({"slot": n, "last_published": l.to_string()})).collect();
-        json!({"slots": slots, "continuity_breaks": breaks, "ready": self.summary.as_ref().map(|s| s.ready)})
+        let promotion = self.promotion.as_ref().map(|p| {
+            json!({
+                "at": keel_core::time::format_iso8601(p.at),
+                "wal_end": p.wal_end.map(|l| l.to_string()),
+                "slots": p.slots.iter().map(SlotComparison::to_json).collect::<Vec<_>>(),
+            })
+        });
+        json!({
+            "slots": slots,
+            "continuity_breaks": breaks,
+            "promotion": promotion,
+            "ready": self.summary.as_ref().map(|s| s.ready),
+        })
     }
 }
 

@@ -324,11 +324,28 @@ pub fn plan_manual(
         failover_possible(view, leader.as_deref(), candidate.as_deref(), action)
             .map_err(|m| Refusal::new(StatusCode::PRECONDITION_FAILED, m))?;
     }
+    // Keel's readiness gate: a member whose logical slot copies are not ready is not made primary on request
+    // unless the request says `"force": true`.
+    let forced = body.get("force").and_then(parse_bool).unwrap_or(false);
+    if !forced {
+        if let Some(risk) = keel_core::slots::manual_failover_risk(view, candidate.as_deref()) {
+            return Err(Refusal::new(StatusCode::PRECONDITION_FAILED, slots_at_risk_message(action.title(), &risk)));
+        }
+    }
     Ok(ManualPlan {
         action,
         request: FailoverRequest { leader, member: candidate, scheduled_at },
         leader_before: view.leader.as_ref().map(|l| l.name.clone()),
     })
+}
+
+/// The refusal text for a manual failover or switchover that would put logical slots at risk (shared with the
+/// CLI, which adds how to force it).
+pub fn slots_at_risk_message(title: &str, risk: &keel_core::slots::SlotsAtRisk) -> String {
+    format!(
+        "{title} would put logical replication slots at risk: {risk}. Their consumers may miss changes after the \
+         switch; wait until `keel slots` shows the copies ready, or force it"
+    )
 }
 
 /// Patroni's `is_failover_possible`: `Err(message)` when no member could take over.
@@ -634,6 +651,29 @@ mod tests {
             err(Switchover, json!({"leader":"n1"}), &sync).1,
             "switchover is not possible: can not find sync_standby"
         );
+    }
+
+    #[test]
+    fn unready_candidate_needs_force() {
+        let config = r#"{"slots":{"cdc":{"type":"logical","database":"postgres","plugin":"test_decoding"}}}"#;
+        let leader = r#"{"state":"running","role":"primary","api_url":"http://h1:8008/patroni"}"#;
+        let unready = RUNNING_REPLICA.replacen('{', r#"{"keel_slots":{"ready":false,"unready":["cdc"]},"#, 1);
+        let v = view(&[("config", config), ("leader", "n1"), ("members/n1", leader), ("members/n2", &unready)]);
+        let now = 1_800_000_000_000;
+        use ManualAction::*;
+        for (action, b) in
+            [(Switchover, json!({"leader":"n1","candidate":"n2"})), (Failover, json!({"candidate":"n2"}))]
+        {
+            let r = plan_manual(action, &body(b.clone()), &v, now).unwrap_err();
+            assert_eq!(r.code, StatusCode::PRECONDITION_FAILED);
+            assert!(r.message.contains("n2: cdc not ready"), "{}", r.message);
+            let mut forced = body(b);
+            forced.insert("force".into(), json!(true));
+            assert!(plan_manual(action, &forced, &v, now).is_ok());
+        }
+        // Without a candidate the race picks; with no ready member it would pick an unready one.
+        let r = plan_manual(Switchover, &body(json!({"leader":"n1"})), &v, now).unwrap_err();
+        assert!(r.message.contains("n2: cdc not ready"), "{}", r.message);
     }
 
     #[test]

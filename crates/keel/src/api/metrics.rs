@@ -101,6 +101,30 @@ pub fn render(st: &NodeStatus) -> Result<String, std::fmt::Error> {
         "Permanent logical slots missing on this primary although consumers may have used them.",
         family,
     );
+    // The promotion check of this node's last promotion, per permanent logical slot.
+    let divergence = Family::<Labels, Gauge>::default();
+    let redelivery = Family::<Labels, Gauge>::default();
+    let checked =
+        st.slots.pointer("/promotion/slots").and_then(serde_json::Value::as_array).cloned().unwrap_or_default();
+    for s in &checked {
+        let Some(name) = s.get("slot").and_then(serde_json::Value::as_str) else { continue };
+        let mut l = labels.clone();
+        l.push(("slot".into(), name.to_string()));
+        let bytes = s.get("bytes").and_then(serde_json::Value::as_i64).unwrap_or(0);
+        let verdict = s.get("verdict").and_then(serde_json::Value::as_str);
+        divergence.get_or_create(&l).set(if verdict == Some("divergence") { bytes } else { 0 });
+        redelivery.get_or_create(&l).set(if verdict == Some("redelivery") { bytes } else { 0 });
+    }
+    registry.register(
+        "keel_slot_promotion_divergence_bytes",
+        "At this node's last promotion: bytes a logical slot's consumers had confirmed past the end of this node's WAL.",
+        divergence,
+    );
+    registry.register(
+        "keel_slot_promotion_redelivery_bytes",
+        "At this node's last promotion: bytes a logical slot's copy trailed the old primary (sent again).",
+        redelivery,
+    );
     let mut out = String::new();
     encode(&mut out, &registry)?;
     Ok(out)
@@ -125,5 +149,18 @@ mod tests {
         assert!(text.contains("patroni_primary{scope=\"batman\",name=\"n1\"} 1"), "{text}");
         assert!(text.contains("patroni_postgres_timeline{scope=\"batman\",name=\"n1\"} 3"));
         assert!(text.contains("keel_leader_lock_held{scope=\"batman\",name=\"n1\"} 1"));
+        let st = NodeStatus {
+            slots: serde_json::json!({"promotion": {"slots": [
+                {"slot": "cdc", "verdict": "divergence", "bytes": 512},
+                {"slot": "other", "verdict": "in_step"},
+            ]}}),
+            ..st
+        };
+        let text = render(&st).unwrap();
+        assert!(
+            text.contains("keel_slot_promotion_divergence_bytes{scope=\"batman\",name=\"n1\",slot=\"cdc\"} 512"),
+            "{text}"
+        );
+        assert!(text.contains("keel_slot_promotion_redelivery_bytes{scope=\"batman\",name=\"n1\",slot=\"other\"} 0"));
     }
 }

@@ -29,7 +29,8 @@ pub struct SwitchoverArgs {
     /// When to switch over: an ISO 8601 time (`2030-01-01T10:00+00:00`; no zone means UTC) or `now`.
     #[arg(long, value_name = "TIME")]
     pub scheduled: Option<String>,
-    /// Accepted for patronictl compatibility; Keel never asks for confirmation.
+    /// Proceed even when the candidate's copies of logical slots are not ready (their consumers may miss
+    /// changes). Keel never asks for confirmation.
     #[arg(long)]
     pub force: bool,
     /// How long to wait for the new leader, in seconds (default: 2 × ttl; 0: do not wait).
@@ -44,7 +45,8 @@ pub struct FailoverArgs {
     /// The member to fail over to (required).
     #[arg(long, value_name = "NAME")]
     pub candidate: Option<String>,
-    /// Accepted for patronictl compatibility; Keel never asks for confirmation.
+    /// Proceed even when the candidate's copies of logical slots are not ready (their consumers may miss
+    /// changes). Keel never asks for confirmation.
     #[arg(long)]
     pub force: bool,
     /// How long to wait for the new leader, in seconds (default: 2 × ttl; 0: do not wait).
@@ -82,6 +84,8 @@ pub struct Plan {
     pub candidate: Option<String>,
     /// ISO 8601 with offset, and seconds since the epoch.
     pub scheduled_at: Option<String>,
+    /// Go ahead although logical slots are at risk (sent as `"force": true`).
+    pub force: bool,
 }
 
 impl Plan {
@@ -99,6 +103,9 @@ impl Plan {
         if let Some(s) = &self.scheduled_at {
             b.insert("scheduled_at".into(), json!(s));
         }
+        if self.force {
+            b.insert("force".into(), json!(true));
+        }
         Value::Object(b)
     }
 
@@ -114,7 +121,8 @@ impl Plan {
 
 /// patronictl's checks: a leader for a switchover (matching `--leader`), a candidate for a failover, the
 /// candidate a member other than the leader and not tagged `nofailover`, a future time when scheduled, and no
-/// scheduling while paused.
+/// scheduling while paused. Keel's own: no member with unready logical slot copies unless `force`.
+#[allow(clippy::too_many_arguments)]
 pub fn plan(
     view: &ClusterView,
     scope: &str,
@@ -122,6 +130,7 @@ pub fn plan(
     leader: Option<&str>,
     candidate: Option<&str>,
     scheduled: Option<&str>,
+    force: bool,
     now: f64,
 ) -> CtlResult<Plan> {
     let current = view.leader.as_ref().map(|l| l.name.clone());
@@ -189,7 +198,14 @@ pub fn plan(
             Some(iso)
         }
     };
-    Ok(Plan { action, leader: current, candidate: candidate.map(str::to_string), scheduled_at })
+    if let Some(risk) = keel_core::slots::manual_failover_risk(view, candidate) {
+        let message = crate::api::control::slots_at_risk_message(action.title(), &risk);
+        if !force {
+            return failed(format!("{message} with --force"));
+        }
+        eprintln!("warning: {message}; going ahead (--force)");
+    }
+    Ok(Plan { action, leader: current, candidate: candidate.map(str::to_string), scheduled_at, force })
 }
 
 pub async fn switchover(ctl: &Ctl, args: &SwitchoverArgs) -> CtlResult {
@@ -201,6 +217,7 @@ pub async fn switchover(ctl: &Ctl, args: &SwitchoverArgs) -> CtlResult {
         args.leader.as_deref(),
         args.candidate.as_deref(),
         args.scheduled.as_deref(),
+        args.force,
         timefmt::now_epoch(),
     )?;
     execute(ctl, &view, &p, args.wait_timeout).await
@@ -208,7 +225,16 @@ pub async fn switchover(ctl: &Ctl, args: &SwitchoverArgs) -> CtlResult {
 
 pub async fn failover(ctl: &Ctl, args: &FailoverArgs) -> CtlResult {
     let view = ctl.load_existing().await?;
-    let p = plan(&view, &ctl.scope, Action::Failover, None, args.candidate.as_deref(), None, timefmt::now_epoch())?;
+    let p = plan(
+        &view,
+        &ctl.scope,
+        Action::Failover,
+        None,
+        args.candidate.as_deref(),
+        None,
+        args.force,
+        timefmt::now_epoch(),
+    )?;
     execute(ctl, &view, &p, args.wait_timeout).await
 }
 
@@ -305,7 +331,7 @@ mod tests {
     #[test]
     fn switchover_validation() {
         let v = view();
-        let sw = |l: Option<&str>, c: Option<&str>| plan(&v, "b", Action::Switchover, l, c, None, 0.0);
+        let sw = |l: Option<&str>, c: Option<&str>| plan(&v, "b", Action::Switchover, l, c, None, false, 0.0);
         assert_eq!(msg(sw(Some("n2"), None)), "Member n2 is not the leader of cluster b");
         assert_eq!(msg(sw(None, Some("n1"))), "Switchover target and source are the same.");
         assert_eq!(
@@ -319,7 +345,10 @@ mod tests {
         assert_eq!(p.body(), json!({"leader": "n1"}));
         assert_eq!(p.failover_key().to_json(), json!({"leader": "n1"}));
         let no_leader = ClusterView::from_entries([e("members/n1", "{}")]);
-        assert_eq!(msg(plan(&no_leader, "b", Action::Switchover, None, None, None, 0.0)), "This cluster has no leader");
+        assert_eq!(
+            msg(plan(&no_leader, "b", Action::Switchover, None, None, None, false, 0.0)),
+            "This cluster has no leader"
+        );
     }
 
     #[test]
@@ -332,32 +361,46 @@ mod tests {
             e("members/n2", "{}"),
             e("members/n3", "{}"),
         ]);
-        let sw = |c: Option<&str>| plan(&paused, "b", Action::Switchover, None, c, None, 0.0);
+        let sw = |c: Option<&str>| plan(&paused, "b", Action::Switchover, None, c, None, false, 0.0);
         assert!(msg(sw(None)).contains("only to a specific candidate in a paused state"));
         assert!(msg(sw(Some("n3"))).contains("not a synchronous standby"));
         assert!(sw(Some("n2")).is_ok());
         // A failover may go to an asynchronous replica.
-        assert!(plan(&paused, "b", Action::Failover, None, Some("n3"), None, 0.0).is_ok());
+        assert!(plan(&paused, "b", Action::Failover, None, Some("n3"), None, false, 0.0).is_ok());
     }
 
     #[test]
     fn scheduling() {
         let v = view();
-        let p = plan(&v, "b", Action::Switchover, None, Some("n2"), Some("2030-01-01T10:00Z"), 0.0).unwrap();
+        let p = plan(&v, "b", Action::Switchover, None, Some("n2"), Some("2030-01-01T10:00Z"), false, 0.0).unwrap();
         assert_eq!(p.scheduled_at.as_deref(), Some("2030-01-01T10:00:00+00:00"));
         assert_eq!(p.body()["scheduled_at"], json!("2030-01-01T10:00:00+00:00"));
-        let past = plan(&v, "b", Action::Switchover, None, Some("n2"), Some("2000-01-01T10:00Z"), 1e9);
+        let past = plan(&v, "b", Action::Switchover, None, Some("n2"), Some("2000-01-01T10:00Z"), false, 1e9);
         assert!(msg(past).contains("in the past"));
-        let p = plan(&v, "b", Action::Switchover, None, Some("n2"), Some("now"), 1e9).unwrap();
+        let p = plan(&v, "b", Action::Switchover, None, Some("n2"), Some("now"), false, 1e9).unwrap();
         assert_eq!(p.scheduled_at, None);
+    }
+
+    #[test]
+    fn unready_slot_copies_need_force() {
+        let v = ClusterView::from_entries([
+            e("config", r#"{"slots":{"cdc":{"type":"logical","database":"postgres","plugin":"test_decoding"}}}"#),
+            e("leader", "n1"),
+            e("members/n1", "{}"),
+            e("members/n2", r#"{"state":"running","keel_slots":{"ready":false,"unready":["cdc"]}}"#),
+        ]);
+        let m = msg(plan(&v, "b", Action::Failover, None, Some("n2"), None, false, 0.0));
+        assert!(m.contains("n2: cdc not ready") && m.contains("--force"), "{m}");
+        let p = plan(&v, "b", Action::Failover, None, Some("n2"), None, true, 0.0).unwrap();
+        assert_eq!(p.body(), json!({"candidate": "n2", "force": true}));
     }
 
     #[test]
     fn failover_needs_a_candidate_and_works_without_leader() {
         let v = view();
-        assert!(matches!(plan(&v, "b", Action::Failover, None, None, None, 0.0), Err(CtlError::Usage(_))));
+        assert!(matches!(plan(&v, "b", Action::Failover, None, None, None, false, 0.0), Err(CtlError::Usage(_))));
         let no_leader = ClusterView::from_entries([e("members/n1", "{}"), e("members/n2", "{}")]);
-        let p = plan(&no_leader, "b", Action::Failover, None, Some("n2"), None, 0.0).unwrap();
+        let p = plan(&no_leader, "b", Action::Failover, None, Some("n2"), None, false, 0.0).unwrap();
         assert_eq!(p.body(), json!({"candidate": "n2"}));
         assert_eq!(p.failover_key().to_json(), json!({"member": "n2"}));
     }
