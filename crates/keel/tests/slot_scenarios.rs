@@ -655,3 +655,88 @@ fn prefer_promotes_the_ready_replica_over_an_unready_one_ahead() {
     eprintln!("{new} promoted; {fresh}'s last readiness line: {reason}");
     assert_eq!(new, ready, "the replica with ready logical slots must win over the unready one ahead in WAL");
 }
+
+/// The slot parts of Patroni's `dcs_failsafe_mode.feature`: with `failsafe_mode`, the primary stays primary while
+/// etcd is stopped (SIGSTOP), because every member accepts its `POST /failsafe`; the replicas' copies of the
+/// permanent slots keep following the primary's positions during the outage, while making new logical copies
+/// waits for the store.
+#[test]
+fn failsafe_keeps_the_primary_and_slot_copies_follow_during_a_store_outage() {
+    let _serial = serial();
+    let (c, leader) = up(KeelOptions { failsafe_mode: true, ..options("") });
+    let reps = replicas(&c, &leader);
+    c.psql(&leader, "CREATE TABLE g (id serial primary key, v text)").unwrap();
+    wait_ready_consuming(&c, &leader, &reps);
+    // The leader lists every member in the failsafe key before the outage (or it would have to step down).
+    c.wait("every member in the failsafe key", Duration::from_secs(60), || {
+        let (code, body) = c.http_get(&leader, "/failsafe")?;
+        let listed = body.as_object().map_or(0, |m| m.len());
+        if code == 200 && listed == 3 {
+            Ok(Some(()))
+        } else {
+            Err(format!("GET /failsafe: {code} {body}"))
+        }
+    })
+    .unwrap();
+
+    c.etcd_pause();
+    let outage = Instant::now();
+    c.wait(&format!("{leader} primary in failsafe mode"), Duration::from_secs(c.opts.ttl + 30), || {
+        let (code, body) = c.http_get(&leader, "/primary")?;
+        if code == 200 && body["failsafe_mode_is_active"] == json!(true) {
+            Ok(Some(()))
+        } else {
+            Err(format!("/primary: {code} {body}"))
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(40)));
+    eprintln!("{leader} in failsafe mode {:.1}s into the outage", outage.elapsed().as_secs_f64());
+
+    // Move both slots on the primary; the copies follow without the store.
+    c.psql(&leader, "INSERT INTO g (v) SELECT 'outage' FROM generate_series(1, 500)").unwrap();
+    c.psql(&leader, &format!("SELECT count(*) FROM pg_logical_slot_get_changes('{LOGICAL}', NULL, NULL)")).unwrap();
+    c.psql(&leader, &format!("SELECT pg_replication_slot_advance('{PHYSICAL}', pg_current_wal_flush_lsn())")).unwrap();
+    let position = |node: &str, slot: &str| {
+        c.psql(
+            node,
+            &format!(
+                "SELECT CASE WHEN slot_type = 'logical' THEN confirmed_flush_lsn ELSE restart_lsn END \
+                 FROM pg_replication_slots WHERE slot_name = '{slot}'"
+            ),
+        )
+    };
+    for slot in [LOGICAL, PHYSICAL] {
+        let target = position(&leader, slot).unwrap();
+        for r in &reps {
+            c.wait(&format!("{r}'s copy of {slot} at {target} during the outage"), Duration::from_secs(30), || {
+                let at = position(r, slot)?;
+                let reached = c.psql(r, &format!("SELECT '{at}'::pg_lsn >= '{target}'::pg_lsn"))?;
+                if reached == "t" {
+                    Ok(Some(()))
+                } else {
+                    Err(format!("copy at {at}"))
+                }
+            })
+            .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(40)));
+        }
+    }
+    for r in &reps {
+        let v = slots_api(&c, r).unwrap();
+        assert_eq!(v["copies_paused"], json!(true), "{r} must not copy logical slots during the outage: {v}");
+    }
+    assert!(c.writable(&leader), "{leader} must still accept writes in failsafe mode");
+
+    c.etcd_resume();
+    c.wait(&format!("{leader} holds the leader key again"), FAILOVER, || {
+        let l = c.view()?.leader.map(|l| l.name);
+        Ok((l.as_deref() == Some(leader.as_str()) && c.writable(&leader)).then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(40)));
+    for r in &reps {
+        c.wait(&format!("{r} resumes logical copies"), Duration::from_secs(60), || {
+            let v = slots_api(&c, r)?;
+            Ok((v["copies_paused"] == json!(false)).then_some(()))
+        })
+        .unwrap();
+    }
+}

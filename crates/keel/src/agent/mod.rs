@@ -135,6 +135,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         last_obs: None,
         requests,
         failsafe,
+        failsafe_active: false,
         slots: SlotManager::new(),
         pending_optime: None,
         last_status: None,
@@ -161,6 +162,8 @@ struct Agent<B: KvBackend> {
     last_obs: Option<Observation>,
     requests: mpsc::Receiver<AgentRequest>,
     failsafe: Arc<FailsafeState>,
+    /// Failsafe mode kept this node going through a store outage in the last cycle (see `cycle`).
+    failsafe_active: bool,
     slots: SlotManager,
     /// The optime an `UpdateLeader` this cycle asked to publish.
     pending_optime: Option<Lsn>,
@@ -273,6 +276,11 @@ impl<B: KvBackend> Agent<B> {
         }
         let (pg, obs) = self.local.observe(now).await;
         let input_pg = pg.clone();
+        let failsafe_confirmed = self.failsafe_exchange(store_ok, &pg, &dynamic).await;
+        // Patroni's `failsafe_mode_is_active`: the primary kept its role through the exchange, or a replica holds
+        // a fresh announcement from it, while the store is unreachable.
+        self.failsafe_active =
+            !store_ok && dynamic.failsafe_mode && (failsafe_confirmed || self.failsafe.active(ttl).is_some());
         let mut input = HaInput {
             now,
             name: self.cfg.name.clone(),
@@ -283,7 +291,7 @@ impl<B: KvBackend> Agent<B> {
                 store_ok,
                 lease_valid,
                 last_leader_refresh: self.last_leader_refresh,
-                failsafe_confirmed: self.failsafe_exchange(store_ok, &pg, &dynamic).await,
+                failsafe_confirmed,
             },
             probes: None,
             local_slots: self.slots.summary.clone(),
@@ -308,6 +316,7 @@ impl<B: KvBackend> Agent<B> {
             replay_lsn: self.last_obs.as_ref().and_then(|o| o.replay_lsn),
             flush_lsn: self.last_obs.as_ref().and_then(|o| o.wal_flush_lsn),
             paused: dynamic.pause,
+            failsafe_active: !store_ok && dynamic.failsafe_mode,
             now,
         };
         let published = self.slots.cycle(&cycle, &mut self.local).await;
@@ -685,6 +694,7 @@ impl<B: KvBackend> Agent<B> {
             };
             st.is_leader = self.holds_leader;
             st.cluster_unlocked = self.view.leader.is_none();
+            st.failsafe_mode_is_active = self.failsafe_active;
             st.pause = cfg.pause;
             st.pending_restart = !self.local.pending_restart.is_empty();
             st.maximum_lag_on_failover = cfg.maximum_lag_on_failover;

@@ -47,6 +47,9 @@ pub struct SlotCycle<'a> {
     pub replay_lsn: Option<Lsn>,
     pub flush_lsn: Option<Lsn>,
     pub paused: bool,
+    /// The store is unreachable and failsafe mode is on: logical copies wait for the store (Patroni's rule);
+    /// advancing existing copies goes on.
+    pub failsafe_active: bool,
     pub now: Millis,
 }
 
@@ -77,6 +80,8 @@ pub struct SlotManager {
     pending_promotion: Option<PendingPromotion>,
     /// The promotion check of this node's last promotion (for the API and metrics).
     pub promotion: Option<PromotionReport>,
+    /// Logical copies are paused because failsafe mode is active.
+    copies_paused: bool,
 }
 
 /// What was known at the moment of promotion.
@@ -113,6 +118,7 @@ impl SlotManager {
             copied_at: BTreeMap::new(),
             pending_promotion: None,
             promotion: None,
+            copies_paused: false,
         }
     }
 
@@ -199,6 +205,14 @@ impl SlotManager {
             Some(l) if l.name == c.me => LeaderState::Me,
             Some(l) => LeaderState::Other(l.name.clone()),
         };
+        if c.failsafe_active != self.copies_paused {
+            self.copies_paused = c.failsafe_active;
+            if c.failsafe_active {
+                warn!("failsafe mode is active: logical slot copies wait until the store is reachable again");
+            } else {
+                info!("the store is reachable again: logical slot copies resume");
+            }
+        }
         let recreate = std::mem::take(&mut self.recreate);
         let recopy = std::mem::take(&mut self.recopy);
         let ctx = ReconcileContext {
@@ -209,7 +223,7 @@ impl SlotManager {
             leader: leader.clone(),
             running_primary: c.leader_primary,
             replay_lsn: c.replay_lsn,
-            failsafe_active: false,
+            failsafe_active: c.failsafe_active,
             recreate_requested: &recreate,
             recopy_requested: &recopy,
         };
@@ -549,6 +563,7 @@ impl SlotManager {
             "slots": slots,
             "continuity_breaks": breaks,
             "promotion": promotion,
+            "copies_paused": self.copies_paused,
             "ready": self.summary.as_ref().map(|s| s.ready),
         })
     }
