@@ -430,3 +430,83 @@ fn demo_failover_runs_to_completion() {
         assert!(stdout.contains(want), "no {want:?} in the demo's output:\n{stdout}");
     }
 }
+
+/// Runs `pg_ctl` on `node`'s data directory as the directory's owner (PostgreSQL refuses to run as root).
+fn pg_ctl_as_owner(c: &KeelCluster, node: &str, args: &[&str]) {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    let data_dir = &c.node(node).data_dir;
+    let meta = std::fs::metadata(data_dir).expect("data directory");
+    let status = std::process::Command::new(c.opts.bin_dir.join("pg_ctl"))
+        .arg("-D")
+        .arg(data_dir)
+        .args(args)
+        .uid(meta.uid())
+        .gid(meta.gid())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run pg_ctl");
+    assert!(status.success(), "pg_ctl {args:?} on {node} failed: {status}");
+}
+
+/// `remove_data_directory_on_rewind_failure` (on by default): when pg_rewind cannot rewind the old primary (here
+/// its WAL is gone), Keel removes the data directory and clones the node again from the new leader.
+#[test]
+fn old_primary_is_cloned_again_when_pg_rewind_cannot_rewind_it() {
+    let _serial = serial();
+    let (mut c, leader) = up(options());
+    c.psql(
+        &leader,
+        "CREATE TABLE t (id int primary key, note text); INSERT INTO t SELECT g, 'kept' FROM generate_series(1, 100) g",
+    )
+    .unwrap();
+    for n in c.names() {
+        c.wait(&format!("rows on {n}"), Duration::from_secs(30), || {
+            Ok((c.psql(&n, "SELECT count(*) FROM t").ok().as_deref() == Some("100")).then_some(()))
+        })
+        .unwrap();
+    }
+    // Diverge the old primary: rows no replica receives, then kill -9 of its agent and postmaster.
+    let pm = c.postmaster_pid(&leader).expect("primary postmaster");
+    let senders = children_named(pm, "walsender");
+    for p in &senders {
+        send_signal(*p, libc::SIGSTOP).unwrap();
+    }
+    c.psql(&leader, "INSERT INTO t SELECT g, 'lost' FROM generate_series(101, 5000) g; CHECKPOINT").unwrap();
+    c.kill9(&leader);
+    let new = wait_new_leader(&c, &leader, FAILOVER);
+    c.psql(&new, "INSERT INTO t VALUES (100001, 'after')").unwrap();
+
+    // Finish the old primary's crash recovery by hand (a clean shutdown, as pg_rewind wants), then take its WAL
+    // away: pg_rewind can no longer read the target's history, a failure no retry can fix.
+    pg_ctl_as_owner(&c, &leader, &["start", "-w", "-t", "60", "-o", "-c listen_addresses=''"]);
+    pg_ctl_as_owner(&c, &leader, &["stop", "-w", "-t", "60", "-m", "fast"]);
+    let wal = c.node(&leader).data_dir.join("pg_wal");
+    let mut removed = 0;
+    for entry in std::fs::read_dir(&wal).expect("pg_wal") {
+        let path = entry.expect("pg_wal entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.len() == 24 && name.chars().all(|ch| ch.is_ascii_hexdigit()) {
+            std::fs::remove_file(&path).expect("remove a WAL segment");
+            removed += 1;
+        }
+    }
+    assert!(removed > 0, "no WAL segments in {}", wal.display());
+
+    c.start_agent(&leader).unwrap();
+    wait_streaming_from(&c, &new, &leader, UP);
+    let log = std::fs::read_to_string(&c.node(&leader).log_path).unwrap_or_default();
+    assert!(
+        log.contains("pg_rewind is not possible") && log.contains("clone it again"),
+        "{leader}'s agent log does not show the re-clone:\n{}",
+        c.logs(60)
+    );
+    assert_single_primary(&c, &new);
+    c.wait(&format!("{leader} holds {new}'s data"), Duration::from_secs(60), || {
+        let got = c.psql(&leader, "SELECT count(*), count(*) FILTER (WHERE note = 'after') FROM t")?;
+        Ok((got == "101|1").then_some(()))
+    })
+    .unwrap();
+}

@@ -342,13 +342,15 @@ fn failed(what: &str, finished: Finished) -> CtlError {
 
 /// The line of pg_rewind's output saying why it cannot rewind, if it is one of the permanent reasons.
 pub fn rewind_impossible(output: &str) -> Option<String> {
-    const PERMANENT: [&str; 6] = [
+    // pg_rewind reads WAL only from the target's own pg_wal: WAL missing there does not come back.
+    const PERMANENT: [&str; 7] = [
         "needs to use either data checksums or",
         "must be shut down cleanly",
         "are from different systems",
         "could not find common ancestor",
         "not compatible with this version of pg_rewind",
         "could not find previous WAL record",
+        "could not read WAL record",
     ];
     output.lines().find(|line| PERMANENT.iter().any(|p| line.contains(p))).map(|l| l.trim().to_string())
 }
@@ -410,6 +412,12 @@ mod tests {
             Some("pg_rewind: error: target server needs to use either data checksums or \"wal_log_hints = on\"")
         );
         assert_eq!(rewind_impossible("pg_rewind: error: could not connect to server"), None);
+        let missing = "pg_rewind: error: could not open file \"/d/pg_wal/000000010000000000000003\": No such file or \
+                       directory\npg_rewind: error: could not read WAL record at 0/3000060\n";
+        assert_eq!(
+            rewind_impossible(missing).as_deref(),
+            Some("pg_rewind: error: could not read WAL record at 0/3000060")
+        );
     }
 
     #[test]
