@@ -599,6 +599,19 @@ impl ClusterView {
         self.config.as_ref().map(|c| c.value.clone()).unwrap_or_default()
     }
 
+    /// Patroni's `Failsafe.update_cluster`: during a store outage the member keys are stale, so the WAL positions
+    /// cascading members (`replicatefrom`) reported in their `POST /failsafe` answers replace their
+    /// `xlog_location`, which is what the primary advances their physical slots to.
+    pub fn apply_failsafe_positions(&mut self, positions: &BTreeMap<String, Option<Lsn>>) {
+        for (name, lsn) in positions {
+            if let (Some(m), Some(lsn)) = (self.members.get_mut(name), lsn) {
+                if m.tags.replicatefrom.is_some() {
+                    m.xlog_location = Some(*lsn);
+                }
+            }
+        }
+    }
+
     pub fn leader_member(&self) -> Option<&Member> {
         self.leader.as_ref().and_then(|l| self.members.get(&l.name))
     }
@@ -619,6 +632,22 @@ mod tests {
 
     fn e(key: &str, value: &str, rev: i64) -> RawEntry {
         RawEntry { key: key.into(), value: value.into(), mod_revision: rev, lease: 0 }
+    }
+
+    #[test]
+    fn failsafe_positions_replace_cascading_members_positions() {
+        let mut v = ClusterView::from_entries([
+            e("members/a", r#"{"xlog_location":10,"tags":{"replicatefrom":"b"}}"#, 1),
+            e("members/b", r#"{"xlog_location":10}"#, 2),
+        ]);
+        let positions: BTreeMap<String, Option<Lsn>> =
+            [("a".to_string(), Some(Lsn(50))), ("b".to_string(), Some(Lsn(60))), ("zz".to_string(), Some(Lsn(1)))]
+                .into_iter()
+                .collect();
+        v.apply_failsafe_positions(&positions);
+        assert_eq!(v.members["a"].xlog_location, Some(Lsn(50)));
+        // Members streaming from the primary itself keep their position: their slot moves with their stream.
+        assert_eq!(v.members["b"].xlog_location, Some(Lsn(10)));
     }
 
     #[test]

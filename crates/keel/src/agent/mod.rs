@@ -8,6 +8,7 @@ pub mod local;
 pub mod probe;
 pub mod slots;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -276,7 +277,11 @@ impl<B: KvBackend> Agent<B> {
         }
         let (pg, obs) = self.local.observe(now).await;
         let input_pg = pg.clone();
-        let failsafe_confirmed = self.failsafe_exchange(store_ok, &pg, &dynamic).await;
+        let failsafe_positions = self.failsafe_exchange(store_ok, &pg, &dynamic).await;
+        if let Some(positions) = &failsafe_positions {
+            self.view.apply_failsafe_positions(positions);
+        }
+        let failsafe_confirmed = failsafe_positions.is_some();
         // Patroni's `failsafe_mode_is_active`: the primary kept its role through the exchange, or a replica holds
         // a fresh announcement from it, while the store is unreachable.
         self.failsafe_active =
@@ -463,16 +468,17 @@ impl<B: KvBackend> Agent<B> {
     }
 
     /// Failsafe mode: with the store down, a primary that was the leader asks every member listed in the
-    /// `failsafe` key to accept it. Runs only in that situation; `true` when all accepted.
+    /// `failsafe` key to accept it. Runs only in that situation; when all accepted, each member's reported WAL
+    /// position (the `lsn` header).
     async fn failsafe_exchange(
         &self,
         store_ok: bool,
         pg: &keel_core::ha::PgObservation,
         dynamic: &keel_core::dynconfig::DynamicConfig,
-    ) -> bool {
+    ) -> Option<BTreeMap<String, Option<Lsn>>> {
         let was_leader = self.view.leader.as_ref().is_some_and(|l| l.name == self.cfg.name);
         if store_ok || !dynamic.failsafe_mode || !was_leader || !pg.is_running_primary() {
-            return false;
+            return None;
         }
         let slots = self.last_status.as_ref().map(|s| s.slots.clone()).unwrap_or_default();
         let body = failsafe::announcement(&self.cfg.name, &self.conn_url, &self.api_url, &slots);
@@ -480,7 +486,7 @@ impl<B: KvBackend> Agent<B> {
             (Some(u), Some(p)) => Some((u.as_str(), p.as_str())),
             _ => None,
         });
-        failsafe::confirm(&self.http, &self.cfg.name, self.view.failsafe.as_ref(), &body, auth).await.is_some()
+        failsafe::confirm(&self.http, &self.cfg.name, self.view.failsafe.as_ref(), &body, auth).await
     }
 
     /// The leader keeps the `failsafe` key listing every member's REST API (and its own) while failsafe mode is on.
