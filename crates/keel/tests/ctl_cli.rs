@@ -429,7 +429,8 @@ async fn switchover_posts_to_the_leaders_api_with_basic_auth() {
     let auth = base64::engine::general_purpose::STANDARD.encode("admin:s3cret");
     assert!(req.to_ascii_lowercase().contains(&format!("authorization: basic {}", auth.to_ascii_lowercase())), "{req}");
     let body: Value = serde_json::from_str(req.split_once("\r\n\r\n").unwrap().1).unwrap();
-    assert_eq!(body, json!({"leader": "n1", "candidate": "n2"}));
+    // Patroni's fields, plus Keel's "force" for --force (overrides the slot readiness check; Patroni ignores it).
+    assert_eq!(body, json!({"leader": "n1", "candidate": "n2", "force": true}));
     assert!(c.view().await.failover.is_none(), "the API took the request: no direct write");
 }
 
