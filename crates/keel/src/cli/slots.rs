@@ -1,5 +1,6 @@
 //! `keel slots [-f FORMAT]`: every member's replication slots (type, position, lag behind the primary, readiness
-//! and its reason, WAL retained), from each member's `GET /slots`; and continuity breaks the leader recorded.
+//! and its reason, WAL retained), from each member's `GET /slots`; continuity breaks the leader recorded, and what
+//! a member's last promotion check found (consumers ahead of its WAL, or changes to be delivered again).
 //! `keel slots recreate NAME`: ask the leader to re-create a permanent logical slot after a continuity break.
 
 use std::time::Duration;
@@ -56,6 +57,39 @@ pub fn rows(member: &str, role: &str, doc: &Value) -> Vec<Vec<Value>> {
         .collect()
 }
 
+/// The lines printed under the table for one member: continuity breaks it recorded as leader, and what its last
+/// promotion check found other than "in step".
+pub fn notes(member: &str, doc: &Value) -> Vec<String> {
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+    let mut out = Vec::new();
+    for b in doc.get("continuity_breaks").and_then(Value::as_array).into_iter().flatten() {
+        out.push(format!(
+            "{member}: continuity break on slot {} (last published {})",
+            text(b, "slot"),
+            text(b, "last_published")
+        ));
+    }
+    let promotion = doc.get("promotion").filter(|p| !p.is_null());
+    for s in promotion.and_then(|p| p.get("slots")).and_then(Value::as_array).into_iter().flatten() {
+        let bytes = s.get("bytes").and_then(Value::as_u64).unwrap_or(0);
+        let (slot, known, copy) = (text(s, "slot"), text(s, "last_known"), text(s, "copy"));
+        let at = promotion.map(|p| text(p, "at")).unwrap_or_default();
+        match s.get("verdict").and_then(Value::as_str) {
+            Some("divergence") => out.push(format!(
+                "{member}: promoted {at}: consumers of slot {slot} confirmed up to {known}, {bytes} bytes past this \
+                 primary's WAL (it ended at {}): they may hold changes this primary lacks",
+                promotion.map(|p| text(p, "wal_end")).unwrap_or_default()
+            )),
+            Some("redelivery") => out.push(format!(
+                "{member}: promoted {at}: slot {slot} resumed at {copy}, {bytes} bytes before {known}: consumers \
+                 receive those changes again"
+            )),
+            _ => {}
+        }
+    }
+    out
+}
+
 pub async fn slots(ctl: &Ctl, args: &SlotsArgs) -> CtlResult {
     let view = ctl.load_existing().await?;
     let rest = ctl.rest()?;
@@ -81,14 +115,7 @@ pub async fn slots(ctl: &Ctl, args: &SlotsArgs) -> CtlResult {
         match rest.get_json(m.api_url.as_deref(), "slots", TIMEOUT).await {
             Ok((_, Some(doc))) => {
                 table.rows.extend(rows(&m.name, role, &doc));
-                for b in doc.get("continuity_breaks").and_then(Value::as_array).into_iter().flatten() {
-                    breaks.push(format!(
-                        "{}: continuity break on slot {} (last published {})",
-                        m.name,
-                        b.get("slot").and_then(Value::as_str).unwrap_or("?"),
-                        b.get("last_published").and_then(Value::as_str).unwrap_or("?")
-                    ));
-                }
+                breaks.extend(notes(&m.name, &doc));
             }
             Ok((r, None)) => eprintln!("{}: GET /slots answered {}: {}", m.name, r.status, r.body),
             Err(e) => eprintln!("{}: cannot get slots: {e}", m.name),
@@ -114,5 +141,23 @@ mod tests {
         assert_eq!(r[0][2], json!("cdc"));
         assert_eq!(r[0][6], json!("Ready (Ready)"));
         assert!(rows("n", "Leader", &json!({})).is_empty());
+    }
+
+    #[test]
+    fn notes_name_breaks_and_promotion_findings() {
+        let doc = json!({
+            "continuity_breaks": [{"slot": "cdc", "last_published": "0/5000000"}],
+            "promotion": {"at": "2026-01-01T00:00:00Z", "wal_end": "0/4FFF000", "slots": [
+                {"slot": "cdc", "verdict": "divergence", "bytes": 4096, "last_known": "0/5000000", "copy": "0/4F00000"},
+                {"slot": "b", "verdict": "redelivery", "bytes": 16, "last_known": "0/10", "copy": "0/0"},
+                {"slot": "c", "verdict": "in_step", "last_known": "0/10", "copy": "0/10"},
+            ]},
+        });
+        let n = notes("node2", &doc);
+        assert_eq!(n.len(), 3, "{n:?}");
+        assert_eq!(n[0], "node2: continuity break on slot cdc (last published 0/5000000)");
+        assert!(n[1].contains("4096 bytes past") && n[1].contains("0/4FFF000"), "{}", n[1]);
+        assert!(n[2].contains("16 bytes before 0/10"), "{}", n[2]);
+        assert!(notes("n", &json!({"promotion": null})).is_empty());
     }
 }
