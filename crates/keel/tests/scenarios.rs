@@ -162,26 +162,11 @@ fn bootstrap_health_kill9_failover_and_rewind() {
     }
 
     // Replication works.
-    c.psql(&leader, "CREATE TABLE t (id int primary key, note text); INSERT INTO t SELECT g, 'before' FROM generate_series(1, 100) g")
-        .unwrap();
-    for n in c.names() {
-        c.wait(&format!("rows on {n}"), Duration::from_secs(30), || {
-            Ok((c.psql(&n, "SELECT count(*) FROM t").ok().as_deref() == Some("100")).then_some(()))
-        })
-        .unwrap();
-    }
+    create_replicated_rows(&c, &leader);
 
-    // Make the old primary's WAL diverge: freeze its WAL senders (SIGSTOP), write, then kill it (agent and
-    // postmaster) with SIGKILL. Those rows never reach a replica, so rejoining needs pg_rewind.
-    let pm = c.postmaster_pid(&leader).expect("primary postmaster");
-    let senders = children_named(pm, "walsender");
-    assert_eq!(senders.len(), 2, "two WAL senders on {leader}");
-    for p in &senders {
-        send_signal(*p, libc::SIGSTOP).unwrap();
-    }
-    c.psql(&leader, "INSERT INTO t SELECT g, 'lost' FROM generate_series(101, 5000) g; CHECKPOINT").unwrap();
+    // Make the old primary's WAL diverge, then kill it: rejoining needs pg_rewind.
     let t0 = Instant::now();
-    c.kill9(&leader);
+    diverge_and_kill(&mut c, &leader);
 
     let new = wait_new_leader(&c, &leader, FAILOVER);
     eprintln!("failover: {new} writable {:.1}s after kill -9 of {leader}", t0.elapsed().as_secs_f64());
@@ -431,6 +416,34 @@ fn demo_failover_runs_to_completion() {
     }
 }
 
+/// Table `t` with 100 rows (`note = 'before'`), waited for on every node.
+fn create_replicated_rows(c: &KeelCluster, leader: &str) {
+    c.psql(
+        leader,
+        "CREATE TABLE t (id int primary key, note text); INSERT INTO t SELECT g, 'before' FROM generate_series(1, 100) g",
+    )
+    .unwrap();
+    for n in c.names() {
+        c.wait(&format!("rows on {n}"), Duration::from_secs(30), || {
+            Ok((c.psql(&n, "SELECT count(*) FROM t").ok().as_deref() == Some("100")).then_some(()))
+        })
+        .unwrap();
+    }
+}
+
+/// Makes the primary's WAL diverge from its replicas': freezes its WAL senders (SIGSTOP), writes rows no replica
+/// receives (`note = 'lost'`), then kills its agent and postmaster with SIGKILL.
+fn diverge_and_kill(c: &mut KeelCluster, leader: &str) {
+    let pm = c.postmaster_pid(leader).expect("primary postmaster");
+    let senders = children_named(pm, "walsender");
+    assert_eq!(senders.len(), 2, "two WAL senders on {leader}");
+    for p in &senders {
+        send_signal(*p, libc::SIGSTOP).unwrap();
+    }
+    c.psql(leader, "INSERT INTO t SELECT g, 'lost' FROM generate_series(101, 5000) g; CHECKPOINT").unwrap();
+    c.kill9(leader);
+}
+
 /// Runs `pg_ctl` on `node`'s data directory as the directory's owner (PostgreSQL refuses to run as root).
 fn pg_ctl_as_owner(c: &KeelCluster, node: &str, args: &[&str]) {
     use std::os::unix::fs::MetadataExt;
@@ -457,25 +470,8 @@ fn pg_ctl_as_owner(c: &KeelCluster, node: &str, args: &[&str]) {
 fn old_primary_is_cloned_again_when_pg_rewind_cannot_rewind_it() {
     let _serial = serial();
     let (mut c, leader) = up(options());
-    c.psql(
-        &leader,
-        "CREATE TABLE t (id int primary key, note text); INSERT INTO t SELECT g, 'kept' FROM generate_series(1, 100) g",
-    )
-    .unwrap();
-    for n in c.names() {
-        c.wait(&format!("rows on {n}"), Duration::from_secs(30), || {
-            Ok((c.psql(&n, "SELECT count(*) FROM t").ok().as_deref() == Some("100")).then_some(()))
-        })
-        .unwrap();
-    }
-    // Diverge the old primary: rows no replica receives, then kill -9 of its agent and postmaster.
-    let pm = c.postmaster_pid(&leader).expect("primary postmaster");
-    let senders = children_named(pm, "walsender");
-    for p in &senders {
-        send_signal(*p, libc::SIGSTOP).unwrap();
-    }
-    c.psql(&leader, "INSERT INTO t SELECT g, 'lost' FROM generate_series(101, 5000) g; CHECKPOINT").unwrap();
-    c.kill9(&leader);
+    create_replicated_rows(&c, &leader);
+    diverge_and_kill(&mut c, &leader);
     let new = wait_new_leader(&c, &leader, FAILOVER);
     c.psql(&new, "INSERT INTO t VALUES (100001, 'after')").unwrap();
 
