@@ -140,7 +140,10 @@ pub fn run(args: &DemoArgs) -> u8 {
     if args.keep || status != EXIT_OK {
         println!("Kept {} (configurations, data and logs).", dir.display());
     } else if args.dir.is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => println!("Stopped everything the demo started and removed {}.", dir.display()),
+            Err(e) => eprintln!("keel demo: could not remove {}: {e}; delete it by hand", dir.display()),
+        }
     }
     status
 }
