@@ -1,7 +1,10 @@
 //! What this node knows about itself, as the agent last observed it: the snapshot the REST API and the member
 //! key are built from. The agent replaces it once per cycle; readers never block the HA loop.
 
+use std::time::SystemTime;
+
 use keel_core::lsn::Lsn;
+use keel_core::time::Millis;
 use keel_core::view::{Role, Tags};
 use serde_json::{json, Map, Value};
 
@@ -28,13 +31,14 @@ pub struct NodeStatus {
     /// This node holds the leader key.
     pub is_leader: bool,
     pub server_version: Option<u32>,
-    pub postmaster_start_time: Option<String>,
+    pub postmaster_start_time: Option<SystemTime>,
     pub timeline: Option<u32>,
     /// `pg_current_wal_flush_lsn()` on a primary.
     pub wal_location: Option<Lsn>,
     pub received_location: Option<Lsn>,
     pub replayed_location: Option<Lsn>,
-    pub replayed_timestamp: Option<String>,
+    /// `pg_last_xact_replay_timestamp()` on a replica.
+    pub replayed_timestamp: Option<SystemTime>,
     pub replay_paused: bool,
     /// `pg_stat_wal_receiver.latest_end_lsn` on a replica.
     pub latest_end_lsn: Option<Lsn>,
@@ -50,6 +54,8 @@ pub struct NodeStatus {
     pub failsafe_mode_is_active: bool,
     /// Members the `sync` key lists as synchronous standbys.
     pub sync_standbys: Vec<String>,
+    /// `synchronous_mode: quorum`: the `sync` key's members are quorum standbys, not synchronous ones.
+    pub quorum_commit: bool,
     /// The leader's last published WAL position (`status.optime`).
     pub cluster_optime: Option<Lsn>,
     pub maximum_lag_on_failover: u64,
@@ -66,8 +72,18 @@ impl NodeStatus {
         self.state == "running"
     }
 
-    pub fn is_sync_standby(&self) -> bool {
+    fn in_sync_key(&self) -> bool {
         self.sync_standbys.iter().any(|s| s.eq_ignore_ascii_case(&self.name))
+    }
+
+    /// Listed in the `sync` key with `synchronous_mode: on`.
+    pub fn is_sync_standby(&self) -> bool {
+        !self.quorum_commit && self.in_sync_key()
+    }
+
+    /// Listed in the `sync` key with `synchronous_mode: quorum`.
+    pub fn is_quorum_standby(&self) -> bool {
+        self.quorum_commit && self.in_sync_key()
     }
 
     /// Bytes this replica's replay is behind the cluster (Patroni: max(optime, latest_end_lsn) - replayed).
@@ -87,8 +103,8 @@ impl NodeStatus {
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
         m.insert("state".into(), self.state.clone().into());
-        if let Some(t) = &self.postmaster_start_time {
-            m.insert("postmaster_start_time".into(), t.clone().into());
+        if let Some(t) = self.postmaster_start_time {
+            m.insert("postmaster_start_time".into(), iso8601(t).into());
         }
         m.insert("role".into(), self.display_role().into());
         if let Some(v) = self.server_version {
@@ -100,7 +116,7 @@ impl NodeStatus {
             json!({
                 "received_location": self.received_location.map(|l| l.0),
                 "replayed_location": self.replayed_location.map(|l| l.0),
-                "replayed_timestamp": self.replayed_timestamp,
+                "replayed_timestamp": self.replayed_timestamp.map(iso8601),
                 "paused": self.replay_paused,
             })
         };
@@ -148,6 +164,9 @@ impl NodeStatus {
         }
         if self.is_sync_standby() {
             m.insert("sync_standby".into(), true.into());
+        }
+        if self.is_quorum_standby() {
+            m.insert("quorum_standby".into(), true.into());
         }
         m.insert("patroni".into(), json!({"version": self.version, "scope": self.scope, "name": self.name}));
         Value::Object(m)
@@ -199,6 +218,16 @@ impl NodeStatus {
         }
         Value::Object(m)
     }
+}
+
+/// A `SystemTime` as Patroni's ISO 8601 text.
+pub fn iso8601(t: SystemTime) -> String {
+    keel_core::time::format_iso8601(Millis(unix_seconds(t) as u64 * 1000))
+}
+
+/// Seconds since the Unix epoch (0 before it), as Patroni's metrics show times.
+pub fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 #[cfg(test)]

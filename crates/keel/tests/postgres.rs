@@ -160,7 +160,11 @@ async fn lifecycle(major: u32, bin_dir: &Path) {
         o.replication.iter().any(|r| r.application_name == "replica1" && r.state.as_deref() == Some("streaming"))
     })
     .await;
-    assert!(primary_view.replication[0].flush_lsn.is_some());
+    let row = &primary_view.replication[0];
+    assert!(row.flush_lsn.is_some());
+    // The columns Patroni's GET /patroni shows under "replication".
+    assert!(row.usename.is_some(), "no usename in {row:?}");
+    assert_eq!(row.sync_priority, Some(0), "an asynchronous standby: {row:?}");
     drop(session);
 
     // Promote the replica: it leaves recovery on timeline 2.

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use keel_core::ha::{DataDir, DemoteMode, PgObservation, PgRole, PgRunning};
@@ -695,10 +695,4 @@ impl Local {
 /// The view's member entry for `name`.
 pub fn member<'a>(view: &'a ClusterView, name: &str) -> Result<&'a Member> {
     view.members.get(name).ok_or_else(|| anyhow!("member {name} is not in the store"))
-}
-
-/// A `SystemTime` as Patroni's ISO 8601 text.
-pub fn iso8601(t: SystemTime) -> String {
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    keel_core::time::format_iso8601(Millis(secs * 1000))
 }

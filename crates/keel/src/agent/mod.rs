@@ -28,8 +28,8 @@ use crate::api::server::{router, unix_ms, ApiBackend, ApiOptions, BasicAuth};
 use crate::config::{self, Config};
 use crate::dcs::{ClusterStore, EtcdBackend, EtcdConfig, KvBackend};
 use crate::postgres::observe::{Observation, ReplicationState};
-use crate::status::{NodeStatus, ReplicationRow};
-use local::{iso8601, member, Local};
+use crate::status::{iso8601, NodeStatus, ReplicationRow};
+use local::{member, Local};
 use slots::{SlotCycle, SlotManager};
 
 /// How soon the loop runs again while the cluster has no leader.
@@ -707,6 +707,7 @@ impl<B: KvBackend> Agent<B> {
             st.ttl = cfg.timing.ttl;
             st.cluster_optime = self.view.status.optime;
             st.sync_standbys = self.view.sync.as_ref().map(|s| s.value.sync_standby.clone()).unwrap_or_default();
+            st.quorum_commit = cfg.synchronous_mode == keel_core::dynconfig::SynchronousMode::Quorum;
             if store_ok {
                 st.dcs_last_seen = Some(now.0 / 1000);
             }
@@ -718,12 +719,12 @@ impl<B: KvBackend> Agent<B> {
                     st.state = "running".into();
                     st.role = Some(o.role());
                     st.server_version = Some(o.server_version_num);
-                    st.postmaster_start_time = o.postmaster_start_time.map(iso8601);
+                    st.postmaster_start_time = o.postmaster_start_time;
                     st.timeline = o.timeline;
                     st.wal_location = o.wal_flush_lsn;
                     st.received_location = o.receive_lsn;
                     st.replayed_location = o.replay_lsn;
-                    st.replayed_timestamp = o.last_replay_time.map(iso8601);
+                    st.replayed_timestamp = o.last_replay_time;
                     st.replay_paused = o.replay_paused;
                     st.replication_state = o.replication_state.as_ref().map(|r| match r {
                         ReplicationState::Streaming => "streaming".to_string(),
@@ -734,10 +735,12 @@ impl<B: KvBackend> Agent<B> {
                         .replication
                         .iter()
                         .map(|r| ReplicationRow {
+                            usename: r.usename.clone(),
                             application_name: r.application_name.clone(),
+                            client_addr: r.client_addr.clone(),
                             state: r.state.clone(),
                             sync_state: r.sync_state.clone(),
-                            ..Default::default()
+                            sync_priority: r.sync_priority,
                         })
                         .collect();
                 }

@@ -17,6 +17,8 @@ pub enum Check {
     ReadOnly,
     Sync,
     ReadOnlySync,
+    Quorum,
+    ReadOnlyQuorum,
     Async,
     Health,
     Liveness,
@@ -34,6 +36,8 @@ impl Check {
             "/read-only" => Check::ReadOnly,
             "/sync" | "/synchronous" => Check::Sync,
             "/read-only-sync" | "/read-only-synchronous" => Check::ReadOnlySync,
+            "/quorum" => Check::Quorum,
+            "/read-only-quorum" => Check::ReadOnlyQuorum,
             "/async" | "/asynchronous" => Check::Async,
             "/health" => Check::Health,
             "/liveness" => Check::Liveness,
@@ -73,7 +77,9 @@ pub fn passes(check: Check, st: &NodeStatus, query: &BTreeMap<String, String>, n
         Check::ReadOnly => is_primary || replica_ok(st, query),
         Check::Sync => replica_ok(st, query) && st.is_sync_standby(),
         Check::ReadOnlySync => is_primary || (replica_ok(st, query) && st.is_sync_standby()),
-        Check::Async => replica_ok(st, query) && !st.is_sync_standby(),
+        Check::Quorum => replica_ok(st, query) && st.is_quorum_standby(),
+        Check::ReadOnlyQuorum => is_primary || (replica_ok(st, query) && st.is_quorum_standby()),
+        Check::Async => replica_ok(st, query) && !st.is_sync_standby() && !st.is_quorum_standby(),
         Check::Health => st.is_running(),
         Check::Liveness => {
             let limit_ms = st.ttl.max(1) * 1000 * if st.is_leader { 1 } else { 2 };
@@ -174,6 +180,9 @@ mod tests {
             (Check::ReadOnly, true, true),
             (Check::Async, false, true),
             (Check::Sync, false, false),
+            (Check::Quorum, false, false),
+            (Check::ReadOnlyQuorum, true, false),
+            (Check::ReadOnlySync, true, false),
             (Check::Health, true, true),
             (Check::Readiness, true, true),
         ] {
@@ -207,6 +216,15 @@ mod tests {
         r.name = "n1".into();
         assert!(passes(Check::Sync, &r, &q(&[]), 0));
         assert!(!passes(Check::Async, &r, &q(&[]), 0));
+        assert!(!passes(Check::Quorum, &r, &q(&[]), 0));
+        // synchronous_mode: quorum turns the same listing into a quorum standby.
+        r.quorum_commit = true;
+        assert!(!passes(Check::Sync, &r, &q(&[]), 0));
+        assert!(!passes(Check::Async, &r, &q(&[]), 0));
+        assert!(passes(Check::Quorum, &r, &q(&[]), 0));
+        assert!(passes(Check::ReadOnlyQuorum, &r, &q(&[]), 0));
+        assert!(!passes(Check::ReadOnlyQuorum, &r, &q(&[("lag", "1kB")]), 0));
+        assert_eq!(r.to_json().get("quorum_standby"), Some(&serde_json::Value::Bool(true)));
     }
 
     #[test]
@@ -231,6 +249,7 @@ mod tests {
         assert_eq!(Check::from_path("/"), Some(Check::Primary));
         assert_eq!(Check::from_path("/master"), Some(Check::Primary));
         assert_eq!(Check::from_path("/read-only/"), Some(Check::ReadOnly));
+        assert_eq!(Check::from_path("/read-only-quorum"), Some(Check::ReadOnlyQuorum));
         assert_eq!(Check::from_path("/nope"), None);
         assert_eq!(parse_lag("16kB"), Some(16384));
         assert_eq!(parse_lag("1GB"), Some(1 << 30));

@@ -6,9 +6,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use std::sync::atomic::AtomicU64;
+
 use keel_core::view::Role;
 
-use crate::status::NodeStatus;
+use crate::status::{unix_seconds, NodeStatus};
 
 type Labels = Vec<(String, String)>;
 
@@ -70,7 +72,36 @@ pub fn render(st: &NodeStatus) -> Result<String, std::fmt::Error> {
         "Bytes this replica's replay is behind the leader's published position.",
         st.replica_lag().map(|l| l as i64).unwrap_or(0),
     );
+    gauge(
+        "patroni_quorum_standby",
+        "Value is 1 if this node is a quorum standby, 0 otherwise.",
+        flag(st.is_quorum_standby()),
+    );
+    gauge(
+        "patroni_postgres_in_archive_recovery",
+        "Value is 1 if PostgreSQL is replicating from archive, 0 otherwise.",
+        flag(st.replication_state.as_deref() == Some("in archive recovery")),
+    );
+    gauge(
+        "patroni_version",
+        "Keel's version as Patroni shows its own: semver without periods.",
+        padded_semver(&st.version),
+    );
+    gauge("patroni_postgres_state", POSTGRES_STATE_HELP, postgres_state(&st.state));
     gauge("keel_leader_lock_held", "Value is 1 if this node holds the leader key.", flag(st.is_leader));
+    let seconds = |t: Option<std::time::SystemTime>| t.map(unix_seconds).unwrap_or(0.0);
+    for (name, help, value) in [
+        ("patroni_postmaster_start_time", "Epoch seconds since PostgreSQL started.", seconds(st.postmaster_start_time)),
+        (
+            "patroni_xlog_replayed_timestamp",
+            "Current timestamp of the replayed WAL, 0 if null.",
+            seconds(st.replayed_timestamp),
+        ),
+    ] {
+        let family = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        family.get_or_create(&labels).set(value);
+        registry.register(name, help, family);
+    }
     // Per slot: lag behind the primary, WAL retained, and readiness of copied logical slots.
     let slots = st.slots.get("slots").and_then(serde_json::Value::as_array).cloned().unwrap_or_default();
     let lag = Family::<Labels, Gauge>::default();
@@ -130,9 +161,53 @@ pub fn render(st: &NodeStatus) -> Result<String, std::fmt::Error> {
     Ok(out)
 }
 
+/// Patroni's PostgreSQL states in the order of their `patroni_postgres_state` values.
+const POSTGRES_STATES: [&str; 15] = [
+    "initializing new cluster",
+    "initdb failed",
+    "running custom bootstrap script",
+    "custom bootstrap failed",
+    "creating replica",
+    "running",
+    "starting",
+    "starting after custom bootstrap",
+    "start failed",
+    "restarting",
+    "restart failed",
+    "stopping",
+    "stopped",
+    "stop failed",
+    "crashed",
+];
+
+const POSTGRES_STATE_HELP: &str = "Numeric representation of PostgreSQL state: 0=initdb, 1=initdb_failed, \
+    2=custom_bootstrap, 3=custom_bootstrap_failed, 4=creating_replica, 5=running, 6=starting, 7=bootstrap_starting, \
+    8=start_failed, 9=restarting, 10=restart_failed, 11=stopping, 12=stopped, 13=stop_failed, 14=crashed.";
+
+/// `patroni_postgres_state`: the state's index in Patroni's list, -1 for a state Patroni does not have.
+fn postgres_state(state: &str) -> i64 {
+    POSTGRES_STATES.iter().position(|s| *s == state).map_or(-1, |i| i as i64)
+}
+
+/// `patroni_version`: each semver part as two digits (`4.1.5` → 40105), 0 when the version does not parse.
+fn padded_semver(version: &str) -> i64 {
+    let core = version.split(['-', '+']).next().unwrap_or_default();
+    core.split('.').try_fold(0i64, |acc, part| part.parse::<i64>().ok().map(|p| acc * 100 + p.min(99))).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patroni_state_numbers_and_versions() {
+        assert_eq!(postgres_state("running"), 5);
+        assert_eq!(postgres_state("crashed"), 14);
+        assert_eq!(postgres_state("no such state"), -1);
+        assert_eq!(padded_semver("4.1.5"), 40105);
+        assert_eq!(padded_semver("0.1.0-dev"), 100);
+        assert_eq!(padded_semver("garbage"), 0);
+    }
 
     #[test]
     fn renders_patroni_names_with_labels() {
@@ -149,6 +224,9 @@ mod tests {
         assert!(text.contains("patroni_primary{scope=\"batman\",name=\"n1\"} 1"), "{text}");
         assert!(text.contains("patroni_postgres_timeline{scope=\"batman\",name=\"n1\"} 3"));
         assert!(text.contains("keel_leader_lock_held{scope=\"batman\",name=\"n1\"} 1"));
+        assert!(text.contains("patroni_postgres_state{scope=\"batman\",name=\"n1\"} 5"), "{text}");
+        assert!(text.contains("patroni_quorum_standby{scope=\"batman\",name=\"n1\"} 0"));
+        assert!(text.contains("patroni_postmaster_start_time{scope=\"batman\",name=\"n1\"} 0"), "{text}");
         let st = NodeStatus {
             slots: serde_json::json!({"promotion": {"slots": [
                 {"slot": "cdc", "verdict": "divergence", "bytes": 512},

@@ -66,6 +66,10 @@ impl ReplicationState {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct ReplicationStat {
     pub application_name: String,
+    pub usename: Option<String>,
+    /// `client_addr` as text, null for Unix-socket connections.
+    pub client_addr: Option<String>,
+    pub sync_priority: Option<i32>,
     pub state: Option<String>,
     pub sync_state: Option<String>,
     #[serde(deserialize_with = "opt_lsn")]
@@ -148,7 +152,8 @@ SELECT pg_is_in_recovery(),
        (SELECT system_identifier::text FROM pg_control_system()),
        current_setting('server_version_num')::int,
        extract(epoch FROM pg_postmaster_start_time())::float8,
-       (SELECT json_agg(json_build_object('application_name', application_name, 'state', state,
+       (SELECT json_agg(json_build_object('application_name', application_name, 'usename', usename,
+                'client_addr', host(client_addr), 'sync_priority', sync_priority, 'state', state,
                 'sync_state', sync_state, 'write_lsn', write_lsn::text, 'flush_lsn', flush_lsn::text,
                 'replay_lsn', replay_lsn::text) ORDER BY application_name)::text
           FROM pg_stat_replication)
@@ -366,10 +371,16 @@ mod tests {
 
     #[test]
     fn reads_replication_rows() {
-        let json = r#"[{"application_name":"n2","state":"streaming","sync_state":"async",
-            "write_lsn":"0/3000148","flush_lsn":"0/3000148","replay_lsn":null}]"#;
+        let json = r#"[{"application_name":"n2","usename":"replicator","client_addr":"127.0.0.1","sync_priority":0,
+            "state":"streaming","sync_state":"async","write_lsn":"0/3000148","flush_lsn":"0/3000148","replay_lsn":null},
+            {"application_name":"n3","usename":null,"client_addr":null,"sync_priority":null,"state":"startup",
+            "sync_state":null,"write_lsn":null,"flush_lsn":null,"replay_lsn":null}]"#;
         let rows: Vec<ReplicationStat> = serde_json::from_str(json).unwrap();
         assert_eq!(rows[0].flush_lsn, Some(Lsn(0x3000148)));
+        assert_eq!(rows[0].usename.as_deref(), Some("replicator"));
+        assert_eq!(rows[0].client_addr.as_deref(), Some("127.0.0.1"));
+        assert_eq!(rows[0].sync_priority, Some(0));
+        assert_eq!((rows[1].usename.as_deref(), rows[1].client_addr.as_deref()), (None, None));
         assert_eq!(rows[0].replay_lsn, None);
         assert_eq!(ReplicationState::InArchiveRecovery.as_str(), "in archive recovery");
     }
