@@ -156,19 +156,38 @@ async fn list_in_every_format() {
     let pretty = expect(&c.run(&["list"]), 0);
     let lines: Vec<&str> = pretty.lines().collect();
     assert!(lines[0].starts_with(&format!("+ Cluster: batman ({SYSID}) ")), "{pretty}");
-    assert_eq!(lines[1], "| Member | Host           | Role    | State     | TL | Lag in MB | Tags              |");
-    assert_eq!(lines[3], "| n1     | 127.0.0.1:5432 | Leader  | running   |  2 |           |                   |");
+    // patronictl 4's columns: receive and replay positions, each with its lag in MB. Members that publish only
+    // xlog_location show it on the receive side while streaming and on the replay side otherwise.
+    assert_eq!(
+        lines[1],
+        "| Member | Host           | Role    | State     | TL | Receive LSN | Lag | Replay LSN | Lag | Tags              |"
+    );
+    assert_eq!(
+        lines[3],
+        "| n1     | 127.0.0.1:5432 | Leader  | running   |  2 |             |     |            |     |                   |"
+    );
     assert_eq!(lines[4], lines[2], "multi-line tags: a rule between every row");
-    assert_eq!(lines[5], "| n2     | 127.0.0.1:5433 | Replica | streaming |  2 |         1 |                   |");
-    assert_eq!(lines[7], "| n3     | 127.0.0.1:5434 | Replica | running   |  2 |         0 | nofailover: true  |");
-    assert_eq!(lines[8], "|        |                |         |           |    |           | replicatefrom: n2 |");
+    assert_eq!(
+        lines[5],
+        "| n2     | 127.0.0.1:5433 | Replica | streaming |  2 |   0/3F00000 |   1 |    unknown |     |                   |"
+    );
+    assert_eq!(
+        lines[7],
+        "| n3     | 127.0.0.1:5434 | Replica | running   |  2 |     unknown |     |  0/4000000 |   0 | nofailover: true  |"
+    );
+    assert_eq!(
+        lines[8],
+        "|        |                |         |           |    |             |     |            |     | replicatefrom: n2 |"
+    );
 
     let json: Value = serde_json::from_str(&expect(&c.run(&["list", "-f", "json"]), 0)).expect("json output");
     assert_eq!(
         json[0],
         json!({"Cluster": "batman", "Member": "n1", "Host": "127.0.0.1:5432", "Role": "Leader", "State": "running", "TL": 2})
     );
-    assert_eq!(json[1]["Lag in MB"], json!(1));
+    assert_eq!((&json[1]["Receive LSN"], &json[1]["Receive Lag"]), (&json!("0/3F00000"), &json!(1)));
+    assert_eq!(json[1]["Replay LSN"], json!("unknown"));
+    assert_eq!((&json[2]["Replay LSN"], &json[2]["Replay Lag"]), (&json!("0/4000000"), &json!(0)));
     assert_eq!(json[2]["Tags"], json!({"nofailover": true, "replicatefrom": "n2"}));
 
     let yaml: Value = serde_saphyr::from_str(&expect(&c.run(&["list", "--format", "yaml"]), 0)).expect("yaml");
@@ -176,12 +195,25 @@ async fn list_in_every_format() {
 
     let tsv = expect(&c.run(&["list", "-f", "tsv"]), 0);
     let tsv: Vec<&str> = tsv.lines().collect();
-    assert_eq!(tsv[0], "Cluster\tMember\tHost\tRole\tState\tTL\tLag in MB\tTags");
-    assert_eq!(tsv[2], "batman\tn2\t127.0.0.1:5433\tReplica\tstreaming\t2\t1\t");
-    assert_eq!(tsv[3], "batman\tn3\t127.0.0.1:5434\tReplica\trunning\t2\t0\t{nofailover: true, replicatefrom: n2}");
+    assert_eq!(
+        tsv[0],
+        "Cluster\tMember\tHost\tRole\tState\tTL\tReceive LSN\tReceive Lag\tReplay LSN\tReplay Lag\tTags"
+    );
+    assert_eq!(tsv[2], "batman\tn2\t127.0.0.1:5433\tReplica\tstreaming\t2\t0/3F00000\t1\tunknown\t\t");
+    assert_eq!(
+        tsv[3],
+        "batman\tn3\t127.0.0.1:5434\tReplica\trunning\t2\tunknown\t\t0/4000000\t0\t{nofailover: true, replicatefrom: n2}"
+    );
 
     let extended = expect(&c.run(&["list", "-e"]), 0);
-    assert!(extended.lines().nth(1).unwrap().contains("| Pending restart | Scheduled restart | Tags"), "{extended}");
+    assert!(
+        extended
+            .lines()
+            .nth(1)
+            .unwrap()
+            .contains("| Pending restart | Pending restart reason | Scheduled restart | Tags"),
+        "{extended}"
+    );
 
     let topo = expect(&c.run(&["topology", "-f", "tsv"]), 0);
     let names: Vec<&str> = topo.lines().skip(1).filter_map(|l| l.split('\t').nth(1)).collect();

@@ -2,12 +2,12 @@
 //! in Patroni), read from the store only.
 
 use clap::Args;
-use keel_core::dynconfig::SynchronousMode;
-use keel_core::view::{ClusterView, Member};
+use keel_core::view::ClusterView;
 use serde_json::{json, Value};
 
+use crate::api::control::cluster_as_json;
 use crate::cli::ctl::{usage, Ctl, CtlResult};
-use crate::cli::output::{Format, Table};
+use crate::cli::output::{cell_text, Format, Table};
 use crate::cli::timefmt;
 
 #[derive(Debug, Args, Default)]
@@ -31,63 +31,69 @@ pub struct ListArgs {
     pub watch: Option<f64>,
 }
 
-/// Where a member's WAL is behind the leader's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lag {
-    /// The leader itself (no lag shown).
-    None,
-    /// The member or the leader did not publish a position.
-    Unknown,
-    Bytes(u64),
-}
-
-impl Lag {
-    /// patronictl's `Lag in MB` cell: `round(lag / 1024 / 1024)` (ties to even, as Python rounds).
-    pub fn cell(self) -> Value {
-        match self {
-            Lag::None => json!(""),
-            Lag::Unknown => json!("unknown"),
-            Lag::Bytes(b) => json!((b as f64 / 1024.0 / 1024.0).round_ties_even() as u64),
-        }
-    }
-}
-
-/// One member as `list` shows it.
+/// One member as `list` shows it: an entry of Patroni's `cluster_as_json` (what `GET /cluster` answers), from
+/// which patronictl builds its table too.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MemberInfo {
     pub name: String,
     /// `leader`, `standby_leader`, `sync_standby`, `quorum_standby` or `replica`.
-    pub role: &'static str,
+    pub role: String,
     pub state: String,
     pub host: String,
     pub port: Option<u16>,
     pub timeline: Option<u32>,
-    pub lag: Lag,
-    pub pending_restart: bool,
-    pub scheduled_restart: Option<String>,
-    pub tags: Value,
-    pub replicatefrom: Option<String>,
+    /// The entry as `cluster_as_json` made it (LSNs and lags, pending restart, tags, ...).
+    pub json: Value,
 }
 
-/// The highest WAL position the leader published: `status.optime`, or the leader member's `xlog_location`.
-pub fn cluster_lsn(view: &ClusterView) -> Option<u64> {
-    let leader = view.leader_member().and_then(|m| m.xlog_location).map(|l| l.0);
-    match (view.status.optime.map(|l| l.0), leader) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
+impl MemberInfo {
+    fn from_json(json: Value) -> MemberInfo {
+        let text = |k: &str| json.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+        MemberInfo {
+            name: text("name"),
+            role: text("role"),
+            state: text("state"),
+            host: text("host"),
+            port: json.get("port").and_then(Value::as_u64).and_then(|p| u16::try_from(p).ok()),
+            timeline: json.get("timeline").and_then(Value::as_u64).and_then(|t| u32::try_from(t).ok()),
+            json,
+        }
+    }
+
+    fn field(&self, key: &str) -> Value {
+        self.json.get(key).cloned().unwrap_or(Value::Null)
+    }
+
+    fn replicatefrom(&self) -> Option<String> {
+        self.json.pointer("/tags/replicatefrom").and_then(Value::as_str).map(str::to_string)
+    }
+
+    /// The receive and replay cells, `(lsn, lag in MB)` each, as patronictl's `output_members` fills them.
+    fn positions(&self) -> [(Value, Value); 2] {
+        let (mut receive_lsn, mut receive_lag) = (self.field("receive_lsn"), self.field("receive_lag"));
+        let (mut replay_lsn, mut replay_lag) = (self.field("replay_lsn"), self.field("replay_lag"));
+        let (lsn, lag) = (self.field("lsn"), self.field("lag"));
+        // Members that publish only xlog_location: its position goes to the receive side while streaming.
+        let unknown = json!("unknown");
+        if receive_lsn == unknown && replay_lsn == unknown && lsn.as_str().is_some_and(|l| l != "unknown") {
+            if self.state == "streaming" {
+                (receive_lsn, receive_lag) = (lsn, lag);
+            } else {
+                (replay_lsn, replay_lag) = (lsn, lag);
+            }
+        }
+        [(receive_lsn, megabytes(receive_lag)), (replay_lsn, megabytes(replay_lag))]
     }
 }
 
-/// A member's WAL position: `xlog_location`, else the furthest of what it received and replayed.
-fn member_lsn(m: &Member) -> Option<u64> {
-    m.xlog_location.or(m.replay_lsn.max(m.receive_lsn)).map(|l| l.0)
-}
-
-/// Bytes `member` is behind `cluster` (0 when ahead), `Unknown` when either is unknown.
-pub fn lag(cluster: Option<u64>, member: Option<u64>) -> Lag {
-    match (cluster, member) {
-        (Some(c), Some(m)) => Lag::Bytes(c.saturating_sub(m)),
-        _ => Lag::Unknown,
+/// patronictl's lag cell: bytes as `round(lag / 1024 / 1024)` (ties to even, as Python rounds); `unknown` blank.
+fn megabytes(lag: Value) -> Value {
+    match lag {
+        Value::Number(n) => {
+            n.as_u64().map_or(Value::Number(n), |b| json!((b as f64 / 1048576.0).round_ties_even() as u64))
+        }
+        Value::String(s) if s == "unknown" => json!(""),
+        other => other,
     }
 }
 
@@ -115,70 +121,11 @@ pub fn parse_conn_url(url: &str) -> Option<(String, Option<u16>)> {
     Some((host.to_string(), port))
 }
 
-/// Whether the dynamic configuration makes this a standby cluster (`standby_cluster` set to a non-empty object).
-fn is_standby_cluster(view: &ClusterView) -> bool {
-    view.config
-        .as_ref()
-        .and_then(|c| c.value.raw.get("standby_cluster"))
-        .and_then(Value::as_object)
-        .is_some_and(|m| !m.is_empty())
-}
-
-/// The members, sorted by name, with Patroni's roles, states and lags.
+/// The members, sorted by name, with Patroni's roles, states, positions and lags.
 pub fn members(view: &ClusterView) -> Vec<MemberInfo> {
-    let config = view.dynamic_config();
-    let leader = view.leader.as_ref().map(|l| l.name.as_str());
-    let cluster = cluster_lsn(view);
-    let standby = is_standby_cluster(view);
-    let sync = view.sync.as_ref().map(|s| &s.value);
-    view.members
-        .values()
-        .map(|m| {
-            let is_leader = Some(m.name.as_str()) == leader;
-            let role = if is_leader {
-                if standby {
-                    "standby_leader"
-                } else {
-                    "leader"
-                }
-            } else if config.synchronous_mode != SynchronousMode::Off && sync.is_some_and(|s| s.matches(&m.name)) {
-                if config.synchronous_mode == SynchronousMode::Quorum {
-                    "quorum_standby"
-                } else {
-                    "sync_standby"
-                }
-            } else {
-                "replica"
-            };
-            let replication_state = if is_leader { None } else { m.replication_state.clone() };
-            let state = replication_state.filter(|s| !s.is_empty()).or_else(|| m.state.clone()).unwrap_or_default();
-            let (host, port) = m.conn_url.as_deref().and_then(parse_conn_url).unwrap_or_default();
-            let scheduled_restart = m
-                .data
-                .get("scheduled_restart")
-                .and_then(|s| s.get("schedule"))
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            MemberInfo {
-                name: m.name.clone(),
-                role,
-                state,
-                host,
-                port,
-                timeline: m.timeline,
-                lag: if is_leader { Lag::None } else { lag(cluster, member_lsn(m)) },
-                pending_restart: m.pending_restart,
-                scheduled_restart,
-                tags: m
-                    .data
-                    .get("tags")
-                    .cloned()
-                    .filter(|t| t.as_object().is_some_and(|o| !o.is_empty()))
-                    .unwrap_or(Value::Null),
-                replicatefrom: m.tags.replicatefrom.clone(),
-            }
-        })
-        .collect()
+    let cluster = cluster_as_json(view, "");
+    let entries = cluster.get("members").and_then(Value::as_array).cloned().unwrap_or_default();
+    entries.into_iter().map(MemberInfo::from_json).collect()
 }
 
 /// patronictl's topology order: the leader, then its replicas, each followed by the replicas cascading from it,
@@ -195,7 +142,7 @@ pub fn topology_order(members: Vec<MemberInfo>) -> Vec<MemberInfo> {
             leader_member = Some(m);
             continue;
         }
-        let parent = m.replicatefrom.clone().filter(|p| *p != m.name && replicas.contains(p)).or(leader.clone());
+        let parent = m.replicatefrom().filter(|p| *p != m.name && replicas.contains(p)).or(leader.clone());
         children.entry(parent).or_default().push(m);
     }
     fn walk(
@@ -239,58 +186,101 @@ pub fn title(scope: &str, view: &ClusterView) -> String {
     format!(" Cluster: {scope} ({init}) ")
 }
 
-/// The members table (`list`, or `topology` when `topology` is set).
-pub fn members_table(scope: &str, view: &ClusterView, extended: bool, topology: bool) -> Table {
+/// The members table (`list`, or `topology` when `topology` is set), with patronictl 4's columns: in `pretty`
+/// both lag columns are headed `Lag`, in the other formats `Receive Lag` and `Replay Lag`.
+pub fn members_table(scope: &str, view: &ClusterView, format: Format, extended: bool, topology: bool) -> Table {
     let mut infos = members(view);
     let append_port = infos.iter().any(|m| m.port.is_some_and(|p| p != 5432)) || {
         let hosts: std::collections::BTreeSet<&str> = infos.iter().map(|m| m.host.as_str()).collect();
         hosts.len() < infos.len()
     };
-    let pending = extended || infos.iter().any(|m| m.pending_restart);
-    let scheduled = extended || infos.iter().any(|m| m.scheduled_restart.is_some());
-    let tags = extended || infos.iter().any(|m| !m.tags.is_null());
+    // Optional columns: shown with --extended, or when some member has a value for them.
+    let optional: Vec<(&str, &str)> = [
+        ("Pending restart", "pending_restart"),
+        ("Pending restart reason", "pending_restart_reason"),
+        ("Scheduled restart", "scheduled_restart"),
+        ("Tags", "tags"),
+    ]
+    .into_iter()
+    .filter(|(_, key)| extended || infos.iter().any(|m| is_set(&m.field(key))))
+    .collect();
     if topology {
         infos = topology_order(infos);
     }
-    let mut columns = vec!["Cluster", "Member", "Host", "Role", "State", "TL", "Lag in MB"];
-    if pending {
-        columns.push("Pending restart");
-    }
-    if scheduled {
-        columns.push("Scheduled restart");
-    }
-    if tags {
-        columns.push("Tags");
-    }
+    let lag = if format == Format::Pretty { ["Lag", "Lag"] } else { ["Receive Lag", "Replay Lag"] };
+    let mut columns =
+        vec!["Cluster", "Member", "Host", "Role", "State", "TL", "Receive LSN", lag[0], "Replay LSN", lag[1]];
+    columns.extend(optional.iter().map(|(column, _)| *column));
     let mut table = Table::new(&columns);
-    table.right = vec!["TL", "Lag in MB"];
+    table.right = vec!["TL", "Receive LSN", "Replay LSN", "Lag"];
     table.title = Some(title(scope, view));
     for m in infos {
         let host = match m.port {
             Some(p) if append_port && !m.host.is_empty() => format!("{}:{p}", m.host),
             _ => m.host.clone(),
         };
+        let [(receive_lsn, receive_lag), (replay_lsn, replay_lag)] = m.positions();
         let mut row = vec![
             json!(scope),
             json!(m.name),
             json!(host),
-            json!(title_case(m.role)),
+            json!(title_case(&m.role)),
             json!(m.state),
             m.timeline.map_or(json!(""), |t| json!(t)),
-            m.lag.cell(),
+            receive_lsn,
+            receive_lag,
+            replay_lsn,
+            replay_lag,
         ];
-        if pending {
-            row.push(json!(if m.pending_restart { "*" } else { "" }));
-        }
-        if scheduled {
-            row.push(json!(m.scheduled_restart.unwrap_or_default()));
-        }
-        if tags {
-            row.push(if m.tags.is_null() { json!("") } else { m.tags.clone() });
+        for (_, key) in &optional {
+            row.push(optional_cell(&m, key, format));
         }
         table.rows.push(row);
     }
     table
+}
+
+fn is_set(v: &Value) -> bool {
+    match v {
+        Value::Null | Value::Bool(false) => false,
+        Value::String(s) => !s.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+        _ => true,
+    }
+}
+
+/// The cell of an optional column, as patronictl fills it.
+fn optional_cell(m: &MemberInfo, key: &str, format: Format) -> Value {
+    let v = m.field(key);
+    match key {
+        "pending_restart" => json!(if is_set(&v) { "*" } else { "" }),
+        // `param: old->new` per line; long ones hidden in the pretty table.
+        "pending_restart_reason" => {
+            let Some(diffs) = v.as_object() else { return json!("") };
+            let lines: Vec<String> = diffs
+                .iter()
+                .map(|(param, change)| {
+                    let side = |k: &str| change.get(k).map(|v| cell_text(v, true)).unwrap_or_default();
+                    let full = format!("{param}: {}->{}", side("old_value"), side("new_value"));
+                    if format == Format::Pretty && full.chars().count() > 50 {
+                        format!("{param}: [hidden - too long]")
+                    } else {
+                        full
+                    }
+                })
+                .collect();
+            json!(lines.join("\n"))
+        }
+        "scheduled_restart" => {
+            let Some(schedule) = v.get("schedule").and_then(Value::as_str) else { return json!("") };
+            match v.get("postgres_version").and_then(Value::as_str) {
+                Some(version) => json!(format!("{schedule} if version < {version}")),
+                None => json!(schedule),
+            }
+        }
+        _ if is_set(&v) => v,
+        _ => json!(""),
+    }
 }
 
 /// `sync_standby` → `Sync Standby`.
@@ -327,7 +317,7 @@ pub fn service_info(view: &ClusterView) -> Vec<String> {
 
 /// The whole `list`/`topology` output for `view`.
 pub fn render(scope: &str, view: &ClusterView, format: Format, extended: bool, topology: bool) -> String {
-    let mut out = members_table(scope, view, extended, topology).render(format);
+    let mut out = members_table(scope, view, format, extended, topology).render(format);
     if format == Format::Pretty {
         let info = service_info(view);
         if !info.is_empty() {
@@ -392,47 +382,55 @@ mod tests {
 
     #[test]
     fn lag_is_in_megabytes_rounded_like_python() {
-        assert_eq!(lag(Some(100), Some(40)), Lag::Bytes(60));
-        assert_eq!(lag(Some(40), Some(100)), Lag::Bytes(0));
-        assert_eq!(lag(None, Some(1)), Lag::Unknown);
-        assert_eq!(lag(Some(1), None), Lag::Unknown);
-        assert_eq!(Lag::Bytes(3 * 1024 * 1024 / 2).cell(), json!(2));
-        assert_eq!(Lag::Bytes(5 * 1024 * 1024 / 2).cell(), json!(2));
-        assert_eq!(Lag::Bytes(1024 * 1024 + 600 * 1024).cell(), json!(2));
-        assert_eq!(Lag::Unknown.cell(), json!("unknown"));
-        assert_eq!(Lag::None.cell(), json!(""));
+        assert_eq!(megabytes(json!(3 * 1024 * 1024 / 2)), json!(2));
+        assert_eq!(megabytes(json!(5 * 1024 * 1024 / 2)), json!(2));
+        assert_eq!(megabytes(json!(1024 * 1024 + 600 * 1024)), json!(2));
+        assert_eq!(megabytes(json!("unknown")), json!(""));
+        assert_eq!(megabytes(Value::Null), Value::Null);
     }
 
     #[test]
-    fn cluster_lsn_prefers_the_furthest_leader_position() {
-        let v = view();
-        assert_eq!(cluster_lsn(&v), Some(50331648));
-        let only_member = ClusterView::from_entries([e("leader", "a"), e("members/a", r#"{"xlog_location":7}"#)]);
-        assert_eq!(cluster_lsn(&only_member), Some(7));
-        assert_eq!(cluster_lsn(&ClusterView::default()), None);
-    }
-
-    #[test]
-    fn members_get_roles_states_and_lag() {
+    fn members_get_roles_states_and_positions() {
         let m = members(&view());
         assert_eq!(m.len(), 3);
-        assert_eq!((m[0].role, m[0].state.as_str(), m[0].lag), ("leader", "running", Lag::None));
-        assert_eq!((m[1].role, m[1].state.as_str(), m[1].lag), ("replica", "streaming", Lag::Bytes(33554432)));
-        assert_eq!(m[2].lag, Lag::Unknown);
+        assert_eq!((m[0].role.as_str(), m[0].state.as_str()), ("leader", "running"));
+        assert_eq!(m[0].positions(), [(Value::Null, Value::Null), (Value::Null, Value::Null)]);
+        assert_eq!((m[1].role.as_str(), m[1].state.as_str()), ("replica", "streaming"));
+        // Only xlog_location published: it is the receive position of a streaming member.
+        assert_eq!(m[1].positions(), [(json!("0/1000000"), json!(32)), (json!("unknown"), json!(""))]);
+        assert_eq!(m[2].positions(), [(json!("unknown"), json!("")), (json!("unknown"), json!(""))]);
         assert_eq!(m[1].host, "10.0.0.2");
+    }
+
+    #[test]
+    fn receive_and_replay_positions_of_a_current_member() {
+        let v = ClusterView::from_entries([
+            e("leader", "a"),
+            e("status", r#"{"optime":50331648}"#),
+            e("members/a", r#"{"conn_url":"postgres://h1:5432/postgres","state":"running","xlog_location":50331648}"#),
+            e(
+                "members/b",
+                r#"{"conn_url":"postgres://h2:5432/postgres","state":"running","replication_state":"streaming",
+                    "xlog_location":50331648,"receive_lsn":50331648,"replay_lsn":16777216,"pending_restart":true}"#,
+            ),
+        ]);
+        let m = members(&v);
+        assert_eq!(m[1].positions(), [(json!("0/3000000"), json!(0)), (json!("0/1000000"), json!(32))]);
+        let json = render("c", &v, Format::Json, false, false);
+        assert!(json.contains(r#""Receive LSN": "0/3000000", "Receive Lag": 0, "Replay LSN": "0/1000000", "Replay Lag": 32, "Pending restart": "*""#), "{json}");
     }
 
     #[test]
     fn pretty_list() {
         let out = render("batman", &view(), Format::Pretty, false, false);
         let expected = "\
-+ Cluster: batman (7372788412164034329) --+----+-----------+-------------------+
-| Member | Host     | Role    | State     | TL | Lag in MB | Tags              |
-+--------+----------+---------+-----------+----+-----------+-------------------+
-| n1     | 10.0.0.1 | Leader  | running   |  2 |           |                   |
-| n2     | 10.0.0.2 | Replica | streaming |  2 |        32 |                   |
-| n3     | 10.0.0.3 | Replica | running   |  2 |   unknown | replicatefrom: n2 |
-+--------+----------+---------+-----------+----+-----------+-------------------+
++ Cluster: batman (7372788412164034329) --+----+-------------+-----+------------+-----+-------------------+
+| Member | Host     | Role    | State     | TL | Receive LSN | Lag | Replay LSN | Lag | Tags              |
++--------+----------+---------+-----------+----+-------------+-----+------------+-----+-------------------+
+| n1     | 10.0.0.1 | Leader  | running   |  2 |             |     |            |     |                   |
+| n2     | 10.0.0.2 | Replica | streaming |  2 |   0/1000000 |  32 |    unknown |     |                   |
+| n3     | 10.0.0.3 | Replica | running   |  2 |     unknown |     |    unknown |     | replicatefrom: n2 |
++--------+----------+---------+-----------+----+-------------+-----+------------+-----+-------------------+
 ";
         assert_eq!(out, expected, "\n{out}");
     }
@@ -454,7 +452,7 @@ mod tests {
             e("members/b", r#"{"conn_url":"postgres://h:5433/postgres"}"#),
             e("failover", r#"{"leader":"a","member":"b","scheduled_at":"2030-01-01T00:00:00+00:00"}"#),
         ]);
-        let t = members_table("c", &v, false, false);
+        let t = members_table("c", &v, Format::Pretty, false, false);
         assert_eq!(t.rows[1][3], json!("Sync Standby"));
         assert_eq!(t.rows[0][2], json!("h:5432"), "same host twice: ports are shown");
         assert_eq!(t.title.as_deref(), Some(" Cluster: c (uninitialized) "));
