@@ -1,12 +1,12 @@
 //! `GET /metrics`: Prometheus text built from the node status, with Patroni's metric names and a `keel_` set for
 //! what Patroni does not publish.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-
-use std::sync::atomic::AtomicU64;
 
 use keel_core::view::Role;
 
