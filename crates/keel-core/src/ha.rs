@@ -75,7 +75,7 @@ pub fn decide(input: &HaInput) -> Decision {
 }
 
 fn plan(actions: Vec<Action>, reason: Reason) -> Decision {
-    Decision { actions, reason, on_guard_failure: None }
+    Decision { actions, reason, on_guard_failure: None, on_guard_error: None }
 }
 
 fn wait(reason: Reason) -> Decision {
@@ -85,7 +85,11 @@ fn wait(reason: Reason) -> Decision {
 fn guarded(actions: Vec<Action>, reason: Reason, fallback: Decision) -> Decision {
     debug_assert!(actions.first().is_some_and(Action::is_guard));
     debug_assert!(fallback.guard().is_none());
-    Decision { actions, reason, on_guard_failure: Some(Box::new(fallback)) }
+    let on_error = match actions.first() {
+        Some(Action::CheckDivergence { leader, .. }) => wait(Reason::DivergenceUnknown { leader: leader.clone() }),
+        _ => fallback.clone(),
+    };
+    Decision { actions, reason, on_guard_failure: Some(Box::new(fallback)), on_guard_error: Some(Box::new(on_error)) }
 }
 
 /// Result of the leader's manual-failover handling.
@@ -147,7 +151,10 @@ impl Ctx<'_> {
             PgRunning::Running => match self.pg().role {
                 PgRole::Unknown => wait(Reason::PgStateUnknown),
                 _ => match &self.input.view.leader {
-                    None => self.leader_race(),
+                    None => match self.failsafe_leader() {
+                        Some(leader) => wait(Reason::FailsafeLeaderAnnounced { leader: leader.to_string() }),
+                        None => self.leader_race(),
+                    },
                     Some(_) if self.i_am_leader => self.leader_cycle(),
                     Some(l) => self.follower_cycle(&l.name),
                 },
@@ -169,6 +176,15 @@ impl Ctx<'_> {
             return plan(vec![Action::Demote { mode: DemoteMode::Offline }], Reason::StoreUnreachableDemoting);
         }
         wait(Reason::StoreUnreachable)
+    }
+
+    /// Failsafe mode: another member announced itself as the primary less than `ttl` ago while the store was
+    /// unreachable, so its expired leader key does not open a race (Patroni injects it as the leader).
+    fn failsafe_leader(&self) -> Option<&str> {
+        if !self.cfg.failsafe_mode {
+            return None;
+        }
+        self.input.agent.failsafe_leader.as_deref().filter(|l| *l != self.me)
     }
 
     fn empty_data_dir(&self) -> Decision {

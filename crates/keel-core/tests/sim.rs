@@ -438,7 +438,13 @@ impl Sim {
             tags: self.nodes[i].tags.clone(),
             view: self.nodes[i].last_view.clone(),
             pg: self.observe(i),
-            agent: AgentState { store_ok, lease_valid: store_ok, last_leader_refresh: None, failsafe_confirmed: false },
+            agent: AgentState {
+                store_ok,
+                lease_valid: store_ok,
+                last_leader_refresh: None,
+                failsafe_confirmed: false,
+                failsafe_leader: None,
+            },
             probes: None,
             local_slots: None,
         };

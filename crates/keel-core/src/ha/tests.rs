@@ -109,7 +109,13 @@ fn input(name: &str, world: &World, pg: PgObservation) -> HaInput {
         tags: Tags::default(),
         view: world.view(),
         pg,
-        agent: AgentState { store_ok: true, lease_valid: true, last_leader_refresh: None, failsafe_confirmed: false },
+        agent: AgentState {
+            store_ok: true,
+            lease_valid: true,
+            last_leader_refresh: None,
+            failsafe_confirmed: false,
+            failsafe_leader: None,
+        },
         probes: None,
         local_slots: None,
     }
@@ -144,6 +150,11 @@ fn with_tags(mut i: HaInput, tags: serde_json::Value) -> HaInput {
 
 fn failsafe_confirmed(mut i: HaInput) -> HaInput {
     i.agent.failsafe_confirmed = true;
+    i
+}
+
+fn failsafe_leader(mut i: HaInput, leader: &str) -> HaInput {
+    i.agent.failsafe_leader = Some(leader.into());
     i
 }
 
@@ -199,6 +210,32 @@ fn check(i: HaInput, actions: Vec<Action>, reason: Reason) -> Decision {
 
 fn fallback(d: &Decision) -> &Decision {
     d.on_guard_failure.as_deref().expect("decision has a fallback")
+}
+
+#[test]
+fn a_divergence_check_that_cannot_run_is_unknown_not_diverged() {
+    let i = input(
+        "n2",
+        &World::healthy()
+            .with("members/n1", r#"{"state":"running","role":"primary","timeline":2}"#)
+            .with("config", r#"{"postgresql":{"use_pg_rewind":true}}"#),
+        replica_pg(1000),
+    );
+    let d = decide(&i);
+    assert!(matches!(d.guard(), Some(Action::CheckDivergence { .. })), "{d:?}");
+    assert_eq!(fallback(&d).reason, Reason::DivergedNeedsReinit { leader: "n1".into() });
+    let on_error = d.on_guard_error.as_deref().expect("an error path");
+    assert_eq!(
+        (on_error.actions.as_slice(), &on_error.reason),
+        (&[][..], &Reason::DivergenceUnknown { leader: "n1".into() })
+    );
+}
+
+#[test]
+fn a_store_guard_error_is_a_failure() {
+    let d = decide(&input("n1", &World::healthy(), primary_pg(1000)));
+    assert!(matches!(d.guard(), Some(Action::UpdateLeader { .. })), "{d:?}");
+    assert_eq!(d.on_guard_error, d.on_guard_failure);
 }
 
 /// One `#[test]` per row: `name: input => [actions], reason;`.
@@ -420,6 +457,17 @@ rows! {
     race_failsafe_excludes_unlisted_member:
         input("n2", &World::healthy().no_leader().with("failsafe", r#"{"n1":"http://h"}"#), replica_pg(1000)) => [],
         Reason::NotHealthiest(Ineligible::NotInFailsafe);
+    race_not_opened_while_the_failsafe_leader_announcement_is_fresh:
+        failsafe_leader(input("n2", &World::healthy().no_leader().rm("members/n1").clone()
+            .with("config", r#"{"failsafe_mode":true}"#), replica_pg(1000)), "n1") => [],
+        Reason::FailsafeLeaderAnnounced { leader: "n1".into() };
+    race_announcement_ignored_without_failsafe_mode:
+        failsafe_leader(input("n2", &World::healthy().no_leader(), replica_pg(1000)), "n1")
+        => [Action::ProbePeers { members: vec!["n1".into(), "n3".into()] }], Reason::ProbingPeers;
+    race_own_announcement_does_not_stop_the_primary_retaking_the_key:
+        failsafe_leader(with_probes(input("n1", &World::healthy().no_leader()
+            .with("config", r#"{"failsafe_mode":true}"#), primary_pg(2000)), healthy_replicas()), "n1")
+        => [Action::AcquireLeader], Reason::AcquiredLockAsLeader;
     race_without_lease_stays_out:
         { let mut i = input("n2", &World::healthy().no_leader(), replica_pg(1000)); i.agent.lease_valid = false; i }
         => [], Reason::NotHealthiest(Ineligible::NoLease);

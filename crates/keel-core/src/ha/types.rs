@@ -108,6 +108,10 @@ pub struct AgentState {
     /// primary's `POST /failsafe` this cycle (Patroni's exchange). The runtime runs the exchange only when the store
     /// is down, `failsafe_mode` is on and this node was the leader and runs as a primary.
     pub failsafe_confirmed: bool,
+    /// Failsafe mode, on a replica: the member that announced itself as the primary through `POST /failsafe`
+    /// less than `ttl` ago (Patroni's `Failsafe.leader`). While the leader key is missing (it expired during the
+    /// outage) this member is still the leader: nobody races it, and it takes the key back itself.
+    pub failsafe_leader: Option<String>,
 }
 
 /// The answer of one peer's `GET /patroni`.
@@ -169,7 +173,9 @@ pub enum DemoteMode {
     Graceful,
     /// Lost the leader key: immediate stop, keep nothing, then restart as a replica. The key is not ours anyway.
     ImmediateNoLock,
-    /// Store unreachable: fast stop without touching the store; follow nobody until the store is back.
+    /// Store unreachable: fast stop without touching the store, then restart read-only without upstream (as
+    /// Patroni does): readers keep working, and a node whose key survived the outage is promoted again in one
+    /// cycle once the store is back.
     Offline,
 }
 
@@ -225,7 +231,7 @@ pub enum Action {
     ReleaseLeader { last_lsn: Option<Lsn> },
     /// `pg_ctl promote`; then append to `history` and run the post-promote CHECKPOINT.
     Promote { cause: PromoteCause },
-    /// Step down in this mode, then (unless `Offline`) restart as a replica without upstream. `Graceful` returns
+    /// Step down in this mode, then restart as a replica without upstream. `Graceful` returns
     /// once a replica confirmed the shutdown checkpoint (or a timeout passed); the `ReleaseLeader` that follows
     /// lets the candidate win.
     Demote { mode: DemoteMode },
@@ -392,6 +398,11 @@ pub enum Reason {
     StoreUnreachableDemoting,
     /// Failsafe mode: the store is down but every member accepted us, so we stay primary.
     FailsafeContinuing,
+    /// Failsafe mode: the leader key expired during a store outage, but its holder announced itself as the
+    /// primary less than `ttl` ago; it takes the key back, nobody races it.
+    FailsafeLeaderAnnounced {
+        leader: String,
+    },
     StoreUnreachable,
     StoreUnreachablePaused,
     // Data directory and bootstrap.
@@ -460,6 +471,10 @@ pub enum Reason {
     DivergedNeedsReinit {
         leader: String,
     },
+    /// The divergence check could not run (an error, not a verdict): wait and check again next cycle.
+    DivergenceUnknown {
+        leader: String,
+    },
     // Leader race.
     AcquiredLockAsLeader,
     PromotedByRace,
@@ -491,6 +506,11 @@ impl fmt::Display for Reason {
             FailsafeContinuing => {
                 write!(f, "continue to run as a leader because failsafe mode is enabled and all members are accessible")
             }
+            FailsafeLeaderAnnounced { leader } => write!(
+                f,
+                "no leader key, but {leader} announced itself as the primary through failsafe less than ttl ago: \
+                 not racing it"
+            ),
             StoreUnreachable => write!(f, "DCS is not accessible"),
             StoreUnreachablePaused => write!(f, "PAUSE: DCS is not accessible"),
             DataDirUnknown => write!(f, "data directory state is unknown, will try again later"),
@@ -545,6 +565,9 @@ impl fmt::Display for Reason {
             DivergedNeedsReinit { leader } => {
                 write!(f, "diverged from leader {leader} and could not rewind; reinitialize this member")
             }
+            DivergenceUnknown { leader } => {
+                write!(f, "could not check for divergence from leader {leader}; will check again next cycle")
+            }
             AcquiredLockAsLeader => write!(f, "acquired session lock as a leader"),
             PromotedByRace => write!(f, "promoted self to leader by acquiring session lock"),
             PromotedByManualFailover => {
@@ -572,13 +595,18 @@ impl fmt::Display for Reason {
 /// What to do this cycle.
 ///
 /// The runtime executes `actions` in order. At most one action is a guard ([`Action::is_guard`]) and it comes
-/// first. If the guard fails (its compare did not hold, the store call failed, or the check said no), the
-/// runtime skips the remaining actions and executes `on_guard_failure` instead (which has no guard).
+/// first. If the guard fails (its compare did not hold, or the check said no), the runtime skips the remaining
+/// actions and executes `on_guard_failure` instead (which has no guard). If the guard could not be evaluated (the
+/// store call or the check returned an error), it executes `on_guard_error` instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub actions: Vec<Action>,
     pub reason: Reason,
     pub on_guard_failure: Option<Box<Decision>>,
+    /// What an error of the guard leads to. For the store guards it is `on_guard_failure`: the key is not ours
+    /// until the store says so. For a divergence check it is a wait: a check that could not run (the leader
+    /// unreachable or still in recovery) is unknown, never "diverged".
+    pub on_guard_error: Option<Box<Decision>>,
 }
 
 impl Decision {

@@ -440,7 +440,7 @@ impl Local {
 
     /// Steps down. `Graceful`: CHECKPOINT and a fast shutdown (walsenders send the shutdown checkpoint to the
     /// replicas before exiting), `ImmediateNoLock`: immediate stop; both restart in recovery without upstream.
-    /// `Offline`: fast stop, no restart.
+    /// `Offline`: fast stop, then read-only without upstream until the store is back.
     pub async fn demote(&mut self, mode: DemoteMode) -> Result<()> {
         match mode {
             DemoteMode::Graceful => {
@@ -461,7 +461,7 @@ impl Local {
             DemoteMode::Offline => {
                 self.session = None;
                 self.ctl.stop(StopMode::Fast, STOP_TIMEOUT).await?;
-                Ok(())
+                self.start_replica(None).await
             }
         }
     }
@@ -546,7 +546,8 @@ impl Local {
     }
 
     /// Whether this node's history diverged from `leader`'s timeline; if so and `use_pg_rewind`, rewinds.
-    /// `Ok(true)`: safe to follow the leader now. `Ok(false)`: diverged and not repaired (reinit needed).
+    /// `Ok(true)`: safe to follow the leader now. `Ok(false)`: diverged and not repaired (reinit needed). `Err`: the
+    /// check could not run (leader unreachable or in recovery, our position unknown): unknown, not diverged.
     pub async fn check_divergence(&mut self, leader: &Member, use_pg_rewind: bool) -> Result<bool> {
         let su = self.member_params(leader, &self.superuser)?;
         let remote = observe::connect(&su, QUERY_TIMEOUT).await.context("connecting to the leader")?;
@@ -559,13 +560,17 @@ impl Local {
                 )
                 .await?;
             let row = rows.first().ok_or_else(|| anyhow!("the leader {} is still in recovery", leader.name))?;
-            u32::try_from(row.get::<_, i32>(0)).unwrap_or(1)
+            let tl: i32 = row.try_get(0).context("reading the leader's timeline")?;
+            u32::try_from(tl).map_err(|_| anyhow!("the leader {} reported timeline {tl}", leader.name))?
         };
         let running = self.ctl.is_running();
         let (local_tl, local_lsn, clean) = if running {
             let o = self.session().await?.observe().await?;
             let lsn = if o.in_recovery { o.replay_lsn } else { o.wal_flush_lsn };
-            (o.timeline.unwrap_or(1), lsn.unwrap_or_default(), o.in_recovery)
+            let tl =
+                o.timeline.ok_or_else(|| anyhow!("our timeline is unknown: cannot compare it with the leader's"))?;
+            let lsn = lsn.ok_or_else(|| anyhow!("our WAL position is unknown: cannot compare it with the leader's"))?;
+            (tl, lsn, o.in_recovery)
         } else {
             let cd = datadir::controldata(&self.data_dir, &self.bins, &self.run_as).await?;
             let clean = cd.cluster_state.is_clean_shutdown();

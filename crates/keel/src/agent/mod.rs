@@ -35,6 +35,9 @@ use slots::{SlotCycle, SlotManager};
 /// How soon the loop runs again while the cluster has no leader.
 const UNLOCKED_RETRY: Duration = Duration::from_millis(500);
 
+/// While the store is unreachable: how often the loop looks whether it answers again.
+const STORE_POLL: Duration = Duration::from_secs(1);
+
 /// How long the REST API waits for the HA loop to answer a request (a restart may take a while).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -137,6 +140,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         requests,
         failsafe,
         failsafe_active: false,
+        store_reachable: true,
         slots: SlotManager::new(),
         pending_optime: None,
         last_status: None,
@@ -165,6 +169,8 @@ struct Agent<B: KvBackend> {
     failsafe: Arc<FailsafeState>,
     /// Failsafe mode kept this node going through a store outage in the last cycle (see `cycle`).
     failsafe_active: bool,
+    /// The last cycle could read the store.
+    store_reachable: bool,
     slots: SlotManager,
     /// The optime an `UpdateLeader` this cycle asked to publish.
     pending_optime: Option<Lsn>,
@@ -175,11 +181,30 @@ struct Agent<B: KvBackend> {
     config_path: std::path::PathBuf,
 }
 
+/// Sleeps up to `wait`, returning early once the store answers again (a lease keepalive with a short deadline
+/// every [`STORE_POLL`]): after an outage the next cycle runs within about a second of the store's return, not a
+/// `loop_wait` (plus a `retry_timeout` for the first call to time out) later.
+async fn wait_for_store<B: KvBackend>(store: &ClusterStore<B>, wait: Duration) {
+    let until = Instant::now() + wait;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left.min(STORE_POLL)).await;
+        if let Ok(Ok(_)) = tokio::time::timeout(STORE_POLL, store.refresh_lease()).await {
+            return;
+        }
+    }
+}
+
 /// Why an action did not complete.
 enum Outcome {
     Done,
     /// A guard's compare did not hold (or its check said no).
     GuardFailed,
+    /// A guard could not be evaluated (its store call or check returned an error).
+    GuardError,
 }
 
 impl<B: KvBackend> Agent<B> {
@@ -207,6 +232,8 @@ impl<B: KvBackend> Agent<B> {
                 let keys = [ClusterKey::Leader, ClusterKey::Failover, ClusterKey::Config];
                 if wait.is_zero() {
                     tokio::task::yield_now().await;
+                } else if !self.store_reachable {
+                    wait_for_store(&self.store, wait).await;
                 } else if let Err(e) = self.store.watch_keys(&keys, wait).await {
                     warn!("watching the store failed: {e}");
                     tokio::time::sleep(wait.min(Duration::from_secs(1))).await;
@@ -250,18 +277,9 @@ impl<B: KvBackend> Agent<B> {
                 false
             }
         };
+        self.store_reachable = store_ok;
         let lease_valid = self.last_lease_ok.is_some_and(|t| t.elapsed() < ttl);
         let dynamic = self.dynamic_config();
-        if store_ok && self.view.leader.is_none() && dynamic.failsafe_mode {
-            // Patroni's rule: while a primary's failsafe announcement is fresh (younger than ttl), it is still the
-            // leader even though its key expired during the outage; it takes the key back itself.
-            if let Some(a) = self.failsafe.active(ttl) {
-                if a.name != self.cfg.name && self.view.members.contains_key(&a.name) {
-                    info!("failsafe: {} announced itself as primary during the store outage; not racing", a.name);
-                    self.view.leader = Some(keel_core::view::LeaderKey { name: a.name, version: 0, lease: 0 });
-                }
-            }
-        }
         self.local.set_dynamic(&dynamic);
         if store_ok {
             self.failsafe.set_config(dynamic.failsafe_mode, self.view.failsafe.clone());
@@ -297,6 +315,7 @@ impl<B: KvBackend> Agent<B> {
                 lease_valid,
                 last_leader_refresh: self.last_leader_refresh,
                 failsafe_confirmed,
+                failsafe_leader: self.failsafe.active(ttl).map(|a| a.name),
             },
             probes: None,
             local_slots: self.slots.summary.clone(),
@@ -360,19 +379,20 @@ impl<B: KvBackend> Agent<B> {
             let outcome = match self.act(action).await {
                 Ok(o) => o,
                 Err(e) if action.is_guard() => {
-                    warn!("{action:?} failed: {e:#}");
-                    Outcome::GuardFailed
+                    warn!("{action:?} could not be carried out: {e:#}");
+                    Outcome::GuardError
                 }
                 Err(e) => return (decision, Err(e.context(format!("{action:?}")))),
             };
-            if let Outcome::GuardFailed = outcome {
-                if i == 0 {
-                    if let Some(fallback) = &decision.on_guard_failure {
-                        return Box::pin(self.execute(fallback)).await;
-                    }
-                }
-                return (decision, Ok(()));
+            let next = match outcome {
+                Outcome::Done => continue,
+                Outcome::GuardFailed => &decision.on_guard_failure,
+                Outcome::GuardError => &decision.on_guard_error,
+            };
+            if let (0, Some(next)) = (i, next) {
+                return Box::pin(self.execute(next)).await;
             }
+            return (decision, Ok(()));
         }
         (decision, Ok(()))
     }

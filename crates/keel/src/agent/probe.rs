@@ -35,11 +35,20 @@ pub fn peer_status_from_json(v: &Value) -> Option<PeerStatus> {
     })
 }
 
-/// Probes the named members (by their `api_url` in the view) concurrently. A member without an `api_url`, or
-/// that does not answer a `/patroni` document in time, is `Unreachable`.
+/// The URL to probe `name` at: its member key's `api_url`, else the one the `failsafe` key lists (a member
+/// whose key expired during a store outage is still probed, as Patroni races against the failsafe members too).
+fn probe_url(view: &ClusterView, name: &str) -> Option<String> {
+    view.members
+        .get(name)
+        .and_then(|m| m.api_url.clone())
+        .or_else(|| view.failsafe.as_ref().and_then(|f| f.get(name)).cloned())
+}
+
+/// Probes the named members concurrently (see [`probe_url`]). A member without a URL, or that does not answer a
+/// `/patroni` document in time, is `Unreachable`.
 pub async fn probe_peers(client: &reqwest::Client, view: &ClusterView, members: &[String]) -> Vec<PeerProbe> {
     let tasks = members.iter().map(|name| {
-        let url = view.members.get(name).and_then(|m| m.api_url.clone());
+        let url = probe_url(view, name);
         let client = client.clone();
         let name = name.clone();
         async move {
@@ -81,5 +90,13 @@ mod tests {
         assert_eq!(r.wal_position, Some(Lsn(400)));
         assert!(peer_status_from_json(&json!([1])).is_none());
         assert!(peer_status_from_json(&json!({"role":"replica"})).is_none());
+    }
+
+    #[test]
+    fn members_listed_only_in_the_failsafe_key_are_probed_at_their_listed_url() {
+        let mut view = ClusterView::default();
+        view.failsafe = Some([("n1".to_string(), "http://127.0.0.1:8008/patroni".to_string())].into());
+        assert_eq!(probe_url(&view, "n1").as_deref(), Some("http://127.0.0.1:8008/patroni"));
+        assert_eq!(probe_url(&view, "n2"), None);
     }
 }
