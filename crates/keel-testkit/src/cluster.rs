@@ -30,6 +30,8 @@ pub struct KeelOptions {
     /// Extra `bootstrap.dcs` YAML lines, indented four spaces.
     pub extra_dcs_yaml: String,
     pub scope: Option<String>,
+    /// `(ttl, loop_wait, retry_timeout)` in seconds instead of the test defaults (20, 2, 5).
+    pub timing: Option<(u64, u64, u64)>,
 }
 
 impl KeelOptions {
@@ -83,6 +85,9 @@ impl KeelCluster {
             failsafe_mode: opts.failsafe_mode,
             wal_level: if opts.logical { "logical" } else { "replica" }.into(),
             extra_dcs_yaml: opts.extra_dcs_yaml.clone(),
+            ttl: opts.timing.map_or(defaults.ttl, |t| t.0),
+            loop_wait: opts.timing.map_or(defaults.loop_wait, |t| t.1),
+            retry_timeout: opts.timing.map_or(defaults.retry_timeout, |t| t.2),
             ..defaults
         };
         let hosts = format!("127.0.0.1:{}", etcd.client_port());
@@ -103,6 +108,16 @@ impl KeelCluster {
     /// Thaws etcd (SIGCONT).
     pub fn etcd_resume(&self) {
         self.etcd.resume().expect("SIGCONT etcd");
+    }
+
+    /// Kills etcd (SIGKILL): a store that is down, not merely hung. [`KeelCluster::etcd_start`] brings it back.
+    pub fn etcd_stop(&mut self) {
+        self.etcd.stop().expect("stop etcd");
+    }
+
+    /// Starts a stopped etcd again on its data directory and ports (its keys and leases survive).
+    pub fn etcd_start(&mut self) {
+        self.etcd.restart().expect("restart etcd");
     }
 
     /// `GET path` on `node`'s REST API: status and JSON body.

@@ -1,6 +1,6 @@
 //! A throw-away single-node etcd on loopback ports.
 
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -23,6 +23,7 @@ const START_ATTEMPTS: usize = 3;
 pub struct EtcdServer {
     child: Option<Child>,
     client_port: u16,
+    peer_port: u16,
     dir: TempDir,
 }
 
@@ -45,21 +46,37 @@ impl EtcdServer {
     }
 
     fn try_start() -> io::Result<EtcdServer> {
-        let bin = Self::binary();
         let dir = tempfile::Builder::new().prefix("keel-etcd-").tempdir()?;
         let client_port = free_port()?;
         let mut peer_port = free_port()?;
         while peer_port == client_port {
             peer_port = free_port()?;
         }
-        let client_url = format!("http://127.0.0.1:{client_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let log = File::create(dir.path().join("etcd.log"))?;
+        let mut server = EtcdServer { child: None, client_port, peer_port, dir };
+        server.spawn_and_wait()?;
+        Ok(server)
+    }
+
+    /// Starts the process again after [`EtcdServer::stop`], on the same data directory and ports: the store
+    /// comes back with its keys and leases, as after a crash and restart of the etcd server.
+    pub fn restart(&mut self) -> io::Result<()> {
+        if self.child.is_some() {
+            return Err(io::Error::other("etcd is still running: stop it first"));
+        }
+        self.spawn_and_wait()
+    }
+
+    /// Spawns etcd on this server's ports and data directory and waits until `/health` says it is healthy.
+    fn spawn_and_wait(&mut self) -> io::Result<()> {
+        let bin = Self::binary();
+        let client_url = format!("http://127.0.0.1:{}", self.client_port);
+        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = OpenOptions::new().create(true).append(true).open(self.log_path())?;
         let child = Command::new(&bin)
             .arg("--name")
             .arg("keel-test")
             .arg("--data-dir")
-            .arg(dir.path().join("data"))
+            .arg(self.dir.path().join("data"))
             .arg("--listen-client-urls")
             .arg(&client_url)
             .arg("--advertise-client-urls")
@@ -81,23 +98,23 @@ impl EtcdServer {
             .stderr(log)
             .spawn()
             .map_err(|e| io::Error::new(e.kind(), format!("cannot run {}: {e}; set KEEL_ETCD_BIN", bin.display())))?;
-        let mut server = EtcdServer { child: Some(child), client_port, dir };
+        self.child = Some(child);
         let ready = wait_until("etcd", START_DEADLINE, Duration::from_millis(50), || {
-            if let Some(child) = server.child.as_mut() {
+            if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     return Err(format!("etcd exited early with {status}"));
                 }
             }
-            server.healthy().map(|ok| ok.then_some(()))
+            self.healthy().map(|ok| ok.then_some(()))
         });
         if let Err(e) = ready {
-            let log = std::fs::read_to_string(server.log_path()).unwrap_or_default();
+            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
             let tail: String =
                 log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-            // Dropping `server` kills the process.
+            let _ = self.stop();
             return Err(io::Error::new(e.kind(), format!("{e}\netcd log tail:\n{tail}")));
         }
-        Ok(server)
+        Ok(())
     }
 
     /// One `/health` probe over plain HTTP; `Ok(false)` while etcd answers but is not healthy yet.

@@ -317,8 +317,13 @@ pub fn kill_postmaster(data_dir: &Path) -> Option<u32> {
 /// Runs `sql` with `bin_dir/psql` as the generated superuser on `127.0.0.1:port`; stdout (unaligned, tuples only)
 /// or psql's error message. A statement gets 20 s, a connection attempt 3 s.
 pub fn psql(bin_dir: &Path, port: u16, sql: &str) -> Result<String, String> {
+    psql_db(bin_dir, port, "postgres", sql)
+}
+
+/// [`psql`] in database `db`.
+pub fn psql_db(bin_dir: &Path, port: u16, db: &str, sql: &str) -> Result<String, String> {
     let out = Command::new(bin_dir.join("psql"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", SUPERUSER.0, "-d", "postgres"])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", SUPERUSER.0, "-d", db])
         .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .env("PGPASSWORD", SUPERUSER.1)
         .env("PGCONNECT_TIMEOUT", "3")
@@ -705,6 +710,11 @@ impl LocalCluster {
     /// Runs `sql` with `psql` as the superuser on node `name`; stdout (unaligned, tuples only) or the error.
     pub fn psql(&self, name: &str, sql: &str) -> Result<String, String> {
         psql(&self.opts.bin_dir, self.node(name).pg_port, sql).map_err(|e| format!("{name}: {e}"))
+    }
+
+    /// [`LocalCluster::psql`] in database `db`.
+    pub fn psql_db(&self, name: &str, db: &str, sql: &str) -> Result<String, String> {
+        psql_db(&self.opts.bin_dir, self.node(name).pg_port, db, sql).map_err(|e| format!("{name}: {e}"))
     }
 
     /// Whether `name`'s PostgreSQL accepts writes (a primary that is not read-only).
