@@ -5,6 +5,7 @@
 pub mod failsafe;
 pub mod follower;
 pub mod local;
+pub mod pgauth;
 pub mod probe;
 pub mod slots;
 
@@ -121,6 +122,8 @@ pub async fn run(config_path: &Path) -> Result<()> {
         }
     });
     let mut agent = Agent {
+        local_pg: cfg.postgresql.dynamic_overrides(),
+        checked_config: None,
         conn_url: cfg.postgres_url(),
         api_url: cfg.restapi_url(),
         bootstrap_dcs: cfg.bootstrap_dcs().clone(),
@@ -148,6 +151,10 @@ pub async fn run(config_path: &Path) -> Result<()> {
 
 struct Agent<B: KvBackend> {
     cfg: Config,
+    /// The local file's `postgresql` settings that win over the dynamic configuration's (re-read on reload).
+    local_pg: serde_json::Map<String, serde_json::Value>,
+    /// The revision of the store's `config` key last checked against the schema (see `check_store_config`).
+    checked_config: Option<i64>,
     conn_url: String,
     api_url: String,
     bootstrap_dcs: serde_json::Value,
@@ -251,6 +258,10 @@ impl<B: KvBackend> Agent<B> {
             }
         };
         let lease_valid = self.last_lease_ok.is_some_and(|t| t.elapsed() < ttl);
+        if let Some(c) = self.view.config.as_mut() {
+            c.value = c.value.clone().with_local_postgresql(&self.local_pg);
+        }
+        self.check_store_config()?;
         let dynamic = self.dynamic_config();
         if store_ok && self.view.leader.is_none() && dynamic.failsafe_mode {
             // Patroni's rule: while a primary's failsafe announcement is fresh (younger than ttl), it is still the
@@ -597,6 +608,7 @@ impl<B: KvBackend> Agent<B> {
             warn!("{}: {w}", self.config_path.display());
         }
         self.local.reload_local(&loaded.config);
+        self.local_pg = loaded.config.postgresql.dynamic_overrides();
         info!("reloaded {}", self.config_path.display());
         Ok(())
     }
@@ -605,6 +617,13 @@ impl<B: KvBackend> Agent<B> {
     /// order; see `keel_core::sync`). Anywhere else the parameter is left empty.
     async fn manage_sync(&mut self, is_primary: bool) {
         let cfg = self.dynamic_config();
+        if cfg.synchronous_mode == keel_core::dynconfig::SynchronousMode::Quorum {
+            error!(
+                "synchronous_mode is quorum in the dynamic configuration, which Keel does not implement: \
+                 synchronous_standby_names is not managed and no replica is promoted automatically (running it as \
+                 FIRST n could lose acknowledged commits). Set synchronous_mode to on or off with keel edit-config"
+            );
+        }
         let plan = match (&self.last_obs, self.holds_leader && is_primary) {
             (Some(obs), true) => {
                 let standbys: Vec<keel_core::sync::StandbyConn> = obs
@@ -617,7 +636,7 @@ impl<B: KvBackend> Agent<B> {
                         flush_lsn: r.flush_lsn,
                     })
                     .collect();
-                keel_core::sync::plan(&self.cfg.name, &self.view, &cfg, &standbys)
+                keel_core::sync::plan(&self.cfg.name, &self.view, &cfg, &standbys, obs.wal_flush_lsn)
             }
             _ => None,
         };
@@ -644,12 +663,39 @@ impl<B: KvBackend> Agent<B> {
         }
     }
 
-    /// The dynamic configuration: the store's, or `bootstrap.dcs` until the store has one (as Patroni does).
+    /// The dynamic configuration: the store's, or `bootstrap.dcs` until the store has one (as Patroni does), with
+    /// the local `postgresql` settings laid over it.
     fn dynamic_config(&self) -> keel_core::dynconfig::DynamicConfig {
         match &self.view.config {
             Some(c) => c.value.clone(),
-            None => keel_core::dynconfig::DynamicConfig::from_value(self.bootstrap_dcs.clone()),
+            None => keel_core::dynconfig::DynamicConfig::from_value(self.bootstrap_dcs.clone())
+                .with_local_postgresql(&self.local_pg),
         }
+    }
+
+    /// Checks the store's `config` key against the schema each time it changes: refused settings (written by
+    /// Patroni, or around `keel edit-config`) are logged as errors naming each one. A `standby_cluster` stops the
+    /// agent: Keel would promote the standby leader and split the clusters. `synchronous_mode: quorum` is made
+    /// safe by the core (see `manage_sync`).
+    fn check_store_config(&mut self) -> Result<()> {
+        let Some(c) = &self.view.config else { return Ok(()) };
+        if self.checked_config == Some(c.version) {
+            return Ok(());
+        }
+        self.checked_config = Some(c.version);
+        let raw = &c.value.raw;
+        match config::dynamic::check(raw) {
+            Ok(warnings) => warnings.iter().for_each(|w| warn!("{w}")),
+            Err(e) => error!("the store's configuration holds settings Keel does not run: {e}"),
+        }
+        if raw.get("standby_cluster").is_some_and(|v| !v.is_null()) {
+            bail!(Fatal(
+                "the dynamic configuration has standby_cluster, which Keel does not implement (it would promote \
+                 this standby cluster's leader); keep running Patroni on this cluster"
+                    .into()
+            ));
+        }
+        Ok(())
     }
 
     /// Writes `status` with this optime and the slot positions last published (the store client skips the write
@@ -781,7 +827,8 @@ impl<B: KvBackend> Agent<B> {
     async fn shutdown(&mut self) -> Result<()> {
         info!("shutting down: stopping PostgreSQL");
         let last = self.local.observe(Millis(unix_ms())).await.0.wal_position();
-        if let Err(e) = self.local.stop().await {
+        let primary = self.last_obs.as_ref().is_some_and(|o| !o.in_recovery);
+        if let Err(e) = self.local.stop(primary).await {
             error!("could not stop PostgreSQL: {e:#}");
         }
         if self.holds_leader {

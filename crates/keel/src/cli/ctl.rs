@@ -107,9 +107,9 @@ impl Ctl {
         Ok(view)
     }
 
-    /// A client for the members' REST APIs, with `restapi.authentication` when configured.
+    /// A client for the members' REST APIs, with `ctl.authentication` or `restapi.authentication` when configured.
     pub fn rest(&self) -> CtlResult<Rest> {
-        Rest::new(self.config.restapi.authentication.as_ref())
+        Rest::new(self.config.ctl_auth())
     }
 }
 
