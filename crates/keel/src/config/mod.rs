@@ -487,4 +487,6 @@ pub fn split_port(addr: &str) -> Option<(&str, u16)> {
 }
 
 #[cfg(test)]
+mod compat_tests;
+#[cfg(test)]
 mod tests;
