@@ -58,11 +58,7 @@ pub fn standby_names(names: &[String], count: usize, strict: bool) -> String {
 /// leader's own flush position). `max_lag <= 0` turns the check off. A candidate whose position is unknown is
 /// left out (its lag cannot be shown to be small); when the reference itself is unknown nobody is left out,
 /// since no lag can be measured.
-pub fn within_syncnode_lag<'a>(
-    candidates: Vec<&'a StandbyConn>,
-    leader_lsn: Option<Lsn>,
-    max_lag: i64,
-) -> Vec<&'a StandbyConn> {
+pub fn within_syncnode_lag(candidates: Vec<&StandbyConn>, leader_lsn: Option<Lsn>, max_lag: i64) -> Vec<&StandbyConn> {
     let Ok(max_lag) = u64::try_from(max_lag) else { return candidates };
     if max_lag == 0 {
         return candidates;

@@ -471,8 +471,28 @@ fn pg_ctl_as_owner(c: &KeelCluster, node: &str, args: &[&str]) {
 fn old_primary_is_cloned_again_when_pg_rewind_cannot_rewind_it() {
     let _serial = serial();
     let (mut c, leader) = up(options());
-    ctl(&c, &leader, &["edit-config", "-q", "-s", "postgresql.remove_data_directory_on_rewind_failure=true"])
-        .expect("edit-config");
+    ctl(
+        &c,
+        &leader,
+        &[
+            "edit-config",
+            "-q",
+            "-s",
+            "postgresql.remove_data_directory_on_rewind_failure=true",
+            "-s",
+            "postgresql.pg_ident=[cdc debezium app_cdc]",
+        ],
+    )
+    .expect("edit-config");
+    // The dynamic postgresql settings reach every node (pg_ident.conf here).
+    for n in c.names() {
+        let path = c.node(&n).data_dir.join("pg_ident.conf");
+        c.wait(&format!("pg_ident.conf on {n}"), Duration::from_secs(60), || {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            Ok(text.contains("\ncdc debezium app_cdc\n").then_some(()))
+        })
+        .unwrap();
+    }
     create_replicated_rows(&c, &leader);
     diverge_and_kill(&mut c, &leader);
     let new = wait_new_leader(&c, &leader, FAILOVER);

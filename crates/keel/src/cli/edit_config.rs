@@ -268,7 +268,7 @@ pub async fn edit_config(ctl: &Ctl, args: &EditConfigArgs) -> CtlResult {
     }
     let (before, after) = (Value::Object(before), Value::Object(after));
     if let Err(e) = crate::config::dynamic::check(&after) {
-        return failed(format!("configuration not changed: {e}"));
+        return failed(format!("configuration not changed: {}", e.one_line()));
     }
     if !args.quiet {
         print!("{}", unified_diff(&output::yaml(&before), &output::yaml(&after)));
