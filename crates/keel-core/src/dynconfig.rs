@@ -6,6 +6,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::pgconfig::PgSettings;
+
 pub const DEFAULT_TTL: u64 = 30;
 pub const DEFAULT_LOOP_WAIT: u64 = 10;
 pub const DEFAULT_RETRY_TIMEOUT: u64 = 10;
@@ -90,11 +92,20 @@ pub struct DynamicConfig {
     pub raw: Value,
     pub timing: Timing,
     pub maximum_lag_on_failover: u64,
+    /// `maximum_lag_on_syncnode` in bytes: a synchronous-standby candidate lagging more is not chosen or kept
+    /// (`<= 0`: off, Patroni's default -1).
+    pub maximum_lag_on_syncnode: i64,
     pub primary_start_timeout: u64,
+    /// `primary_stop_timeout` (alias `master_stop_timeout`), seconds: in synchronous mode, a stop of PostgreSQL
+    /// running longer is ended with SIGKILL to the postmaster (0: off, Patroni's default).
+    pub primary_stop_timeout: u64,
     pub check_timeline: bool,
     pub pause: bool,
+    /// `postgresql.use_pg_rewind` (the local file's value wins: see [`DynamicConfig::with_local_postgresql`]).
     pub use_pg_rewind: bool,
     pub use_slots: bool,
+    /// The other `postgresql` settings shared with the local file (`pg_hba`, `pg_ident`, `pg_ctl_timeout`, ...).
+    pub postgresql: PgSettings,
     pub synchronous_mode: SynchronousMode,
     pub synchronous_mode_strict: bool,
     pub synchronous_node_count: u64,
@@ -129,6 +140,12 @@ impl DynamicConfig {
         let loop_wait = r.seconds(&obj, "loop_wait", DEFAULT_LOOP_WAIT);
         let retry_timeout = r.seconds(&obj, "retry_timeout", DEFAULT_RETRY_TIMEOUT);
         let maximum_lag_on_failover = r.uint(&obj, "maximum_lag_on_failover", DEFAULT_MAXIMUM_LAG_ON_FAILOVER);
+        let maximum_lag_on_syncnode = r.int(&obj, "maximum_lag_on_syncnode", -1);
+        let primary_stop_timeout = if obj.contains_key("primary_stop_timeout") {
+            r.seconds(&obj, "primary_stop_timeout", 0)
+        } else {
+            r.seconds(&obj, "master_stop_timeout", 0)
+        };
         let primary_start_timeout = if obj.contains_key("primary_start_timeout") {
             r.seconds(&obj, "primary_start_timeout", DEFAULT_PRIMARY_START_TIMEOUT)
         } else {
@@ -136,7 +153,8 @@ impl DynamicConfig {
         };
         let check_timeline = r.boolean(&obj, "check_timeline", false);
         let pause = r.boolean(&obj, "pause", false);
-        let use_pg_rewind = r.boolean(&pg, "use_pg_rewind", false);
+        let postgresql = PgSettings::merge(&Map::new(), &pg, r.notes);
+        let use_pg_rewind = postgresql.use_pg_rewind;
         let use_slots = r.boolean(&pg, "use_slots", true);
         let synchronous_mode = r.sync_mode(&obj);
         let synchronous_mode_strict = r.boolean(&obj, "synchronous_mode_strict", false);
@@ -150,11 +168,14 @@ impl DynamicConfig {
             raw,
             timing,
             maximum_lag_on_failover,
+            maximum_lag_on_syncnode,
             primary_start_timeout,
+            primary_stop_timeout,
             check_timeline,
             pause,
             use_pg_rewind,
             use_slots,
+            postgresql,
             synchronous_mode,
             synchronous_mode_strict,
             synchronous_node_count,
@@ -163,6 +184,16 @@ impl DynamicConfig {
             max_timelines_history,
             notes,
         }
+    }
+
+    /// The effective configuration with the local file's `postgresql` section (`local`, as JSON) laid over the
+    /// dynamic one, as Patroni merges them: local `pg_hba`, `pg_ident`, `pg_ctl_timeout`, `use_pg_rewind` and
+    /// `remove_data_directory_*` win. `raw` stays the document as stored.
+    pub fn with_local_postgresql(mut self, local: &Map<String, Value>) -> DynamicConfig {
+        let pg = self.raw.get("postgresql").and_then(Value::as_object).cloned().unwrap_or_default();
+        self.postgresql = PgSettings::merge(local, &pg, &mut self.notes);
+        self.use_pg_rewind = self.postgresql.use_pg_rewind;
+        self
     }
 
     /// `postgresql.parameters` from the document (empty when absent or not an object).
@@ -201,6 +232,19 @@ impl Reader<'_> {
                 Some(n) => n,
                 None => {
                     self.notes.push(format!("{key}: expected a non-negative integer, got {v}; using {default}"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn int(&mut self, obj: &Map<String, Value>, key: &str, default: i64) -> i64 {
+        match obj.get(key) {
+            None | Some(Value::Null) => default,
+            Some(v) => match v.as_i64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok())) {
+                Some(n) => n,
+                None => {
+                    self.notes.push(format!("{key}: expected an integer, got {v}; using {default}"));
                     default
                 }
             },
@@ -299,6 +343,10 @@ mod tests {
         assert!(c.use_slots);
         assert!(!c.use_pg_rewind);
         assert_eq!(c.member_slots_ttl, 1800);
+        assert_eq!(c.maximum_lag_on_syncnode, -1);
+        assert_eq!(c.primary_stop_timeout, 0);
+        assert_eq!(c.postgresql.pg_ctl_timeout, 60);
+        assert!(!c.postgresql.remove_data_directory_on_rewind_failure);
         assert!(c.notes.is_empty());
     }
 
@@ -326,6 +374,25 @@ mod tests {
         assert_eq!(c.timing.ttl, 40);
         assert!(c.pause && c.use_pg_rewind && !c.use_slots);
         assert_eq!(c.synchronous_mode, SynchronousMode::Quorum);
+    }
+
+    #[test]
+    fn reads_sync_lag_and_stop_timeout_with_the_old_spelling() {
+        let c = DynamicConfig::from_value(json!({"maximum_lag_on_syncnode": "1048576", "master_stop_timeout": 30}));
+        assert_eq!((c.maximum_lag_on_syncnode, c.primary_stop_timeout), (1_048_576, 30));
+        let c = DynamicConfig::from_value(json!({"primary_stop_timeout": "1min", "master_stop_timeout": 30}));
+        assert_eq!(c.primary_stop_timeout, 60, "primary_stop_timeout wins over its old name");
+    }
+
+    #[test]
+    fn the_local_postgresql_section_wins() {
+        let c = DynamicConfig::from_value(json!({"postgresql": {"use_pg_rewind": true, "pg_hba": ["a"]}}));
+        assert!(c.use_pg_rewind);
+        let local = json!({"use_pg_rewind": false, "pg_ctl_timeout": 5});
+        let c = c.with_local_postgresql(local.as_object().unwrap());
+        assert!(!c.use_pg_rewind && !c.postgresql.use_pg_rewind);
+        assert_eq!(c.postgresql.pg_ctl_timeout, 5);
+        assert_eq!(c.postgresql.pg_hba, Some(vec!["a".to_string()]));
     }
 
     #[test]

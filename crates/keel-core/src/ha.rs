@@ -595,6 +595,10 @@ impl Ctx<'_> {
         if named_me {
             return Ok(());
         }
+        // A running primary (its key expired) holds every commit it acknowledged; any replica might not.
+        if self.cfg.synchronous_mode == SynchronousMode::Quorum && !self.pg().is_running_primary() {
+            return Err(Ineligible::QuorumNotImplemented);
+        }
         let Some(ours) = self.pg().wal_position() else { return Err(Ineligible::WalPositionUnknown) };
         if let Some(optime) = view.status.optime {
             let lag = optime.saturating_sub(ours);

@@ -7,6 +7,7 @@
 pub mod dynconfig;
 pub mod ha;
 pub mod lsn;
+pub mod pgconfig;
 pub mod slotfile;
 pub mod slots;
 pub mod store;

@@ -255,11 +255,11 @@ async fn patch_config_merges_with_null_deletes_and_put_replaces() {
     h.seed_cluster().await;
 
     let patch = r#"{"loop_wait":null,"postgresql":{"parameters":{"max_connections":null,"work_mem":"8MB"}},
-                    "synchronous_mode":true,"new":{"a":null}}"#;
+                    "synchronous_mode":true,"slots":{"cdc":{"type":"logical","database":"app","plugin":null}}}"#;
     let (code, body) = h.send(reqwest::Method::PATCH, "/config", Some(patch)).await;
     assert_eq!(code, 200, "{body}");
-    let want =
-        json!({"ttl":30,"postgresql":{"parameters":{"work_mem":"8MB"}},"synchronous_mode":true,"new":{"a":null}});
+    let want = json!({"ttl":30,"postgresql":{"parameters":{"work_mem":"8MB"}},"synchronous_mode":true,
+        "slots":{"cdc":{"type":"logical","database":"app","plugin":null}}});
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), want);
     assert_eq!(h.view().await.config.unwrap().value.raw, want);
     assert!(h.seen().contains(&"wakeup".to_string()));
@@ -278,6 +278,36 @@ async fn patch_config_merges_with_null_deletes_and_put_replaces() {
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), json!({"ttl":40,"pause":true}));
     let (_, cfg) = h.get_json("/config").await;
     assert_eq!(cfg, json!({"ttl":40,"pause":true}));
+}
+
+/// A dynamic setting Keel does not run (e.g. `synchronous_mode: quorum`), an unknown key or a wrong type is
+/// refused with 422 naming it, through PATCH and PUT, and nothing is written.
+#[tokio::test]
+async fn config_writes_refuse_what_keel_does_not_run() {
+    let h = start(fast()).await;
+    h.seed_cluster().await;
+    let before = h.view().await.config.unwrap();
+    let cases = [
+        (r#"{"synchronous_mode":"quorum"}"#, "`synchronous_mode`: quorum commit is not implemented"),
+        (r#"{"standby_cluster":{"host":"10.0.0.1"}}"#, "`standby_cluster`: Keel runs primary clusters only"),
+        (r#"{"postgresql":{"recovery_conf":{"restore_command":"cp"}}}"#, "`postgresql.recovery_conf`"),
+        (r#"{"synchronus_mode":true}"#, "unknown setting `synchronus_mode`"),
+        (r#"{"ttl":"soon"}"#, "`ttl` must be seconds"),
+    ];
+    for (body, needle) in cases {
+        for method in [reqwest::Method::PATCH, reqwest::Method::PUT] {
+            let (code, text) = h.send(method.clone(), "/config", Some(body)).await;
+            assert_eq!(code, 422, "{method} {body}: {text}");
+            assert!(text.contains(needle) && text.contains("configuration not changed"), "{method} {body}: {text}");
+        }
+    }
+    assert_eq!(h.view().await.config.unwrap(), before, "refused writes change nothing");
+    // A stored refused setting must be removed before anything else changes; removing it is accepted.
+    h.fake.store.set_config(&json!({"ttl":30,"synchronous_mode":"quorum"}), None).await.unwrap();
+    let (code, text) = h.send(reqwest::Method::PATCH, "/config", Some(r#"{"ttl":40}"#)).await;
+    assert_eq!(code, 422, "{text}");
+    let (code, text) = h.send(reqwest::Method::PATCH, "/config", Some(r#"{"synchronous_mode":"on"}"#)).await;
+    assert_eq!(code, 200, "{text}");
 }
 
 #[tokio::test]

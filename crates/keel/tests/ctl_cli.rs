@@ -272,6 +272,14 @@ async fn show_config_and_edit_config_round_trip() {
 
     expect_error(&c.run(&["edit-config"]), 2, "needs a change");
     expect_error(&c.run(&["edit-config", "-s", "novalue"]), 2, "invalid parameter setting");
+
+    // What Keel does not run is refused, naming the setting and what to do, and nothing is written.
+    let before = c.view().await.config.unwrap();
+    expect_error(&c.run(&["edit-config", "-s", "synchronous_mode=quorum"]), 1, "`synchronous_mode`: quorum commit");
+    expect_error(&c.run(&["edit-config", "-s", "standby_cluster.host=10.0.0.1"]), 1, "`standby_cluster`");
+    expect_error(&c.run(&["edit-config", "-s", "synchronus_mode=on"]), 1, "unknown setting `synchronus_mode`");
+    assert_eq!(c.view().await.config.unwrap(), before);
+    expect(&c.run(&["edit-config", "-q", "-s", "postgresql.pg_hba=[local all all trust]"]), 0);
 }
 
 #[tokio::test]

@@ -267,3 +267,34 @@ async fn data_directory_of_another_user_says_so() {
     let err = ctl.start(true, TIMEOUT).await.expect_err("wrong owner");
     assert!(matches!(err, CtlError::DataDir(DataDirError::WrongOwner { .. })), "{err}");
 }
+
+/// `primary_stop_timeout`: a stop still running after the limit (here a smart shutdown that a connected client
+/// holds up) ends with SIGKILL to the postmaster, well before `pg_ctl_timeout`; without a limit the same stop
+/// would wait for the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_longer_than_primary_stop_timeout_is_killed() {
+    let Some((_, dir)) = versions().into_iter().next() else { return };
+    let bins = PgBinaries::find(Some(&dir)).expect("find the binaries");
+    let scratch = scratch("keel-pg");
+    let mut guard = Guard::default();
+    let ctl = PgCtl::new(bins, run_as(), scratch.path().join("data"));
+    guard.watch(&ctl);
+    initdb(&ctl).await;
+    let port = free_port();
+    conf::write_config(&ctl.data_dir, &server_conf(scratch.path(), port, None), Some(&hba()), &ctl.run_as)
+        .expect("write conf");
+    ctl.start(true, TIMEOUT).await.expect("start");
+    let client = connect(port).await;
+
+    let started = Instant::now();
+    let killed = ctl.stop_or_kill(StopMode::Smart, TIMEOUT, Some(Duration::from_secs(2))).await.expect("stop or kill");
+    assert!(killed, "the smart stop was held up by the client and had to be killed");
+    assert!(started.elapsed() < Duration::from_secs(30), "killed after {:?}", started.elapsed());
+    assert!(!ctl.is_running());
+    drop(client);
+
+    // A stop within the limit is an ordinary stop.
+    ctl.start(true, TIMEOUT).await.expect("start after the kill (crash recovery)");
+    let killed = ctl.stop_or_kill(StopMode::Fast, TIMEOUT, Some(Duration::from_secs(20))).await.expect("fast stop");
+    assert!(!killed && !ctl.is_running());
+}

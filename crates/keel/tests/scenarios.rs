@@ -464,12 +464,35 @@ fn pg_ctl_as_owner(c: &KeelCluster, node: &str, args: &[&str]) {
     assert!(status.success(), "pg_ctl {args:?} on {node} failed: {status}");
 }
 
-/// `remove_data_directory_on_rewind_failure` (on by default): when pg_rewind cannot rewind the old primary (here
-/// its WAL is gone), Keel removes the data directory and clones the node again from the new leader.
+/// `remove_data_directory_on_rewind_failure` (off by default, as in Patroni: wiping a data directory is never a
+/// default), set in the dynamic configuration with `keel edit-config`: when pg_rewind cannot rewind the old
+/// primary (here its WAL is gone), Keel removes the data directory and clones the node again from the new leader.
 #[test]
 fn old_primary_is_cloned_again_when_pg_rewind_cannot_rewind_it() {
     let _serial = serial();
     let (mut c, leader) = up(options());
+    ctl(
+        &c,
+        &leader,
+        &[
+            "edit-config",
+            "-q",
+            "-s",
+            "postgresql.remove_data_directory_on_rewind_failure=true",
+            "-s",
+            "postgresql.pg_ident=[cdc debezium app_cdc]",
+        ],
+    )
+    .expect("edit-config");
+    // The dynamic postgresql settings reach every node (pg_ident.conf here).
+    for n in c.names() {
+        let path = c.node(&n).data_dir.join("pg_ident.conf");
+        c.wait(&format!("pg_ident.conf on {n}"), Duration::from_secs(60), || {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            Ok(text.contains("\ncdc debezium app_cdc\n").then_some(()))
+        })
+        .unwrap();
+    }
     create_replicated_rows(&c, &leader);
     diverge_and_kill(&mut c, &leader);
     let new = wait_new_leader(&c, &leader, FAILOVER);

@@ -130,3 +130,38 @@ fn run_with_a_missing_file_fails_clearly() {
     assert_ne!(out.status.code(), Some(0));
     assert!(text(&out.stderr).contains("/nonexistent/keel.yml"), "{}", text(&out.stderr));
 }
+
+/// Settings Keel does not implement are refused by `keel validate` and by `keel run` at start, each named with
+/// its line and what to do: security settings are never merely warned about.
+#[test]
+fn unimplemented_settings_are_refused_at_validate_and_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = GOOD.replace("  hosts: 127.0.0.1:2379\n", "  hosts: 127.0.0.1:2379\n  cacert: /etc/etcd/ca.pem\n")
+        + "bootstrap:\n  dcs:\n    synchronous_mode: quorum\n";
+    let path = write(dir.path(), "refused.yml", &yaml);
+    for args in [&["validate", path.as_str()][..], &["run", path.as_str()]] {
+        let out = keel(args);
+        assert_ne!(out.status.code(), Some(0), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains("refused.yml:7: `etcd3.cacert`: etcd TLS and authentication"), "{args:?}: {err}");
+        assert!(err.contains("refused.yml:14: `bootstrap.dcs.synchronous_mode`: quorum commit"), "{args:?}: {err}");
+        assert!(!err.contains("warning"), "{args:?}: {err}");
+    }
+    let out = keel(&["validate", &path]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn refused_environment_variables_name_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "good.yml", GOOD);
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["validate", &path])
+        .env("PATRONI_RESTAPI_CERTFILE", "/etc/ssl/api.pem")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("PATRONI_RESTAPI_CERTFILE") && err.contains("restapi.certfile"), "{err}");
+}

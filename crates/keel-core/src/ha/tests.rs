@@ -450,6 +450,15 @@ rows! {
             .with("sync", r#"{"leader":"n1","sync_standby":"n2"}"#), replica_pg(1000)),
             vec![unreachable("n1"), peer("n3", true, true, 2000)])
         => [Action::AcquireLeader, Action::Promote { cause: PromoteCause::WonRace }], Reason::PromotedByRace;
+    race_quorum_mode_promotes_no_replica_automatically:
+        with_probes(input("n2", &World::healthy().no_leader().with("config", r#"{"synchronous_mode":"quorum"}"#)
+            .with("sync", r#"{"leader":"n1","sync_standby":"n2","quorum":1}"#), replica_pg(1000)),
+            vec![unreachable("n1"), peer("n3", true, true, 900)])
+        => [], Reason::NotHealthiest(Ineligible::QuorumNotImplemented);
+    race_quorum_mode_primary_without_key_takes_it_back:
+        with_probes(input("n1", &World::healthy().no_leader().with("config", r#"{"synchronous_mode":"quorum"}"#),
+            primary_pg(1000)), vec![peer("n2", true, true, 1000), peer("n3", true, true, 1000)])
+        => [Action::AcquireLeader], Reason::AcquiredLockAsLeader;
     race_check_timeline_excludes_old_timeline:
         input("n2", &World::healthy().no_leader().with("config", r#"{"check_timeline":true}"#)
             .with("history", r#"[[1,500,"no recovery target specified"]]"#), replica_pg(1000)) => [],

@@ -278,6 +278,9 @@ pub enum Ineligible {
     },
     /// `synchronous_mode` is on and we are neither the `/sync` leader nor a listed standby.
     NotSynchronous,
+    /// `synchronous_mode: quorum` is in the store: Keel does not implement quorum commit, so it cannot tell which
+    /// standbys hold every acknowledged commit and promotes none automatically.
+    QuorumNotImplemented,
     TimelineBehind {
         ours: u32,
         cluster: u32,
@@ -323,6 +326,11 @@ impl fmt::Display for Ineligible {
                 write!(f, "my lag of {lag} bytes exceeds maximum_lag_on_failover {max}")
             }
             Ineligible::NotSynchronous => write!(f, "I am not a synchronous standby"),
+            Ineligible::QuorumNotImplemented => write!(
+                f,
+                "synchronous_mode is quorum, which Keel does not implement: no automatic failover (it could lose \
+                 acknowledged commits); set synchronous_mode to on or off with keel edit-config"
+            ),
             Ineligible::TimelineBehind { ours, cluster } => {
                 write!(f, "my timeline {ours} is behind the cluster timeline {cluster}")
             }

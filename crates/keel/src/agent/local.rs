@@ -6,13 +6,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
+use keel_core::dynconfig::{DynamicConfig, SynchronousMode};
 use keel_core::ha::{DataDir, DemoteMode, PgObservation, PgRole, PgRunning};
 use keel_core::lsn::Lsn;
+use keel_core::pgconfig::PgSettings;
 use keel_core::time::Millis;
 use keel_core::view::{ClusterView, Member};
 use tracing::{info, warn};
 
-use crate::config::{Auth, Config};
+use super::pgauth::{pgpass_text, Cred, Pgpass};
+use crate::config::Config;
 use crate::postgres::bins::PgBinaries;
 use crate::postgres::conf::{self, RecoveryConf, ServerConf};
 use crate::postgres::ctl::{InitdbOption, InitdbParams, PgCtl, RewindOutcome, StopMode};
@@ -23,35 +26,10 @@ use crate::postgres::roles::{self, RoleKind, RoleSpec};
 use crate::postgres::slots as pg_slots;
 use crate::postgres::ConnParams;
 
-/// Generous limits for the slow PostgreSQL operations.
-const START_TIMEOUT: Duration = Duration::from_secs(120);
-const STOP_TIMEOUT: Duration = Duration::from_secs(120);
+/// Generous limits for the slow PostgreSQL operations (`pg_ctl start`/`stop`/`restart` use `pg_ctl_timeout`).
+const PROMOTE_TIMEOUT: Duration = Duration::from_secs(120);
 const BASEBACKUP_TIMEOUT: Duration = Duration::from_secs(3600);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Credentials as (user, password).
-#[derive(Debug, Clone)]
-struct Cred {
-    user: String,
-    password: Option<String>,
-}
-
-impl Cred {
-    fn from(auth: Option<&Auth>, default_user: &str) -> Cred {
-        Cred {
-            user: auth.and_then(|a| a.username.clone()).unwrap_or_else(|| default_user.to_string()),
-            password: auth.and_then(|a| a.password.clone()),
-        }
-    }
-
-    fn params(&self, host: &str, port: u16) -> ConnParams {
-        let p = ConnParams::new(host, port, self.user.clone());
-        match &self.password {
-            Some(pw) => p.with_password(pw.clone()),
-            None => p,
-        }
-    }
-}
 
 /// The local node's PostgreSQL.
 pub struct Local {
@@ -68,7 +46,14 @@ pub struct Local {
     replication: Cred,
     rewind: Cred,
     local_params: serde_json::Map<String, serde_json::Value>,
-    pg_hba: Vec<String>,
+    /// The `postgresql` settings in effect (local file over dynamic configuration): pg_hba, pg_ident,
+    /// pg_ctl_timeout, remove_data_directory_*.
+    settings: PgSettings,
+    /// `primary_stop_timeout` when synchronous mode is on (Patroni applies it only then).
+    kill_after: Option<Duration>,
+    /// `postgresql.database`: the database of the agent's own connections.
+    database: String,
+    pgpass: Option<Pgpass>,
     initdb: Vec<serde_json::Value>,
     use_slots: bool,
     /// The member `primary_conninfo` points at, as last written by this agent (`None` after start-up).
@@ -86,13 +71,8 @@ pub struct Local {
     pub synchronous_standby_names: Option<String>,
     /// `hot_standby_feedback` forced on for logical slots.
     force_hsf: bool,
-    /// `postgresql.conf`/`pg_hba.conf` must be written again even if the parameters did not change.
+    /// `postgresql.conf`/`pg_hba.conf`/`pg_ident.conf` must be written again even if the parameters did not change.
     rewrite_conf: bool,
-    /// Clone again when pg_rewind reports it cannot rewind (`remove_data_directory_on_rewind_failure`, default on
-    /// in Keel: a node that cannot rejoin helps nobody, and its diverged WAL is not on the cluster's timeline).
-    reclone_on_rewind_failure: bool,
-    /// Clone again when diverged with pg_rewind disabled (`remove_data_directory_on_diverged_timelines`, off).
-    reclone_on_divergence: bool,
 }
 
 /// Host and port of a `postgres://host:port/...` URL.
@@ -126,12 +106,17 @@ impl Local {
         };
         let auth = &cfg.postgresql.authentication;
         let initdb = cfg.bootstrap.initdb.clone();
-        let mut pg_hba = cfg.postgresql.pg_hba.clone();
-        if pg_hba.is_empty() {
-            if let Some(lines) = cfg.bootstrap.dcs.get("pg_hba").and_then(|v| v.as_array()) {
-                pg_hba = lines.iter().filter_map(|l| l.as_str().map(str::to_string)).collect();
-            }
-        }
+        let superuser = Cred::from(auth.superuser.as_ref(), "postgres");
+        let replication = Cred::from(auth.replication.as_ref(), "replicator");
+        let rewind = Cred::from(auth.rewind.as_ref().or(auth.superuser.as_ref()), "postgres");
+        let pgpass =
+            cfg.postgresql.pgpass.as_ref().filter(|p| !p.is_empty()).map(|path| Pgpass {
+                path: PathBuf::from(path),
+                text: pgpass_text(&[&replication, &rewind, &superuser]),
+            });
+        // Until the store's configuration is read: bootstrap.dcs under the local settings.
+        let dynamic = DynamicConfig::from_value(cfg.bootstrap.dcs.clone())
+            .with_local_postgresql(&cfg.postgresql.dynamic_overrides());
         Ok(Local {
             ctl: PgCtl::new(bins.clone(), run_as.clone(), data_dir.clone()),
             bins,
@@ -141,11 +126,14 @@ impl Local {
             listen_host,
             listen_addresses: listen.clone(),
             port,
-            superuser: Cred::from(auth.superuser.as_ref(), "postgres"),
-            replication: Cred::from(auth.replication.as_ref(), "replicator"),
-            rewind: Cred::from(auth.rewind.as_ref().or(auth.superuser.as_ref()), "postgres"),
+            superuser,
+            replication,
+            rewind,
             local_params: cfg.postgresql.parameters.clone(),
-            pg_hba,
+            settings: dynamic.postgresql.clone(),
+            kill_after: None,
+            database: cfg.postgresql.database().to_string(),
+            pgpass,
             initdb,
             use_slots: true,
             following: None,
@@ -157,19 +145,43 @@ impl Local {
             synchronous_standby_names: None,
             force_hsf: false,
             rewrite_conf: false,
-            reclone_on_rewind_failure: cfg.postgresql.remove_data_directory_on_rewind_failure.unwrap_or(true),
-            reclone_on_divergence: cfg.postgresql.remove_data_directory_on_diverged_timelines.unwrap_or(false),
         })
     }
 
-    /// Applies the dynamic configuration's PostgreSQL settings (used when the config files are next written).
-    pub fn set_dynamic(&mut self, cfg: &keel_core::dynconfig::DynamicConfig) {
+    /// Applies the effective dynamic configuration (the store's, with the local `postgresql` section laid over
+    /// it): parameters, pg_hba and pg_ident are written when the config files are next written.
+    pub fn set_dynamic(&mut self, cfg: &DynamicConfig) {
         self.use_slots = cfg.use_slots;
         self.dynamic_params = cfg.pg_parameters();
+        if self.settings.pg_hba != cfg.postgresql.pg_hba || self.settings.pg_ident != cfg.postgresql.pg_ident {
+            self.rewrite_conf = true;
+        }
+        self.settings = cfg.postgresql.clone();
+        let sync = cfg.synchronous_mode != SynchronousMode::Off;
+        self.kill_after = (sync && cfg.primary_stop_timeout > 0).then(|| Duration::from_secs(cfg.primary_stop_timeout));
+    }
+
+    /// `pg_ctl_timeout`: the deadline of `pg_ctl start`, `stop` and `restart`.
+    fn pg_ctl_timeout(&self) -> Duration {
+        Duration::from_secs(self.settings.pg_ctl_timeout.max(1))
+    }
+
+    /// Stops PostgreSQL within `pg_ctl_timeout`; a running primary in synchronous mode is killed after
+    /// `primary_stop_timeout` (Patroni's rule).
+    async fn stop_pg(&mut self, mode: StopMode, primary: bool) -> Result<()> {
+        self.session = None;
+        let kill_after = if primary { self.kill_after } else { None };
+        self.ctl.stop_or_kill(mode, self.pg_ctl_timeout(), kill_after).await?;
+        Ok(())
+    }
+
+    /// The database of the agent's own connections (`postgresql.database`, default `postgres`).
+    pub fn database(&self) -> &str {
+        &self.database
     }
 
     fn local_conn(&self) -> ConnParams {
-        self.superuser.params(&self.listen_host, self.port).with_application_name("keel")
+        self.superuser.params(&self.listen_host, self.port, &self.database).with_application_name("keel")
     }
 
     async fn session(&mut self) -> Result<&observe::Session> {
@@ -282,12 +294,20 @@ impl Local {
         let url = member.conn_url.as_deref().ok_or_else(|| anyhow!("member {} has no conn_url", member.name))?;
         let (host, port) =
             host_port(url).ok_or_else(|| anyhow!("member {}: cannot read host and port from {url}", member.name))?;
-        Ok(cred.params(&host, port).with_application_name(self.name.clone()))
+        Ok(cred.params(&host, port, &self.database).with_application_name(self.name.clone()))
+    }
+
+    /// `params` reading their password from `postgresql.pgpass` when it is configured.
+    fn with_pgpass(&self, params: ConnParams) -> Result<ConnParams> {
+        match &self.pgpass {
+            Some(p) => p.apply(params, &self.run_as),
+            None => Ok(params),
+        }
     }
 
     fn recovery_for(&self, upstream: Option<&Member>) -> Result<RecoveryConf> {
         let primary = match upstream {
-            Some(m) => Some(self.member_params(m, &self.replication)?),
+            Some(m) => Some(self.with_pgpass(self.member_params(m, &self.replication)?)?),
             None => None,
         };
         let slot =
@@ -297,7 +317,11 @@ impl Local {
 
     fn write_conf(&mut self, recovery: Option<RecoveryConf>) -> Result<()> {
         let sc = self.server_conf(recovery);
-        conf::write_config(&self.data_dir, &sc, Some(&self.pg_hba), &self.run_as).context("writing postgresql.conf")?;
+        let hba = self.settings.pg_hba.as_deref();
+        conf::write_config(&self.data_dir, &sc, hba, &self.run_as).context("writing postgresql.conf")?;
+        if let Some(lines) = &self.settings.pg_ident {
+            conf::write_pg_ident(&self.data_dir, lines, &self.run_as).context("writing pg_ident.conf")?;
+        }
         self.written = Some(sc);
         Ok(())
     }
@@ -329,7 +353,7 @@ impl Local {
 
     async fn start(&mut self) -> Result<()> {
         self.session = None;
-        self.ctl.start(true, START_TIMEOUT).await?;
+        self.ctl.start(true, self.pg_ctl_timeout()).await?;
         Ok(())
     }
 
@@ -367,7 +391,7 @@ impl Local {
 
     /// pg_basebackup from `source`, then start as its replica.
     pub async fn create_replica(&mut self, source: &Member, leader: Option<&Member>) -> Result<()> {
-        let params = self.member_params(source, &self.replication)?;
+        let params = self.with_pgpass(self.member_params(source, &self.replication)?)?;
         info!("creating a replica from {} with pg_basebackup", source.name);
         self.ctl.basebackup(&params, BASEBACKUP_TIMEOUT).await?;
         let upstream = leader.unwrap_or(source);
@@ -405,7 +429,7 @@ impl Local {
             Ok(s) => s.observe().await.ok(),
             Err(_) => None,
         };
-        self.ctl.promote(true, START_TIMEOUT).await?;
+        self.ctl.promote(true, PROMOTE_TIMEOUT).await?;
         // Keel owns postgresql.conf: drop the recovery settings so a restart does not re-enter recovery.
         self.write_conf(None)?;
         self.following = None;
@@ -449,18 +473,15 @@ impl Local {
                         warn!("CHECKPOINT before switchover failed: {e}");
                     }
                 }
-                self.session = None;
-                self.ctl.stop(StopMode::Fast, STOP_TIMEOUT).await?;
+                self.stop_pg(StopMode::Fast, true).await?;
                 self.start_replica(None).await
             }
             DemoteMode::ImmediateNoLock => {
-                self.session = None;
-                self.ctl.stop(StopMode::Immediate, STOP_TIMEOUT).await?;
+                self.stop_pg(StopMode::Immediate, true).await?;
                 self.start_replica(None).await
             }
             DemoteMode::Offline => {
-                self.session = None;
-                self.ctl.stop(StopMode::Fast, STOP_TIMEOUT).await?;
+                self.stop_pg(StopMode::Fast, true).await?;
                 self.start_replica(None).await
             }
         }
@@ -508,8 +529,7 @@ impl Local {
         files: &[(String, Vec<u8>, keel_core::slotfile::Expectation)],
     ) -> Result<()> {
         let owner = self.run_as.owner().ok();
-        self.session = None;
-        self.ctl.stop(StopMode::Fast, STOP_TIMEOUT).await?;
+        self.stop_pg(StopMode::Fast, false).await?;
         let mut result = Ok(());
         for (name, bytes, expectation) in files {
             if let Err(e) = crate::slots::copy::write_slot_file(&self.data_dir, name, bytes, expectation, owner, true) {
@@ -523,10 +543,9 @@ impl Local {
 
     /// Takes the run-time changeable parts of a re-read configuration file; `apply_parameters` writes them.
     pub fn reload_local(&mut self, cfg: &Config) {
+        // pg_hba and pg_ident arrive through `set_dynamic` (the agent lays the re-read local section over the
+        // dynamic configuration).
         self.local_params = cfg.postgresql.parameters.clone();
-        if !cfg.postgresql.pg_hba.is_empty() {
-            self.pg_hba = cfg.postgresql.pg_hba.clone();
-        }
         // Rewrite (and reload) on the next cycle even if only pg_hba changed.
         self.rewrite_conf = true;
     }
@@ -534,15 +553,14 @@ impl Local {
     /// Restarts PostgreSQL with a fast shutdown, keeping its current configuration.
     pub async fn restart(&mut self) -> Result<()> {
         self.session = None;
-        self.ctl.restart(StopMode::Fast, START_TIMEOUT).await?;
+        self.ctl.restart(StopMode::Fast, self.pg_ctl_timeout()).await?;
         Ok(())
     }
 
-    /// Stops PostgreSQL (fast) for a clean agent shutdown.
-    pub async fn stop(&mut self) -> Result<()> {
-        self.session = None;
-        self.ctl.stop(StopMode::Fast, STOP_TIMEOUT).await?;
-        Ok(())
+    /// Stops PostgreSQL (fast) for a clean agent shutdown; `primary`: it runs as the primary (for
+    /// `primary_stop_timeout`).
+    pub async fn stop(&mut self, primary: bool) -> Result<()> {
+        self.stop_pg(StopMode::Fast, primary).await
     }
 
     /// Whether this node's history diverged from `leader`'s timeline; if so and `use_pg_rewind`, rewinds.
@@ -592,12 +610,19 @@ impl Local {
         }
         info!("my timeline {local_tl} at {local_lsn} diverged from the leader's timeline {leader_tl}");
         if !use_pg_rewind {
-            if self.reclone_on_divergence {
-                warn!("diverged and postgresql.use_pg_rewind is off: removing the data directory to clone it again");
-                self.stop().await?;
+            if self.settings.remove_data_directory_on_diverged_timelines {
+                warn!(
+                    "diverged and postgresql.use_pg_rewind is off: removing the data directory to clone it again \
+                     (remove_data_directory_on_diverged_timelines)"
+                );
+                self.stop(false).await?;
                 self.remove_data().await?;
             } else {
-                warn!("postgresql.use_pg_rewind is off: this node needs a reinit (keel reinit {})", self.name);
+                warn!(
+                    "postgresql.use_pg_rewind is off: this node needs a reinit (keel reinit {}), or set \
+                     remove_data_directory_on_diverged_timelines",
+                    self.name
+                );
             }
             return Ok(false);
         }
@@ -627,7 +652,7 @@ impl Local {
     async fn rewind(&mut self, leader: &Member) -> Result<bool> {
         // pg_rewind needs a cleanly shut-down target: finish crash recovery first if needed.
         if self.ctl.is_running() {
-            self.ctl.stop(StopMode::Fast, STOP_TIMEOUT).await?;
+            self.stop_pg(StopMode::Fast, false).await?;
         }
         let cd = datadir::controldata(&self.data_dir, &self.bins, &self.run_as).await?;
         if !cd.cluster_state.is_clean_shutdown() {
@@ -635,9 +660,9 @@ impl Local {
             let recovery = self.recovery_for(None)?;
             self.write_conf(Some(recovery))?;
             self.start().await?;
-            self.ctl.stop(StopMode::Fast, STOP_TIMEOUT).await?;
+            self.stop_pg(StopMode::Fast, false).await?;
         }
-        let params = self.member_params(leader, &self.rewind)?;
+        let params = self.with_pgpass(self.member_params(leader, &self.rewind)?)?;
         info!("running pg_rewind from {}", leader.name);
         match self.ctl.rewind(&params, BASEBACKUP_TIMEOUT).await? {
             RewindOutcome::Done | RewindOutcome::NotNeeded => {
@@ -649,11 +674,18 @@ impl Local {
                 Ok(true)
             }
             RewindOutcome::Impossible { reason } => {
-                if self.reclone_on_rewind_failure {
-                    warn!("pg_rewind is not possible: {reason}; removing the data directory to clone it again");
+                if self.settings.remove_data_directory_on_rewind_failure {
+                    warn!(
+                        "pg_rewind is not possible: {reason}; removing the data directory to clone it again \
+                         (remove_data_directory_on_rewind_failure)"
+                    );
                     self.remove_data().await?;
                 } else {
-                    warn!("pg_rewind is not possible: {reason}; this node needs a reinit (keel reinit {})", self.name);
+                    warn!(
+                        "pg_rewind is not possible: {reason}; this node needs a reinit (keel reinit {}), or set \
+                         remove_data_directory_on_rewind_failure",
+                        self.name
+                    );
                 }
                 Ok(false)
             }
@@ -680,7 +712,7 @@ impl Local {
     /// Wipes the data directory (for reinit).
     pub async fn remove_data(&mut self) -> Result<()> {
         if self.ctl.is_running() {
-            self.ctl.stop(StopMode::Immediate, STOP_TIMEOUT).await?;
+            self.stop_pg(StopMode::Immediate, false).await?;
         }
         if self.data_dir.exists() {
             for entry in std::fs::read_dir(&self.data_dir)? {

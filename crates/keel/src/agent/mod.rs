@@ -2,9 +2,11 @@
 //! (`keel_core::ha::decide`), executes the actions, publishes its member key, and logs one line saying what was
 //! decided and why.
 
+mod dynamic;
 pub mod failsafe;
 pub mod follower;
 pub mod local;
+pub mod pgauth;
 pub mod probe;
 pub mod slots;
 
@@ -124,6 +126,8 @@ pub async fn run(config_path: &Path) -> Result<()> {
         }
     });
     let mut agent = Agent {
+        local_pg: cfg.postgresql.dynamic_overrides(),
+        checked_config: None,
         conn_url: cfg.postgres_url(),
         api_url: cfg.restapi_url(),
         bootstrap_dcs: cfg.bootstrap_dcs().clone(),
@@ -152,6 +156,10 @@ pub async fn run(config_path: &Path) -> Result<()> {
 
 struct Agent<B: KvBackend> {
     cfg: Config,
+    /// The local file's `postgresql` settings that win over the dynamic configuration's (re-read on reload).
+    local_pg: serde_json::Map<String, serde_json::Value>,
+    /// The revision of the store's `config` key last checked against the schema (see `check_store_config`).
+    checked_config: Option<i64>,
     conn_url: String,
     api_url: String,
     bootstrap_dcs: serde_json::Value,
@@ -279,6 +287,10 @@ impl<B: KvBackend> Agent<B> {
         };
         self.store_reachable = store_ok;
         let lease_valid = self.last_lease_ok.is_some_and(|t| t.elapsed() < ttl);
+        if let Some(c) = self.view.config.as_mut() {
+            c.value = c.value.clone().with_local_postgresql(&self.local_pg);
+        }
+        self.check_store_config()?;
         let dynamic = self.dynamic_config();
         self.local.set_dynamic(&dynamic);
         if store_ok {
@@ -617,59 +629,9 @@ impl<B: KvBackend> Agent<B> {
             warn!("{}: {w}", self.config_path.display());
         }
         self.local.reload_local(&loaded.config);
+        self.local_pg = loaded.config.postgresql.dynamic_overrides();
         info!("reloaded {}", self.config_path.display());
         Ok(())
-    }
-
-    /// Synchronous mode on the leader: write the `sync` key, then set `synchronous_standby_names` (in that
-    /// order; see `keel_core::sync`). Anywhere else the parameter is left empty.
-    async fn manage_sync(&mut self, is_primary: bool) {
-        let cfg = self.dynamic_config();
-        let plan = match (&self.last_obs, self.holds_leader && is_primary) {
-            (Some(obs), true) => {
-                let standbys: Vec<keel_core::sync::StandbyConn> = obs
-                    .replication
-                    .iter()
-                    .map(|r| keel_core::sync::StandbyConn {
-                        name: r.application_name.clone(),
-                        streaming: r.state.as_deref() == Some("streaming"),
-                        is_sync: matches!(r.sync_state.as_deref(), Some("sync") | Some("quorum")),
-                        flush_lsn: r.flush_lsn,
-                    })
-                    .collect();
-                keel_core::sync::plan(&self.cfg.name, &self.view, &cfg, &standbys)
-            }
-            _ => None,
-        };
-        let Some(plan) = plan else {
-            self.local.synchronous_standby_names = None;
-            return;
-        };
-        if let Some((key, version)) = &plan.write_key {
-            match self.store.set_sync(key, Some(version.unwrap_or(0))).await {
-                Ok(true) => info!("sync key now lists {:?}", key.sync_standby),
-                Ok(false) => {
-                    warn!("the sync key changed under us; retrying next cycle");
-                    return;
-                }
-                Err(e) => {
-                    warn!("cannot write the sync key: {e}");
-                    return;
-                }
-            }
-        }
-        if self.local.synchronous_standby_names.as_deref() != Some(plan.standby_names.as_str()) {
-            info!("setting synchronous_standby_names to '{}'", plan.standby_names);
-            self.local.synchronous_standby_names = Some(plan.standby_names);
-        }
-    }
-
-    /// The dynamic configuration: the store's, or `bootstrap.dcs` until the store has one (as Patroni does).
-    fn dynamic_config(&self) -> keel_core::dynconfig::DynamicConfig {
-        match &self.view.config {
-            Some(c) => c.value.clone(),
-            None => keel_core::dynconfig::DynamicConfig::from_value(self.bootstrap_dcs.clone()),
-        }
     }
 
     /// Writes `status` with this optime and the slot positions last published (the store client skips the write
@@ -801,7 +763,8 @@ impl<B: KvBackend> Agent<B> {
     async fn shutdown(&mut self) -> Result<()> {
         info!("shutting down: stopping PostgreSQL");
         let last = self.local.observe(Millis(unix_ms())).await.0.wal_position();
-        if let Err(e) = self.local.stop().await {
+        let primary = self.last_obs.as_ref().is_some_and(|o| !o.in_recovery);
+        if let Err(e) = self.local.stop(primary).await {
             error!("could not stop PostgreSQL: {e:#}");
         }
         if self.holds_leader {

@@ -357,7 +357,7 @@ impl SlotManager {
         local: &mut Local,
         leader: &Member,
     ) -> Result<()> {
-        let session = local.leader_session(leader, "postgres").await?;
+        let session = local.leader_session(leader, local.database()).await?;
         let mut files = Vec::new();
         for (slot, database, plugin) in copies {
             let on_leader = pg_slots::list(&session).await?;
@@ -414,7 +414,7 @@ impl SlotManager {
             self.follow(None);
             return;
         };
-        let Ok(leader_params) = local.leader_params(leader, "postgres") else {
+        let Ok(leader_params) = local.leader_params(leader, local.database()) else {
             self.follow(None);
             return;
         };
@@ -453,7 +453,9 @@ impl SlotManager {
         let mut primary_physical = PrimaryPhysicalSlot::Unknown;
         let mut primary_logical: BTreeMap<String, Option<Xid>> = BTreeMap::new();
         if let Some(l) = leader {
-            if let Ok(Ok(s)) = tokio::time::timeout(LEADER_QUERY_TIMEOUT, local.leader_session(l, "postgres")).await {
+            if let Ok(Ok(s)) =
+                tokio::time::timeout(LEADER_QUERY_TIMEOUT, local.leader_session(l, local.database())).await
+            {
                 if let Ok(list) = pg_slots::list(&s).await {
                     primary_physical = match list.iter().find(|x| x.name == own_slot) {
                         None => PrimaryPhysicalSlot::Missing,

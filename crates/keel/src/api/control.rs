@@ -43,6 +43,14 @@ pub fn json_object(body: &[u8], optional: bool) -> Result<Map<String, Value>, Re
     }
 }
 
+/// A new dynamic configuration must be one Keel runs: a refused setting (e.g. `synchronous_mode: quorum`), an
+/// unknown key or a wrong type is refused with 422 and the message naming each setting and what to do.
+pub fn check_dynamic(config: &Value) -> Result<(), Refusal> {
+    crate::config::dynamic::check(config)
+        .map(drop)
+        .map_err(|e| Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, format!("configuration not changed: {e}")))
+}
+
 /// Patroni's `patch_config`: a JSON merge patch where `null` deletes an existing key, objects merge recursively
 /// into existing objects, and anything else (including a new object, stored as given with its nulls) replaces.
 /// Returns whether `config` changed.

@@ -261,6 +261,7 @@ async fn patch_config<B: ApiBackend>(State(s): St<B>, headers: HeaderMap, body: 
     };
     if control::patch_config(&mut data, &patch) {
         let value = Value::Object(data.clone());
+        try_refusal!(control::check_dynamic(&value));
         match s.backend.store().set_config(&value, Some(current.version)).await {
             Ok(true) => info!("dynamic configuration patched through the REST API"),
             Ok(false) => {
@@ -278,6 +279,7 @@ async fn put_config<B: ApiBackend>(State(s): St<B>, headers: HeaderMap, body: By
         return r;
     }
     let new = Value::Object(try_refusal!(control::json_object(&body, false)));
+    try_refusal!(control::check_dynamic(&new));
     let current = read_view(s.backend.store()).await.ok().and_then(|(v, _)| v.config).map(|c| c.value.raw);
     if current.as_ref() != Some(&new) {
         match s.backend.store().set_config(&new, None).await {

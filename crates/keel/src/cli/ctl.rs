@@ -80,7 +80,7 @@ pub struct Ctl {
 impl Ctl {
     /// Loads `path` and prepares (without connecting yet) the store of `cluster` (default: the `scope`).
     pub fn open(path: &Path, cluster: Option<&str>) -> CtlResult<Ctl> {
-        let loaded = Config::load(path, &config::env::from_process()).map_err(|e| CtlError::Usage(e.to_string()))?;
+        let loaded = Config::load(path, &config::env::from_process()).map_err(|e| CtlError::Usage(e.one_line()))?;
         let config = loaded.config;
         let scope = cluster.filter(|c| !c.is_empty()).unwrap_or(&config.scope).to_string();
         let timeout = Duration::from_secs(config.timing.retry_timeout).min(MAX_STORE_TIMEOUT);
@@ -107,9 +107,9 @@ impl Ctl {
         Ok(view)
     }
 
-    /// A client for the members' REST APIs, with `restapi.authentication` when configured.
+    /// A client for the members' REST APIs, with `ctl.authentication` or `restapi.authentication` when configured.
     pub fn rest(&self) -> CtlResult<Rest> {
-        Rest::new(self.config.restapi.authentication.as_ref())
+        Rest::new(self.config.ctl_auth())
     }
 }
 

@@ -108,6 +108,7 @@ pub fn run(args: &DemoArgs) -> u8 {
                 nodes: args.nodes.into(),
                 bin_dir,
                 keel_bin,
+                reclone_on_rewind_failure: true,
                 ..ClusterOptions::default()
             };
             let status = match LocalCluster::create(opts, &dir, &etcd.hosts()) {

@@ -267,6 +267,9 @@ pub async fn edit_config(ctl: &Ctl, args: &EditConfigArgs) -> CtlResult {
         return Ok(());
     }
     let (before, after) = (Value::Object(before), Value::Object(after));
+    if let Err(e) = crate::config::dynamic::check(&after) {
+        return failed(format!("configuration not changed: {}", e.one_line()));
+    }
     if !args.quiet {
         print!("{}", unified_diff(&output::yaml(&before), &output::yaml(&after)));
     }

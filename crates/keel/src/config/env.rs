@@ -5,35 +5,19 @@
 use super::yaml::{Entry, Node, Origin, Value};
 use super::Env;
 
-/// Variable → key path. `PATRONI_<TAG>` (tags) is a Keel addition: Patroni has no environment variables for tags.
+/// Variable → key path, for the variables that do not follow the `PATRONI_<SECTION>_<KEY>` rule.
+/// `PATRONI_<TAG>` (tags) is a Keel addition: Patroni has no environment variables for tags.
 pub const OVERRIDES: &[(&str, &[&str])] = &[
     ("PATRONI_SCOPE", &["scope"]),
     ("PATRONI_NAME", &["name"]),
     ("PATRONI_NAMESPACE", &["namespace"]),
-    ("PATRONI_RESTAPI_LISTEN", &["restapi", "listen"]),
-    ("PATRONI_RESTAPI_CONNECT_ADDRESS", &["restapi", "connect_address"]),
+    ("PATRONI_THREAD_POOL_SIZE", &["thread_pool_size"]),
+    ("PATRONI_THREAD_STACK_SIZE", &["thread_stack_size"]),
     ("PATRONI_RESTAPI_USERNAME", &["restapi", "authentication", "username"]),
     ("PATRONI_RESTAPI_PASSWORD", &["restapi", "authentication", "password"]),
-    ("PATRONI_ETCD3_HOST", &["etcd3", "host"]),
-    ("PATRONI_ETCD3_HOSTS", &["etcd3", "hosts"]),
-    ("PATRONI_ETCD3_PROTOCOL", &["etcd3", "protocol"]),
-    ("PATRONI_ETCD3_USERNAME", &["etcd3", "username"]),
-    ("PATRONI_ETCD3_PASSWORD", &["etcd3", "password"]),
-    ("PATRONI_ETCD3_CACERT", &["etcd3", "cacert"]),
-    ("PATRONI_ETCD3_CERT", &["etcd3", "cert"]),
-    ("PATRONI_ETCD3_KEY", &["etcd3", "key"]),
-    ("PATRONI_POSTGRESQL_LISTEN", &["postgresql", "listen"]),
-    ("PATRONI_POSTGRESQL_CONNECT_ADDRESS", &["postgresql", "connect_address"]),
-    ("PATRONI_POSTGRESQL_DATA_DIR", &["postgresql", "data_dir"]),
-    ("PATRONI_POSTGRESQL_CONFIG_DIR", &["postgresql", "config_dir"]),
-    ("PATRONI_POSTGRESQL_BIN_DIR", &["postgresql", "bin_dir"]),
-    ("PATRONI_POSTGRESQL_PGPASS", &["postgresql", "pgpass"]),
-    ("PATRONI_SUPERUSER_USERNAME", &["postgresql", "authentication", "superuser", "username"]),
-    ("PATRONI_SUPERUSER_PASSWORD", &["postgresql", "authentication", "superuser", "password"]),
-    ("PATRONI_REPLICATION_USERNAME", &["postgresql", "authentication", "replication", "username"]),
-    ("PATRONI_REPLICATION_PASSWORD", &["postgresql", "authentication", "replication", "password"]),
-    ("PATRONI_REWIND_USERNAME", &["postgresql", "authentication", "rewind", "username"]),
-    ("PATRONI_REWIND_PASSWORD", &["postgresql", "authentication", "rewind", "password"]),
+    ("PATRONI_CTL_USERNAME", &["ctl", "authentication", "username"]),
+    ("PATRONI_CTL_PASSWORD", &["ctl", "authentication", "password"]),
+    ("PATRONI_RETRIABLE_HTTP_CODES", &["kubernetes", "retriable_http_codes"]),
     ("PATRONI_NOFAILOVER", &["tags", "nofailover"]),
     ("PATRONI_FAILOVER_PRIORITY", &["tags", "failover_priority"]),
     ("PATRONI_NOLOADBALANCE", &["tags", "noloadbalance"]),
@@ -43,6 +27,45 @@ pub const OVERRIDES: &[(&str, &[&str])] = &[
     ("PATRONI_NOSTREAM", &["tags", "nostream"]),
 ];
 
+/// `PATRONI_<SECTION>_<KEY>` → `<section>.<key>` (longest prefix first), as Patroni's documented variables are
+/// built; the schema then decides each key's fate like a key in the file.
+const SECTIONS: &[(&str, &[&str])] = &[
+    ("PATRONI_POSTGRESQL_BIN_", &["postgresql", "bin_name"]),
+    ("PATRONI_SUPERUSER_", &["postgresql", "authentication", "superuser"]),
+    ("PATRONI_REPLICATION_", &["postgresql", "authentication", "replication"]),
+    ("PATRONI_REWIND_", &["postgresql", "authentication", "rewind"]),
+    ("PATRONI_POSTGRESQL_", &["postgresql"]),
+    ("PATRONI_RESTAPI_", &["restapi"]),
+    ("PATRONI_CTL_", &["ctl"]),
+    ("PATRONI_LOG_", &["log"]),
+    ("PATRONI_ETCD3_", &["etcd3"]),
+    ("PATRONI_ETCD_", &["etcd"]),
+    ("PATRONI_CONSUL_", &["consul"]),
+    ("PATRONI_ZOOKEEPER_", &["zookeeper"]),
+    ("PATRONI_EXHIBITOR_", &["exhibitor"]),
+    ("PATRONI_KUBERNETES_", &["kubernetes"]),
+    ("PATRONI_RAFT_", &["raft"]),
+    ("PATRONI_CITUS_", &["citus"]),
+];
+
+/// Patroni reads the whole configuration from this variable when it is set; Keel does not.
+pub const CONFIGURATION_VAR: &str = "PATRONI_CONFIGURATION";
+
+/// The key path a `PATRONI_*` variable sets, if it is one.
+pub fn path_of(var: &str) -> Option<Vec<String>> {
+    if let Some((_, path)) = OVERRIDES.iter().find(|(v, _)| *v == var) {
+        return Some(path.iter().map(|p| p.to_string()).collect());
+    }
+    let (prefix, section) = SECTIONS.iter().find(|(prefix, _)| var.starts_with(prefix))?;
+    let key = var[prefix.len()..].to_ascii_lowercase();
+    if key.is_empty() {
+        return None;
+    }
+    let mut path: Vec<String> = section.iter().map(|p| p.to_string()).collect();
+    path.push(key);
+    Some(path)
+}
+
 /// The process environment's `PATRONI_*` variables (non-UTF-8 ones are skipped).
 pub fn from_process() -> Env {
     std::env::vars_os()
@@ -51,18 +74,28 @@ pub fn from_process() -> Env {
         .collect()
 }
 
-/// Writes the overrides into the document. Empty values are ignored, as Patroni does.
-pub fn apply(root: &mut Node, env: &Env) {
-    for (var, path) in OVERRIDES {
-        let Some(value) = env.get(*var).filter(|v| !v.is_empty()) else { continue };
+/// Writes the overrides into the document (empty values are ignored, as Patroni does) and returns a warning for
+/// each `PATRONI_*` variable that is no Patroni setting (left alone). `PATRONI_CONFIGURATION` is the caller's.
+pub fn apply(root: &mut Node, env: &Env) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (var, value) in env.iter().filter(|(k, v)| k.starts_with("PATRONI_") && !v.is_empty()) {
+        if var == CONFIGURATION_VAR {
+            continue;
+        }
+        let Some(path) = path_of(var) else {
+            warnings.push(format!("environment variable {var} is not a Patroni setting; ignored"));
+            continue;
+        };
         let origin = Origin::Env(var.to_string());
-        let node = if *var == "PATRONI_ETCD3_HOSTS" {
+        let node = if var.ends_with("_HOSTS") {
             list_value(value, origin)
         } else {
             Node::new(Value::Str(value.clone()), origin)
         };
-        set(root, path, node);
+        let path: Vec<&str> = path.iter().map(String::as_str).collect();
+        set(root, &path, node);
     }
+    warnings
 }
 
 /// Patroni reads list variables as YAML when they look like a list (`[a, b]`, `- a`), else as `a,b`.

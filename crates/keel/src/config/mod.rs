@@ -1,13 +1,19 @@
 //! Keel's local configuration: Patroni's YAML file, read unchanged.
 //!
 //! [`Config::load`] reads the file, applies `PATRONI_*` environment overrides (from an injectable map), checks
-//! every key against Patroni's schema ([`schema`]) and returns the typed configuration plus warnings. Settings
-//! Patroni knows but Keel does not implement yet are accepted with one warning naming all of them; any other key
-//! is an error naming its full path and line.
+//! every key against Patroni's schema ([`fields`], [`schema`]) and returns the typed configuration plus warnings.
+//! Every Patroni setting is either implemented, or refused with what to do (all refusals in one error), or, only
+//! where ignoring it cannot surprise anyone (logging cosmetics), named in one warning; any other key is an error
+//! naming its full path and line. [`dynamic`] checks the dynamic configuration the same way.
 
+pub mod dynamic;
 pub mod env;
+pub mod fields;
 pub mod schema;
+mod types;
 pub mod yaml;
+
+pub use types::*;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -66,6 +72,25 @@ pub enum ConfigError {
     Missing { file: String, path: String, origin: Origin },
     #[error("{}: `{path}`: {message}", at(file, origin))]
     Invalid { file: String, path: String, message: String, origin: Origin },
+    #[error("{}", refused_text(file, refused))]
+    Refused { file: String, refused: Vec<schema::Refused> },
+}
+
+fn refused_text(file: &str, refused: &[schema::Refused]) -> String {
+    let mut out = format!("{file}: Keel does not implement these Patroni settings and will not run with them:");
+    for r in refused {
+        out.push_str("\n  ");
+        out.push_str(&refused_item(file, r));
+    }
+    out
+}
+
+/// One refused setting: where (when known), the key, what to do.
+fn refused_item(file: &str, r: &schema::Refused) -> String {
+    match r.origin {
+        Origin::Unknown => format!("`{}`: {}", r.path, r.hint),
+        _ => format!("{}: `{}`: {}", at(file, &r.origin), r.path, r.hint),
+    }
 }
 
 impl ConfigError {
@@ -73,10 +98,22 @@ impl ConfigError {
     pub fn path(&self) -> Option<&str> {
         match self {
             ConfigError::Read { .. } | ConfigError::Yaml { .. } => None,
+            ConfigError::Refused { refused, .. } => refused.first().map(|r| r.path.as_str()),
             ConfigError::UnknownKey { path, .. }
             | ConfigError::WrongType { path, .. }
             | ConfigError::Missing { path, .. }
             | ConfigError::Invalid { path, .. } => Some(path),
+        }
+    }
+
+    /// The message on one line (refused settings separated by `; `), for the control commands' one-line errors.
+    pub fn one_line(&self) -> String {
+        match self {
+            ConfigError::Refused { file, refused } => format!(
+                "{file}: Keel does not implement these Patroni settings: {}",
+                refused.iter().map(|r| refused_item(file, r)).collect::<Vec<_>>().join("; ")
+            ),
+            other => other.to_string(),
         }
     }
 
@@ -85,6 +122,7 @@ impl ConfigError {
         match self {
             ConfigError::Read { .. } => None,
             ConfigError::Yaml { line, .. } => *line,
+            ConfigError::Refused { refused, .. } => refused.first().and_then(|r| r.origin.line()),
             ConfigError::UnknownKey { origin, .. }
             | ConfigError::WrongType { origin, .. }
             | ConfigError::Missing { origin, .. }
@@ -92,96 +130,6 @@ impl ConfigError {
         }
     }
 }
-
-/// `username`/`password` pair.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub struct Auth {
-    pub username: Option<String>,
-    pub password: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct RestApi {
-    pub listen: String,
-    pub connect_address: Option<String>,
-    pub authentication: Option<Auth>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Etcd3 {
-    pub host: Option<String>,
-    #[serde(default)]
-    pub hosts: Vec<String>,
-    pub protocol: Option<String>,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub cacert: Option<String>,
-    pub cert: Option<String>,
-    pub key: Option<String>,
-}
-
-/// `bootstrap`. `dcs` is the raw document that becomes the store's `config` key (always a JSON object).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Bootstrap {
-    #[serde(default = "empty_object")]
-    pub dcs: J,
-    /// Patroni's format: strings (`data-checksums`) or single-key mappings (`encoding: UTF8`).
-    #[serde(default)]
-    pub initdb: Vec<J>,
-    pub method: Option<String>,
-}
-
-impl Default for Bootstrap {
-    fn default() -> Self {
-        Bootstrap { dcs: empty_object(), initdb: Vec::new(), method: None }
-    }
-}
-
-fn empty_object() -> J {
-    J::Object(serde_json::Map::new())
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub struct PgAuthentication {
-    pub superuser: Option<Auth>,
-    pub replication: Option<Auth>,
-    pub rewind: Option<Auth>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Postgresql {
-    pub listen: String,
-    pub connect_address: String,
-    pub data_dir: String,
-    pub bin_dir: Option<String>,
-    pub pgpass: Option<String>,
-    #[serde(default)]
-    pub authentication: PgAuthentication,
-    #[serde(default)]
-    pub parameters: serde_json::Map<String, J>,
-    #[serde(default)]
-    pub pg_hba: Vec<String>,
-    #[serde(default)]
-    pub pg_ident: Vec<String>,
-    pub use_unix_socket: Option<bool>,
-    pub use_unix_socket_repl: Option<bool>,
-    pub config_dir: Option<String>,
-    /// Seconds.
-    pub pg_ctl_timeout: Option<u64>,
-    pub remove_data_directory_on_rewind_failure: Option<bool>,
-    pub remove_data_directory_on_diverged_timelines: Option<bool>,
-}
-
-impl Postgresql {
-    /// The port from `listen` (`*:5432`, `127.0.0.1,10.0.0.1:5432`).
-    pub fn port(&self) -> u16 {
-        split_port(&self.listen).map(|(_, p)| p).unwrap_or(5432)
-    }
-}
-
-/// Keel's own settings (`keel:`). Empty for now.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub struct KeelSettings {}
 
 #[derive(Debug, Clone, Deserialize)]
 struct RawConfig {
@@ -197,6 +145,8 @@ struct RawConfig {
     tags: J,
     #[serde(default)]
     keel: KeelSettings,
+    #[serde(default)]
+    ctl: CtlSettings,
 }
 
 /// The local configuration, typed.
@@ -212,6 +162,7 @@ pub struct Config {
     pub postgresql: Postgresql,
     pub tags: Tags,
     pub keel: KeelSettings,
+    pub ctl: CtlSettings,
     /// `ttl`, `loop_wait`, `retry_timeout` from `bootstrap.dcs` (Patroni's defaults otherwise), adjusted to
     /// Patroni's rules. The store's `config` key overrides this once the cluster exists.
     pub timing: Timing,
@@ -253,15 +204,26 @@ impl Config {
             line: e.line,
             message: e.message,
         })?;
-        env::apply(&mut root, env);
+        let env_warnings = env::apply(&mut root, env);
         let mut walk = schema::Walk::new(file);
-        let json = walk.check(&root, &schema::Kind::Map(schema::ROOT), "")?;
+        let json = walk.check(&root, &schema::Kind::Map(fields::ROOT), "")?;
+        fields::check_watchdog(&root, &mut walk);
+        if env.get(env::CONFIGURATION_VAR).is_some_and(|v| !v.is_empty()) {
+            walk.refused.push(schema::Refused {
+                path: "(the whole configuration)".into(),
+                origin: Origin::Env(env::CONFIGURATION_VAR.into()),
+                hint: "Keel reads its configuration from the file named on the command line: write the YAML to a \
+                       file and unset the variable"
+                    .into(),
+            });
+        }
+        walk.warnings.extend(env_warnings);
+        if !walk.refused.is_empty() {
+            return Err(ConfigError::Refused { file: file.to_string(), refused: walk.refused });
+        }
         let mut warnings = std::mem::take(&mut walk.warnings);
-        if !walk.unimplemented.is_empty() {
-            warnings.push(format!(
-                "{file}: Keel does not implement these Patroni settings yet and ignores them: {}",
-                walk.unimplemented.join(", ")
-            ));
+        if let Some(w) = ignored_warning(file, &walk.ignored) {
+            warnings.push(w);
         }
         let raw: RawConfig = serde_json::from_value(json).map_err(|e| ConfigError::Invalid {
             file: file.to_string(),
@@ -322,6 +284,7 @@ impl Config {
             postgresql: raw.postgresql,
             tags: Tags::from_json(&raw.tags),
             keel: raw.keel,
+            ctl: raw.ctl,
             timing,
         };
         Ok(Loaded { config, warnings })
@@ -367,9 +330,14 @@ impl Config {
         format!("http://{addr}/patroni")
     }
 
-    /// The PostgreSQL URL published in the member key: `postgres://<connect_address>/postgres`.
+    /// The PostgreSQL URL published in the member key: `postgres://<connect_address>/<database>`.
     pub fn postgres_url(&self) -> String {
-        format!("postgres://{}/postgres", self.postgresql.connect_address)
+        format!("postgres://{}/{}", self.postgresql.connect_address, self.postgresql.database())
+    }
+
+    /// The REST API credentials keel's control commands use: `ctl.authentication`, else `restapi.authentication`.
+    pub fn ctl_auth(&self) -> Option<&Auth> {
+        self.ctl.authentication.as_ref().or(self.restapi.authentication.as_ref())
     }
 
     /// `bootstrap.dcs` as written (a JSON object, empty when absent): the initial store `config` key.
@@ -401,6 +369,15 @@ impl Config {
     }
 }
 
+/// The one warning naming the settings accepted without effect, with why each does not matter.
+pub fn ignored_warning(file: &str, ignored: &[(String, &str)]) -> Option<String> {
+    if ignored.is_empty() {
+        return None;
+    }
+    let items: Vec<String> = ignored.iter().map(|(path, why)| format!("{path} ({why})")).collect();
+    Some(format!("{file}: these Patroni settings have no effect in Keel: {}", items.join(", ")))
+}
+
 /// Splits `host:port` (`[::1]:5432`, `a,b:5432`, `*:5432`); `None` when there is no valid port.
 pub fn split_port(addr: &str) -> Option<(&str, u16)> {
     let (host, port) = addr.trim().rsplit_once(':')?;
@@ -411,5 +388,7 @@ pub fn split_port(addr: &str) -> Option<(&str, u16)> {
     Some((host, port))
 }
 
+#[cfg(test)]
+mod compat_tests;
 #[cfg(test)]
 mod tests;

@@ -1,11 +1,12 @@
-//! Patroni's YAML schema as data, and the walk that checks a document against it.
+//! The kinds of Patroni's settings, and the walk that checks a document against the schema in `fields.rs`.
 //!
-//! The walk checks types, reports unknown keys with their full path and line, collects the keys Patroni knows but
-//! Keel does not implement yet, and returns the document as normalized JSON (booleans parsed, seconds as numbers,
+//! The walk checks types, reports unknown keys with their full path and line, collects the settings Keel refuses
+//! and the ones it accepts without effect (the tables and their fates are in `fields.rs`), and returns the document as normalized JSON (booleans parsed, seconds as numbers,
 //! scalars given where strings are expected turned into strings) for the typed structs to read.
 
 use serde_json::{Map, Value as J};
 
+use super::fields::SLOT;
 use super::yaml::{Node, Origin, Value};
 use super::ConfigError;
 use keel_core::dynconfig::{parse_bool, parse_seconds};
@@ -34,8 +35,8 @@ pub enum Kind {
     /// A mapping with known keys; others are errors.
     Map(&'static [Field]),
     /// A mapping with known keys, where the keys named by the sibling setting `.1` (a string or a list of strings,
-    /// e.g. `create_replica_methods`) are also accepted (as not implemented).
-    MapWithNamed(&'static [Field], &'static str),
+    /// e.g. `create_replica_methods`) are Patroni settings Keel refuses, with the hint `.2`.
+    MapWithNamed(&'static [Field], &'static str, &'static str),
     /// A mapping with known keys (typed) plus any other keys (kept as given), like `tags`.
     OpenMap(&'static [Field]),
     /// A mapping with any keys whose values are all of one kind (null allowed).
@@ -48,8 +49,14 @@ pub enum Kind {
     Slot,
     /// Checked like the inner kind, but the JSON returned is the document as written (for `bootstrap.dcs`).
     Raw(&'static Kind),
-    /// A setting Patroni knows and Keel does not implement yet: accepted as given, reported in one warning.
-    Unimplemented,
+    /// Checked like the inner kind; a value whose text form (`true`/`false`, lower-case string, comma-joined list)
+    /// is not among `.1` is refused with the hint `.2` (e.g. `synchronous_mode: quorum`).
+    Limited(&'static Kind, &'static [&'static str], &'static str),
+    /// A Patroni setting Keel does not implement: refused with what to do instead.
+    Refused(&'static str),
+    /// A Patroni setting whose absence cannot surprise anyone (logging cosmetics, Python thread tuning): accepted
+    /// and named in one warning, with why it does not matter.
+    Ignored(&'static str),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -59,215 +66,21 @@ pub struct Field {
     pub required: bool,
 }
 
-const fn opt(name: &'static str, kind: Kind) -> Field {
-    Field { name, kind, required: false }
+/// A setting Keel refuses to run with: where it is and what to do instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub path: String,
+    pub origin: Origin,
+    pub hint: String,
 }
-const fn req(name: &'static str, kind: Kind) -> Field {
-    Field { name, kind, required: true }
-}
-const fn todo(name: &'static str) -> Field {
-    Field { name, kind: Kind::Unimplemented, required: false }
-}
-
-pub const ROOT: &[Field] = &[
-    req("scope", Kind::Str),
-    opt("namespace", Kind::Str),
-    req("name", Kind::Str),
-    req("restapi", Kind::Map(RESTAPI)),
-    req("etcd3", Kind::Map(ETCD3)),
-    opt("bootstrap", Kind::MapWithNamed(BOOTSTRAP, "method")),
-    req("postgresql", Kind::MapWithNamed(POSTGRESQL, "create_replica_methods")),
-    opt("tags", Kind::OpenMap(TAGS)),
-    opt("keel", Kind::Map(KEEL)),
-    todo("log"),
-    todo("ctl"),
-    todo("watchdog"),
-    todo("citus"),
-    todo("consul"),
-    todo("etcd"),
-    todo("exhibitor"),
-    todo("zookeeper"),
-    todo("kubernetes"),
-    todo("raft"),
-    todo("standby_cluster"),
-    // Patroni ignores these at the top level (they belong in bootstrap.dcs); old configurations still have them.
-    todo("ttl"),
-    todo("loop_wait"),
-    todo("retry_timeout"),
-    todo("maximum_lag_on_failover"),
-];
-
-const AUTH: &[Field] = &[
-    opt("username", Kind::Str),
-    opt("password", Kind::Str),
-    todo("sslmode"),
-    todo("sslkey"),
-    todo("sslpassword"),
-    todo("sslcert"),
-    todo("sslrootcert"),
-    todo("sslcrl"),
-    todo("sslcrldir"),
-    todo("gssencmode"),
-    todo("channel_binding"),
-    todo("sslnegotiation"),
-];
-
-const RESTAPI: &[Field] = &[
-    req("listen", Kind::Address),
-    opt("connect_address", Kind::Address),
-    opt("authentication", Kind::Map(AUTH)),
-    todo("proxy_address"),
-    todo("certfile"),
-    todo("keyfile"),
-    todo("keyfile_password"),
-    todo("cafile"),
-    todo("ciphers"),
-    todo("verify_client"),
-    todo("allowlist"),
-    todo("allowlist_include_members"),
-    todo("http_extra_headers"),
-    todo("https_extra_headers"),
-    todo("request_queue_size"),
-    todo("server_tokens"),
-];
-
-const ETCD3: &[Field] = &[
-    opt("host", Kind::Str),
-    opt("hosts", Kind::StrList),
-    opt("protocol", Kind::Str),
-    opt("username", Kind::Str),
-    opt("password", Kind::Str),
-    opt("cacert", Kind::Str),
-    opt("cert", Kind::Str),
-    opt("key", Kind::Str),
-    todo("key_password"),
-    todo("url"),
-    todo("proxy"),
-    todo("srv"),
-    todo("srv_suffix"),
-    todo("use_proxies"),
-    todo("retry_timeout"),
-];
-
-const BOOTSTRAP: &[Field] = &[
-    opt("dcs", Kind::Raw(&Kind::Map(DCS))),
-    opt("initdb", Kind::Initdb),
-    opt("method", Kind::Str),
-    todo("pg_hba"),
-    todo("users"),
-    todo("post_bootstrap"),
-    todo("post_init"),
-];
-
-const DCS: &[Field] = &[
-    // Keel's failover-slot settings (read by keel_core::slots from the dynamic configuration).
-    opt("failover_slot_readiness", Kind::Str),
-    opt("failover_slot_recreate", Kind::Bool),
-    opt("ttl", Kind::Seconds),
-    opt("loop_wait", Kind::Seconds),
-    opt("retry_timeout", Kind::Seconds),
-    opt("maximum_lag_on_failover", Kind::Int),
-    opt("maximum_lag_on_syncnode", Kind::Int),
-    opt("max_timelines_history", Kind::Int),
-    opt("primary_start_timeout", Kind::Seconds),
-    opt("master_start_timeout", Kind::Seconds),
-    opt("primary_stop_timeout", Kind::Seconds),
-    opt("master_stop_timeout", Kind::Seconds),
-    opt("primary_race_backoff", Kind::Seconds),
-    opt("check_timeline", Kind::Bool),
-    opt("pause", Kind::Bool),
-    opt("synchronous_mode", Kind::SyncMode),
-    opt("synchronous_mode_strict", Kind::Bool),
-    opt("synchronous_node_count", Kind::Int),
-    opt("failsafe_mode", Kind::Bool),
-    opt("member_slots_ttl", Kind::Seconds),
-    opt("postgresql", Kind::Map(DCS_POSTGRESQL)),
-    opt("slots", Kind::MapOf(&Kind::Slot)),
-    opt("permanent_slots", Kind::MapOf(&Kind::Slot)),
-    opt("permanent_replication_slots", Kind::MapOf(&Kind::Slot)),
-    opt("ignore_slots", Kind::ListOf(&Kind::Map(IGNORE_SLOT))),
-    todo("standby_cluster"),
-];
-
-const DCS_POSTGRESQL: &[Field] = &[
-    opt("use_pg_rewind", Kind::Bool),
-    opt("use_slots", Kind::Bool),
-    opt("parameters", Kind::MapOf(&Kind::Any)),
-    opt("pg_hba", Kind::Lines),
-    opt("pg_ident", Kind::Lines),
-    opt("remove_data_directory_on_rewind_failure", Kind::Bool),
-    opt("remove_data_directory_on_diverged_timelines", Kind::Bool),
-    todo("recovery_conf"),
-];
-
-const SLOT: &[Field] = &[
-    opt("type", Kind::Str),
-    opt("database", Kind::Str),
-    opt("plugin", Kind::Str),
-    opt("cluster_type", Kind::Str),
-    // Patroni removes a configured `lsn`; accepted so such configurations still load.
-    opt("lsn", Kind::Any),
-];
-
-const IGNORE_SLOT: &[Field] =
-    &[opt("name", Kind::Str), opt("type", Kind::Str), opt("database", Kind::Str), opt("plugin", Kind::Str)];
-
-const POSTGRESQL: &[Field] = &[
-    req("listen", Kind::Address),
-    req("connect_address", Kind::Address),
-    req("data_dir", Kind::Str),
-    opt("bin_dir", Kind::Str),
-    opt("pgpass", Kind::Str),
-    opt("authentication", Kind::Map(PG_AUTH)),
-    opt("parameters", Kind::MapOf(&Kind::Any)),
-    opt("pg_hba", Kind::Lines),
-    opt("pg_ident", Kind::Lines),
-    opt("use_unix_socket", Kind::Bool),
-    opt("use_unix_socket_repl", Kind::Bool),
-    opt("config_dir", Kind::Str),
-    opt("pg_ctl_timeout", Kind::Seconds),
-    opt("use_pg_rewind", Kind::Bool),
-    opt("use_slots", Kind::Bool),
-    opt("remove_data_directory_on_rewind_failure", Kind::Bool),
-    opt("remove_data_directory_on_diverged_timelines", Kind::Bool),
-    todo("bin_name"),
-    todo("callbacks"),
-    todo("create_replica_methods"),
-    todo("basebackup"),
-    todo("recovery_conf"),
-    todo("custom_conf"),
-    todo("proxy_address"),
-    todo("pre_promote"),
-    todo("before_stop"),
-    todo("retry_timeout"),
-    // Pre-`authentication` spellings (Patroni still reads them).
-    todo("superuser"),
-    todo("replication"),
-    todo("pg_rewind"),
-];
-
-const PG_AUTH: &[Field] =
-    &[opt("superuser", Kind::Map(AUTH)), opt("replication", Kind::Map(AUTH)), opt("rewind", Kind::Map(AUTH))];
-
-pub const TAGS: &[Field] = &[
-    opt("nofailover", Kind::Bool),
-    opt("failover_priority", Kind::Int),
-    opt("noloadbalance", Kind::Bool),
-    opt("clonefrom", Kind::Bool),
-    opt("replicatefrom", Kind::Str),
-    opt("nosync", Kind::Bool),
-    opt("nostream", Kind::Bool),
-    opt("sync_priority", Kind::Int),
-];
-
-/// Keel's own settings (none yet).
-const KEEL: &[Field] = &[];
 
 /// The schema walk's state.
 pub struct Walk<'a> {
     pub file: &'a str,
-    /// Paths of the settings Keel does not implement yet, in document order.
-    pub unimplemented: Vec<String>,
+    /// The settings accepted without effect ([`Kind::Ignored`]): path and why, in document order.
+    pub ignored: Vec<(String, &'static str)>,
+    /// The settings Keel refuses ([`Kind::Refused`], [`Kind::Limited`]), in document order.
+    pub refused: Vec<Refused>,
     pub warnings: Vec<String>,
 }
 
@@ -281,7 +94,7 @@ fn join(path: &str, key: &str) -> String {
 
 impl<'a> Walk<'a> {
     pub fn new(file: &'a str) -> Self {
-        Walk { file, unimplemented: Vec::new(), warnings: Vec::new() }
+        Walk { file, ignored: Vec::new(), refused: Vec::new(), warnings: Vec::new() }
     }
 
     fn wrong(&self, node: &Node, path: &str, expected: &str) -> ConfigError {
@@ -298,6 +111,10 @@ impl<'a> Walk<'a> {
         }
     }
 
+    fn refuse(&mut self, node: &Node, path: &str, hint: &str) {
+        self.refused.push(Refused { path: path.to_string(), origin: node.origin.clone(), hint: hint.to_string() });
+    }
+
     fn invalid(&self, node: &Node, path: &str, message: String) -> ConfigError {
         ConfigError::Invalid {
             file: self.file.to_string(),
@@ -311,9 +128,20 @@ impl<'a> Walk<'a> {
     pub fn check(&mut self, node: &Node, kind: &Kind, path: &str) -> Result<J, ConfigError> {
         match kind {
             Kind::Any => Ok(node.to_json()),
-            Kind::Unimplemented => {
-                self.unimplemented.push(path.to_string());
+            Kind::Ignored(why) => {
+                self.ignored.push((path.to_string(), why));
                 Ok(node.to_json())
+            }
+            Kind::Refused(hint) => {
+                self.refuse(node, path, hint);
+                Ok(node.to_json())
+            }
+            Kind::Limited(inner, allowed, hint) => {
+                let v = self.check(node, inner, path)?;
+                if !allowed.contains(&value_text(&v).as_str()) {
+                    self.refuse(node, path, hint);
+                }
+                Ok(v)
             }
             Kind::Raw(inner) => {
                 self.check(node, inner, path)?;
@@ -426,9 +254,9 @@ impl<'a> Walk<'a> {
                 }
                 Ok(J::Object(out))
             }
-            Kind::Map(fields) => self.map(node, fields, path, false, &[]),
-            Kind::OpenMap(fields) => self.map(node, fields, path, true, &[]),
-            Kind::MapWithNamed(fields, sibling) => {
+            Kind::Map(fields) => self.map(node, fields, path, false, (&[], "")),
+            Kind::OpenMap(fields) => self.map(node, fields, path, true, (&[], "")),
+            Kind::MapWithNamed(fields, sibling, hint) => {
                 let mut named = Vec::new();
                 if let Some(n) = node.get(sibling) {
                     match &n.value {
@@ -436,7 +264,7 @@ impl<'a> Walk<'a> {
                         _ => named.extend(n.scalar_text()),
                     }
                 }
-                self.map(node, fields, path, false, &named)
+                self.map(node, fields, path, false, (&named, hint))
             }
         }
     }
@@ -447,7 +275,7 @@ impl<'a> Walk<'a> {
         fields: &[Field],
         path: &str,
         open: bool,
-        named: &[String],
+        (named, named_hint): (&[String], &'static str),
     ) -> Result<J, ConfigError> {
         let entries = match &node.value {
             Value::Map(entries) => entries.as_slice(),
@@ -468,7 +296,7 @@ impl<'a> Walk<'a> {
             let kind = match fields.iter().find(|f| f.name == e.key) {
                 Some(f) => f.kind,
                 None if open => Kind::Any,
-                None if named.contains(&e.key) => Kind::Unimplemented,
+                None if named.contains(&e.key) => Kind::Refused(named_hint),
                 None => {
                     return Err(ConfigError::UnknownKey {
                         file: self.file.to_string(),
@@ -504,5 +332,14 @@ impl<'a> Walk<'a> {
             }
         }
         Ok(J::Object(out))
+    }
+}
+
+/// The text a [`Kind::Limited`] value is compared by: `true`/`false`, a lower-case string, a comma-joined list.
+fn value_text(v: &J) -> String {
+    match v {
+        J::String(s) => s.trim().to_ascii_lowercase(),
+        J::Array(items) => items.iter().map(value_text).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
     }
 }

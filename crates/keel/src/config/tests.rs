@@ -41,7 +41,8 @@ fn example_postgres0_parses() {
     assert_eq!(c.postgresql.port(), 5432);
     let su = c.postgresql.authentication.superuser.as_ref().unwrap();
     assert_eq!(su.username.as_deref(), Some("postgres"));
-    assert_eq!(c.postgresql.pg_hba.len(), 2);
+    assert_eq!(c.postgresql.pg_hba.as_ref().map(Vec::len), Some(2));
+    assert_eq!(c.postgresql.pgpass.as_deref(), Some("/tmp/pgpass0"));
     assert_eq!(c.restapi.authentication.as_ref().unwrap().password.as_deref(), Some("password"));
     let dcs = c.bootstrap_dcs();
     assert_eq!(dcs["member_slots_ttl"], json!("30min"), "bootstrap.dcs is kept as written");
@@ -86,27 +87,123 @@ fn unknown_key_names_path_and_line() {
 }
 
 #[test]
-fn known_unimplemented_keys_give_one_warning() {
-    let yaml = format!(
-        "{MINIMAL}  callbacks:\n    on_start: /bin/true\nlog:\n  level: INFO\nwatchdog:\n  mode: off\nzookeeper:\n  hosts: [a]\n"
-    );
+fn refused_settings_are_one_error_naming_each_with_what_to_do() {
+    let yaml =
+        format!("{MINIMAL}  callbacks:\n    on_start: /bin/true\n  config_dir: /etc/pg\nzookeeper:\n  hosts: [a]\n");
     let yaml = yaml.replace("  listen: 127.0.0.1:8008\n", "  listen: 127.0.0.1:8008\n  certfile: /c.pem\n");
-    let l = Config::from_str(&yaml, &Env::new()).unwrap();
-    assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
-    let w = &l.warnings[0];
-    for k in ["restapi.certfile", "postgresql.callbacks", "log", "watchdog", "zookeeper"] {
-        assert!(w.contains(k), "{k} missing from {w}");
-    }
+    let yaml =
+        yaml.replace("  host: 127.0.0.1:2379\n", "  host: 127.0.0.1:2379\n  username: keel\n  cacert: /ca.pem\n");
+    let e = err(&yaml);
+    let ConfigError::Refused { refused, .. } = &e else { panic!("{e:?}") };
+    let paths: Vec<&str> = refused.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "restapi.certfile",
+            "etcd3.username",
+            "etcd3.cacert",
+            "postgresql.callbacks",
+            "postgresql.config_dir",
+            "zookeeper"
+        ]
+    );
+    let msg = e.to_string();
+    assert!(msg.contains("<string>:5: `restapi.certfile`: TLS for the REST API is not implemented"), "{msg}");
+    assert!(msg.contains("`etcd3.username`: etcd TLS and authentication are not implemented"), "{msg}");
+    assert!(msg.contains("`zookeeper`: Keel speaks etcd v3 only"), "{msg}");
+    assert_eq!(e.path(), Some("restapi.certfile"));
+    assert_eq!(e.line(), Some(5));
 }
 
 #[test]
-fn replica_method_and_bootstrap_method_sections_are_accepted() {
+fn refused_values_name_the_setting() {
+    let cases = [
+        (
+            "bootstrap:\n  dcs:\n    synchronous_mode: quorum\n",
+            "bootstrap.dcs.synchronous_mode",
+            "synchronous_mode: on",
+        ),
+        ("bootstrap:\n  method: wal_g\n  wal_g:\n    command: /bin/x\n", "bootstrap.method", "custom bootstrap"),
+        ("watchdog:\n  mode: automatic\n", "watchdog.mode", "watchdog.mode: off"),
+        ("watchdog:\n  device: /dev/watchdog\n", "watchdog.device", "no watchdog support"),
+        ("tags:\n  nostream: true\n", "tags.nostream", "nostream"),
+    ];
+    for (extra, path, hint) in cases {
+        let e = err(&format!("{MINIMAL}{extra}"));
+        assert!(matches!(e, ConfigError::Refused { .. }), "{extra}: {e:?}");
+        assert_eq!(e.path(), Some(path), "{extra}: {e}");
+        assert!(e.to_string().contains(hint), "{extra}: {e}");
+    }
+    let e = err(&MINIMAL.replace("  host: 127.0.0.1:2379\n", "  host: 127.0.0.1:2379\n  protocol: https\n"));
+    assert_eq!(e.path(), Some("etcd3.protocol"));
+    let yaml =
+        format!("{MINIMAL}  create_replica_methods: [pgbackrest, basebackup]\n  pgbackrest:\n    command: /bin/r\n");
+    let ConfigError::Refused { refused, .. } = err(&yaml) else { panic!() };
+    let paths: Vec<&str> = refused.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["postgresql.create_replica_methods", "postgresql.pgbackrest"]);
+    // A watchdog section without a mode is Patroni's `automatic`.
+    let e = err(&format!("{MINIMAL}watchdog:\n  safety_margin: 5\n"));
+    assert!(e.to_string().contains("`watchdog.mode`: not set, which means automatic"), "{e}");
+}
+
+#[test]
+fn the_values_keel_implements_are_accepted() {
     let yaml = format!(
-        "{MINIMAL}  create_replica_methods: [pgbackrest, basebackup]\n  pgbackrest:\n    command: /bin/restore\nbootstrap:\n  method: clone\n  clone:\n    command: /bin/clone\n"
+        "{MINIMAL}  create_replica_methods: basebackup\n  use_unix_socket: false\nbootstrap:\n  method: initdb\n  \
+         dcs:\n    synchronous_mode: \"on\"\nwatchdog:\n  mode: off\ntags:\n  nostream: false\n"
     );
+    let yaml =
+        yaml.replace("  host: 127.0.0.1:2379\n", "  host: 127.0.0.1:2379\n  protocol: http\n  use_proxies: true\n");
     let l = Config::from_str(&yaml, &Env::new()).unwrap();
-    assert_eq!(l.warnings.len(), 1);
-    assert!(l.warnings[0].contains("postgresql.pgbackrest") && l.warnings[0].contains("bootstrap.clone"));
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+}
+
+#[test]
+fn ignored_settings_give_one_warning_saying_why() {
+    let yaml = format!("{MINIMAL}log:\n  level: DEBUG\n  format: '%(message)s'\nthread_pool_size: 8\n");
+    let l = Config::from_str(&yaml, &Env::new()).unwrap();
+    assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
+    let w = &l.warnings[0];
+    for k in ["log.level (Keel's log level is set with RUST_LOG)", "log.format", "thread_pool_size"] {
+        assert!(w.contains(k), "{k} missing from {w}");
+    }
+    let e = err(&format!("{MINIMAL}log:\n  dir: /var/log/patroni\n"));
+    assert_eq!(e.path(), Some("log.dir"));
+}
+
+#[test]
+fn implemented_postgresql_settings_are_read() {
+    let yaml = format!(
+        "{MINIMAL}  database: app\n  pg_ctl_timeout: 2min\n  use_pg_rewind: true\n  pg_ident:\n  - cdc debezium app_cdc\n"
+    );
+    let c = Config::from_str(&yaml, &Env::new()).unwrap().config;
+    assert_eq!(c.postgresql.database(), "app");
+    assert_eq!(c.postgres_url(), "postgres://127.0.0.1:5432/app");
+    let o = c.postgresql.dynamic_overrides();
+    assert_eq!(o["pg_ctl_timeout"], json!(120));
+    assert_eq!(o["use_pg_rewind"], json!(true));
+    assert_eq!(o["pg_ident"], json!(["cdc debezium app_cdc"]));
+    assert!(!o.contains_key("pg_hba"), "not set locally: the dynamic configuration's applies");
+    let c = Config::from_str(MINIMAL, &Env::new()).unwrap().config;
+    assert_eq!(c.postgresql.database(), "postgres");
+    assert!(c.postgresql.dynamic_overrides().is_empty());
+}
+
+#[test]
+fn ctl_authentication_defaults_to_the_rest_apis() {
+    let with_rest = MINIMAL.replace(
+        "  listen: 127.0.0.1:8008\n",
+        "  listen: 127.0.0.1:8008\n  authentication:\n    username: a\n    password: b\n",
+    );
+    let c = Config::from_str(&with_rest, &Env::new()).unwrap().config;
+    assert_eq!(c.ctl_auth().and_then(|a| a.username.as_deref()), Some("a"));
+    let c = Config::from_str(
+        &format!("{with_rest}ctl:\n  authentication:\n    username: c\n    password: d\n"),
+        &Env::new(),
+    )
+    .unwrap()
+    .config;
+    assert_eq!(c.ctl_auth().and_then(|a| a.username.as_deref()), Some("c"));
 }
 
 #[test]
@@ -149,7 +246,7 @@ fn wrong_types_name_path_and_line() {
 #[test]
 fn lenient_values_are_normalized() {
     let yaml = format!(
-        "{MINIMAL}bootstrap:\n  dcs:\n    ttl: \"40\"\n    synchronous_mode: quorum\n    slots:\n      a:\n      b: 0\ntags:\n  nofailover: \"yes\"\n  failover_priority: \"2\"\n  zone: eu-1\n"
+        "{MINIMAL}bootstrap:\n  dcs:\n    ttl: \"40\"\n    synchronous_mode: \"yes\"\n    slots:\n      a:\n      b: 0\ntags:\n  nofailover: \"yes\"\n  failover_priority: \"2\"\n  zone: eu-1\n"
     );
     let l = Config::from_str(&yaml, &Env::new()).unwrap();
     assert_eq!(l.config.timing.ttl, 40);
@@ -188,7 +285,7 @@ fn env_overrides_win_over_the_file() {
         ("PATRONI_RESTAPI_CONNECT_ADDRESS", "10.0.0.9:8008"),
         ("PATRONI_RESTAPI_USERNAME", "admin"),
         ("PATRONI_ETCD3_HOSTS", "10.0.0.1:2379,10.0.0.2"),
-        ("PATRONI_ETCD3_PROTOCOL", "https"),
+        ("PATRONI_ETCD3_PROTOCOL", "http"),
         ("PATRONI_POSTGRESQL_CONNECT_ADDRESS", "10.0.0.9:5432"),
         ("PATRONI_POSTGRESQL_DATA_DIR", "/data"),
         ("PATRONI_SUPERUSER_PASSWORD", "secret"),
@@ -198,12 +295,14 @@ fn env_overrides_win_over_the_file() {
         ("PATRONI_FAILOVER_PRIORITY", "3"),
         ("PATRONI_UNRELATED", "x"),
     ]);
-    let c = Config::from_str(MINIMAL, &e).unwrap().config;
+    let l = Config::from_str(MINIMAL, &e).unwrap();
+    assert_eq!(l.warnings, ["environment variable PATRONI_UNRELATED is not a Patroni setting; ignored"]);
+    let c = l.config;
     assert_eq!(c.name, "node9");
     assert_eq!(c.cluster_prefix(), "/keel/robin/");
     assert_eq!(c.restapi_url(), "http://10.0.0.9:8008/patroni");
     assert_eq!(c.restapi.authentication.as_ref().unwrap().username.as_deref(), Some("admin"));
-    assert_eq!(c.etcd3_endpoints(), vec!["https://10.0.0.1:2379", "https://10.0.0.2:2379"]);
+    assert_eq!(c.etcd3_endpoints(), vec!["http://10.0.0.1:2379", "http://10.0.0.2:2379"]);
     assert_eq!(c.postgres_url(), "postgres://10.0.0.9:5432/postgres");
     assert_eq!(c.postgresql.data_dir, "/data");
     assert_eq!(c.postgresql.authentication.superuser.as_ref().unwrap().password.as_deref(), Some("secret"));
@@ -221,6 +320,24 @@ fn env_overrides_win_over_the_file() {
     let e = env(&[("PATRONI_NOSYNC", "perhaps")]);
     let msg = Config::from_str(MINIMAL, &e).unwrap_err().to_string();
     assert!(msg.contains("PATRONI_NOSYNC") && msg.contains("tags.nosync"), "{msg}");
+
+    // Every documented variable reaches the schema: refused settings are refused, naming the variable.
+    for (var, path) in [
+        ("PATRONI_RESTAPI_CERTFILE", "restapi.certfile"),
+        ("PATRONI_ETCD3_CACERT", "etcd3.cacert"),
+        ("PATRONI_ETCD3_PROTOCOL", "etcd3.protocol"),
+        ("PATRONI_SUPERUSER_SSLMODE", "postgresql.authentication.superuser.sslmode"),
+        ("PATRONI_KUBERNETES_NAMESPACE", "kubernetes"),
+        ("PATRONI_LOG_DIR", "log.dir"),
+    ] {
+        let e = Config::from_str(MINIMAL, &env(&[(var, "https")])).unwrap_err();
+        assert_eq!(e.path(), Some(path), "{var}: {e}");
+        assert!(e.to_string().contains(var), "{var}: {e}");
+    }
+    let e = Config::from_str(MINIMAL, &env(&[("PATRONI_CONFIGURATION", "scope: x")])).unwrap_err();
+    assert!(e.to_string().contains("PATRONI_CONFIGURATION"), "{e}");
+    let l = Config::from_str(MINIMAL, &env(&[("PATRONI_LOG_LEVEL", "DEBUG")])).unwrap();
+    assert!(l.warnings[0].contains("log.level"), "{:?}", l.warnings);
 }
 
 #[test]

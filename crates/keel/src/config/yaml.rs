@@ -83,6 +83,30 @@ impl Node {
         Node { value, origin }
     }
 
+    /// A tree from JSON (the store's `config` key), with no position.
+    pub fn from_json(json: &serde_json::Value) -> Node {
+        use serde_json::Value as J;
+        let value = match json {
+            J::Null => Value::Null,
+            J::Bool(b) => Value::Bool(*b),
+            J::Number(n) => match n.as_i64() {
+                Some(i) => Value::Int(i128::from(i)),
+                None => match n.as_u64() {
+                    Some(u) => Value::Int(i128::from(u)),
+                    None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+                },
+            },
+            J::String(s) => Value::Str(s.clone()),
+            J::Array(items) => Value::Seq(items.iter().map(Node::from_json).collect()),
+            J::Object(m) => Value::Map(
+                m.iter()
+                    .map(|(k, v)| Entry { key: k.clone(), key_origin: Origin::Unknown, value: Node::from_json(v) })
+                    .collect(),
+            ),
+        };
+        Node::new(value, Origin::Unknown)
+    }
+
     /// The scalar as text (strings, numbers and booleans), as Python's `str()` would give it.
     pub fn scalar_text(&self) -> Option<String> {
         match &self.value {

@@ -17,6 +17,7 @@ use super::ConnParams;
 pub const POSTGRESQL_CONF: &str = "postgresql.conf";
 pub const BASE_CONF: &str = "postgresql.base.conf";
 pub const PG_HBA_CONF: &str = "pg_hba.conf";
+pub const PG_IDENT_CONF: &str = "pg_ident.conf";
 pub const STANDBY_SIGNAL: &str = "standby.signal";
 
 /// Parameters Keel sets itself; the same names in the user's parameters are ignored ([`ServerConf::ignored`]).
@@ -190,12 +191,26 @@ pub fn render_postgresql_conf(conf: &ServerConf, include_base: bool) -> Result<S
 
 /// `pg_hba.conf`: the given lines verbatim under a header comment.
 pub fn render_pg_hba(lines: &[String]) -> String {
-    let mut out = String::from("# Written by Keel from postgresql.pg_hba. Do not edit: changes are overwritten.\n");
+    render_lines("postgresql.pg_hba", lines)
+}
+
+/// `pg_ident.conf`: the given lines verbatim under a header comment.
+pub fn render_pg_ident(lines: &[String]) -> String {
+    render_lines("postgresql.pg_ident", lines)
+}
+
+fn render_lines(setting: &str, lines: &[String]) -> String {
+    let mut out = format!("# Written by Keel from {setting}. Do not edit: changes are overwritten.\n");
     for line in lines {
         out.push_str(line.trim_end());
         out.push('\n');
     }
     out
+}
+
+/// Writes `pg_ident.conf` in the data directory (the `ident_file` PostgreSQL reads by default, as Patroni).
+pub fn write_pg_ident(data_dir: &Path, lines: &[String], run_as: &RunAs) -> Result<(), ConfError> {
+    write_file(&data_dir.join(PG_IDENT_CONF), &render_pg_ident(lines), run_as)
 }
 
 /// A libpq password file line (`host:port:*:user:password`, `:` and `\` escaped).
@@ -456,10 +471,15 @@ mod tests {
     }
 
     #[test]
-    fn hba_lines_are_verbatim() {
+    fn hba_and_ident_lines_are_verbatim() {
         let text = render_pg_hba(&["host replication replicator 0.0.0.0/0 scram-sha-256".into()]);
-        assert!(text.starts_with("# Written by Keel"));
+        assert!(text.starts_with("# Written by Keel from postgresql.pg_hba"));
         assert!(text.ends_with("\nhost replication replicator 0.0.0.0/0 scram-sha-256\n"));
+        let dir = tempfile::tempdir().unwrap();
+        write_pg_ident(dir.path(), &["cdc   debezium   app_cdc  ".into()], &RunAs::current()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(PG_IDENT_CONF)).unwrap();
+        assert!(text.starts_with("# Written by Keel from postgresql.pg_ident"));
+        assert!(text.ends_with("\ncdc   debezium   app_cdc\n"), "{text}");
     }
 
     #[test]

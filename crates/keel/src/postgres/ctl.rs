@@ -276,6 +276,47 @@ impl PgCtl {
         Ok(true)
     }
 
+    /// Stops like [`stop`](Self::stop); with `kill_after` (Patroni's `primary_stop_timeout` in synchronous mode),
+    /// a stop still running after that long ends with SIGKILL to the postmaster. Returns whether it had to kill.
+    pub async fn stop_or_kill(
+        &self,
+        mode: StopMode,
+        timeout: Duration,
+        kill_after: Option<Duration>,
+    ) -> Result<bool, CtlError> {
+        let Some(kill_after) = kill_after.filter(|k| *k < timeout) else {
+            self.stop(mode, timeout).await?;
+            return Ok(false);
+        };
+        let err = match self.stop(mode, kill_after).await {
+            Ok(_) => return Ok(false),
+            Err(e) => e,
+        };
+        let Some(pid) = self.postmaster_pid() else { return Ok(false) };
+        tracing::warn!(
+            "PostgreSQL did not stop within primary_stop_timeout ({}s): sending SIGKILL to the postmaster ({pid}); \
+             pg_ctl said: {err}",
+            kill_after.as_secs()
+        );
+        // SAFETY: kill(2) on the postmaster's pid read from postmaster.pid and checked alive just above.
+        if unsafe { libc::kill(pid as i32, libc::SIGKILL) } != 0 {
+            let source = std::io::Error::last_os_error();
+            return Err(CtlError::Io {
+                what: "could not SIGKILL the postmaster of",
+                path: self.data_dir.clone(),
+                source,
+            });
+        }
+        let deadline = std::time::Instant::now() + timeout.saturating_sub(kill_after).max(Duration::from_secs(5));
+        while self.is_running() {
+            if std::time::Instant::now() > deadline {
+                return Err(err);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(true)
+    }
+
     /// `pg_ctl promote`, waiting (`-w`) until the server left recovery when `wait`.
     pub async fn promote(&self, wait: bool, timeout: Duration) -> Result<(), CtlError> {
         let mut cmd = self.pg_ctl("promote");
@@ -303,9 +344,7 @@ impl PgCtl {
         let mut cmd = self.cmd(Tool::PgBasebackup);
         cmd.arg("-D").arg(&self.data_dir).args(["-X", "stream", "-c", "fast", "--progress", "--verbose"]);
         cmd.arg("-d").arg(source.to_conninfo(false));
-        if let Some(password) = &source.password {
-            cmd.env("PGPASSWORD", password);
-        }
+        password_env(&mut cmd, source);
         process::run_ok(cmd, "pg_basebackup", timeout, true).await?;
         Ok(())
     }
@@ -317,9 +356,7 @@ impl PgCtl {
         let mut cmd = self.cmd(Tool::PgRewind);
         cmd.arg("-D").arg(&self.data_dir).arg(format!("--source-server={}", source.to_conninfo(false)));
         cmd.arg("--progress").env("PGOPTIONS", "-c statement_timeout=0");
-        if let Some(password) = &source.password {
-            cmd.env("PGPASSWORD", password);
-        }
+        password_env(&mut cmd, source);
         let finished = process::run(cmd, "pg_rewind", timeout, true).await?;
         let output = format!("{}\n{}", finished.stderr, finished.stdout);
         if finished.status.success() {
@@ -333,6 +370,20 @@ impl PgCtl {
             Some(reason) => Ok(RewindOutcome::Impossible { reason }),
             None => Err(failed("pg_rewind", finished)),
         }
+    }
+}
+
+/// The password for a child process: libpq reads it from `source.passfile` (named in the connection string) when
+/// there is one, else it travels in `PGPASSWORD`; never on the command line.
+fn password_env(cmd: &mut tokio::process::Command, source: &ConnParams) {
+    match (&source.passfile, &source.password) {
+        (Some(passfile), _) => {
+            cmd.env("PGPASSFILE", passfile).env_remove("PGPASSWORD");
+        }
+        (None, Some(password)) => {
+            cmd.env("PGPASSWORD", password);
+        }
+        (None, None) => {}
     }
 }
 

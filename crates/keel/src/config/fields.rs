@@ -1,0 +1,345 @@
+//! Patroni's configuration keys as data, each with its fate in Keel: implemented (a typed [`Kind`]), refused
+//! ([`Kind::Refused`], or [`Kind::Limited`] for values Keel does not implement, with what to do), or accepted with
+//! one warning ([`Kind::Ignored`], only where ignoring cannot surprise anyone). `docs/patroni-compatibility.md`
+//! lists the same fates; a test keeps the two in step.
+
+use super::schema::{Field, Kind, Walk};
+use super::yaml::{Node, Value};
+
+const fn opt(name: &'static str, kind: Kind) -> Field {
+    Field { name, kind, required: false }
+}
+const fn req(name: &'static str, kind: Kind) -> Field {
+    Field { name, kind, required: true }
+}
+const fn refuse(name: &'static str, hint: &'static str) -> Field {
+    Field { name, kind: Kind::Refused(hint), required: false }
+}
+const fn ignore(name: &'static str, why: &'static str) -> Field {
+    Field { name, kind: Kind::Ignored(why), required: false }
+}
+
+const OTHER_DCS: &str = "Keel speaks etcd v3 only: move the cluster to etcd and configure the etcd3 section";
+const ETCD_SECURITY: &str = "etcd TLS and authentication are not implemented yet: Keel would talk to etcd in plain \
+     text without credentials. Remove it only if your etcd accepts that; otherwise keep running Patroni for now";
+const ETCD_DISCOVERY: &str = "Keel connects to the etcd endpoints listed in host or hosts; use those instead";
+const REST_TLS: &str = "TLS for the REST API is not implemented yet: the API would answer in plain HTTP. Remove it \
+     only if that is acceptable; otherwise keep running Patroni for now";
+const REST_ACCESS: &str = "REST API access lists are not implemented yet (restapi.authentication is): remove it \
+     only if every host may call the API's unsafe endpoints";
+const REST_EXTRA: &str = "not implemented by Keel's REST server; remove it";
+const CTL_TLS: &str = "keel's control commands do not speak TLS yet; remove it";
+const PG_SSL: &str = "Keel connects to PostgreSQL with sslmode=prefer and no client certificate; TLS and GSS \
+     settings for these connections are not implemented yet. Remove it only if plain settings are acceptable";
+const SCRIPT: &str = "Keel does not run user scripts (callbacks, pre_promote, before_stop, post_bootstrap, custom \
+     bootstrap or replica methods); remove it";
+const LOG_FILES: &str = "Keel logs to stderr only; capture it with your service manager (journald, docker) and \
+     remove the log file settings";
+pub const WATCHDOG: &str = "Keel has no watchdog support yet: set watchdog.mode: off (and drop device and \
+     safety_margin), or keep running Patroni if you rely on the watchdog for fencing";
+const IN_DYNAMIC: &str = "Patroni reads it from the dynamic configuration only: set it under bootstrap.dcs (new \
+     cluster) or with keel edit-config";
+const LEGACY_AUTH: &str = "this is the pre-`authentication` spelling: move it under postgresql.authentication";
+const STANDBY: &str = "Keel runs primary clusters only: standby clusters are not implemented";
+const RECOVERY_CONF: &str = "Keel writes the recovery settings itself; set restore_command and the like in \
+     postgresql.parameters";
+
+pub const ROOT: &[Field] = &[
+    req("scope", Kind::Str),
+    opt("namespace", Kind::Str),
+    req("name", Kind::Str),
+    req("restapi", Kind::Map(RESTAPI)),
+    req("etcd3", Kind::Map(ETCD3)),
+    opt("bootstrap", Kind::MapWithNamed(BOOTSTRAP, "method", SCRIPT)),
+    req("postgresql", Kind::MapWithNamed(POSTGRESQL, "create_replica_methods", SCRIPT)),
+    opt("tags", Kind::OpenMap(TAGS)),
+    opt("keel", Kind::Map(KEEL)),
+    opt("log", Kind::Map(LOG)),
+    opt("ctl", Kind::Map(CTL)),
+    opt("watchdog", Kind::Map(WATCHDOG_FIELDS)),
+    ignore("thread_pool_size", "Keel has no thread pool"),
+    ignore("thread_stack_size", "Keel has no Python threads"),
+    refuse("citus", "Keel does not implement Citus clusters"),
+    refuse("consul", OTHER_DCS),
+    refuse(
+        "etcd",
+        "Keel speaks etcd v3 only: use the etcd3 section (keys written through the v2 API are not visible in v3)",
+    ),
+    refuse("exhibitor", OTHER_DCS),
+    refuse("zookeeper", OTHER_DCS),
+    refuse("kubernetes", OTHER_DCS),
+    refuse("raft", OTHER_DCS),
+    refuse("standby_cluster", STANDBY),
+    // Patroni ignores these at the top level (they belong in bootstrap.dcs); old configurations still have them.
+    refuse("ttl", IN_DYNAMIC),
+    refuse("loop_wait", IN_DYNAMIC),
+    refuse("retry_timeout", IN_DYNAMIC),
+    refuse("maximum_lag_on_failover", IN_DYNAMIC),
+];
+
+const LOG: &[Field] = &[
+    ignore("type", "Keel's log format is fixed"),
+    ignore("level", "Keel's log level is set with RUST_LOG"),
+    ignore("traceback_level", "Keel prints no Python tracebacks"),
+    ignore("format", "Keel's log format is fixed"),
+    ignore("dateformat", "Keel's log format is fixed"),
+    ignore("static_fields", "Keel's log format is fixed"),
+    ignore("max_queue_size", "Keel has no log queue"),
+    ignore("loggers", "Keel's log levels are set with RUST_LOG"),
+    ignore("deduplicate_heartbeat_logs", "Keel's log format is fixed"),
+    refuse("dir", LOG_FILES),
+    refuse("mode", LOG_FILES),
+    refuse("file_num", LOG_FILES),
+    refuse("file_size", LOG_FILES),
+];
+
+const CTL: &[Field] = &[
+    opt("authentication", Kind::Map(RESTAPI_AUTH)),
+    refuse("insecure", CTL_TLS),
+    refuse("cacert", CTL_TLS),
+    refuse("certfile", CTL_TLS),
+    refuse("keyfile", CTL_TLS),
+    refuse("keyfile_password", CTL_TLS),
+];
+
+const WATCHDOG_FIELDS: &[Field] = &[
+    opt("mode", Kind::Limited(&Kind::Str, &["off", "false"], WATCHDOG)),
+    refuse("device", WATCHDOG),
+    refuse("safety_margin", WATCHDOG),
+];
+
+const RESTAPI_AUTH: &[Field] = &[opt("username", Kind::Str), opt("password", Kind::Str)];
+
+const RESTAPI: &[Field] = &[
+    req("listen", Kind::Address),
+    opt("connect_address", Kind::Address),
+    opt("authentication", Kind::Map(RESTAPI_AUTH)),
+    ignore("thread_pool_size", "Keel's REST server has no thread pool"),
+    refuse("certfile", REST_TLS),
+    refuse("keyfile", REST_TLS),
+    refuse("keyfile_password", REST_TLS),
+    refuse("cafile", REST_TLS),
+    refuse("ciphers", REST_TLS),
+    refuse("verify_client", REST_TLS),
+    refuse("https_extra_headers", REST_TLS),
+    refuse("allowlist", REST_ACCESS),
+    refuse("allowlist_include_members", REST_ACCESS),
+    refuse("http_extra_headers", REST_EXTRA),
+    refuse("request_queue_size", REST_EXTRA),
+    refuse("server_tokens", REST_EXTRA),
+];
+
+const ETCD3: &[Field] = &[
+    opt("host", Kind::Str),
+    opt("hosts", Kind::StrList),
+    opt(
+        "protocol",
+        Kind::Limited(
+            &Kind::Str,
+            &["http"],
+            "https (TLS to etcd) is not implemented yet; use http or keep running Patroni",
+        ),
+    ),
+    opt(
+        "use_proxies",
+        Kind::Limited(
+            &Kind::Bool,
+            &["true"],
+            "Keel does not discover etcd members: it always uses the hosts as given (use_proxies: true); list every \
+             member in hosts and drop use_proxies: false",
+        ),
+    ),
+    refuse("username", ETCD_SECURITY),
+    refuse("password", ETCD_SECURITY),
+    refuse("cacert", ETCD_SECURITY),
+    refuse("cert", ETCD_SECURITY),
+    refuse("key", ETCD_SECURITY),
+    refuse("key_password", ETCD_SECURITY),
+    refuse("url", ETCD_DISCOVERY),
+    refuse("proxy", ETCD_DISCOVERY),
+    refuse("srv", ETCD_DISCOVERY),
+    refuse("srv_suffix", ETCD_DISCOVERY),
+    refuse("retry_timeout", IN_DYNAMIC),
+];
+
+const BOOTSTRAP: &[Field] = &[
+    opt("dcs", Kind::Raw(&Kind::Map(DCS))),
+    opt("initdb", Kind::Initdb),
+    opt(
+        "method",
+        Kind::Limited(
+            &Kind::Str,
+            &["initdb"],
+            "custom bootstrap methods are not implemented; remove method (Keel runs initdb)",
+        ),
+    ),
+    refuse("post_bootstrap", SCRIPT),
+    refuse("post_init", SCRIPT),
+    refuse("pg_hba", "Patroni 4 removed bootstrap.pg_hba: use postgresql.pg_hba"),
+    refuse("users", "Patroni 4 removed bootstrap.users: create the roles yourself once the cluster runs"),
+];
+
+/// The dynamic configuration (`bootstrap.dcs`, and the store's `config` key written by `keel edit-config` or the
+/// REST API).
+pub const DCS: &[Field] = &[
+    // Keel's failover-slot settings (read by keel_core::slots from the dynamic configuration).
+    opt("failover_slot_readiness", Kind::Str),
+    opt("failover_slot_recreate", Kind::Bool),
+    opt("ttl", Kind::Seconds),
+    opt("loop_wait", Kind::Seconds),
+    opt("retry_timeout", Kind::Seconds),
+    opt("maximum_lag_on_failover", Kind::Int),
+    opt("maximum_lag_on_syncnode", Kind::Int),
+    opt("max_timelines_history", Kind::Int),
+    opt("primary_start_timeout", Kind::Seconds),
+    opt("master_start_timeout", Kind::Seconds),
+    opt("primary_stop_timeout", Kind::Seconds),
+    opt("master_stop_timeout", Kind::Seconds),
+    opt("check_timeline", Kind::Bool),
+    opt("pause", Kind::Bool),
+    opt(
+        "synchronous_mode",
+        Kind::Limited(
+            &Kind::SyncMode,
+            &["true", "false"],
+            "quorum commit is not implemented yet (running it as FIRST n could lose acknowledged commits at \
+             failover); use synchronous_mode: on, or keep running Patroni",
+        ),
+    ),
+    opt("synchronous_mode_strict", Kind::Bool),
+    opt("synchronous_node_count", Kind::Int),
+    opt("failsafe_mode", Kind::Bool),
+    opt("member_slots_ttl", Kind::Seconds),
+    opt("postgresql", Kind::Map(DCS_POSTGRESQL)),
+    opt("slots", Kind::MapOf(&Kind::Slot)),
+    opt("permanent_slots", Kind::MapOf(&Kind::Slot)),
+    opt("permanent_replication_slots", Kind::MapOf(&Kind::Slot)),
+    opt("ignore_slots", Kind::ListOf(&Kind::Map(IGNORE_SLOT))),
+    refuse("standby_cluster", STANDBY),
+];
+
+const DCS_POSTGRESQL: &[Field] = &[
+    opt("use_pg_rewind", Kind::Bool),
+    opt("use_slots", Kind::Bool),
+    opt("parameters", Kind::MapOf(&Kind::Any)),
+    opt("pg_hba", Kind::Lines),
+    opt("pg_ident", Kind::Lines),
+    opt("pg_ctl_timeout", Kind::Seconds),
+    opt("remove_data_directory_on_rewind_failure", Kind::Bool),
+    opt("remove_data_directory_on_diverged_timelines", Kind::Bool),
+    refuse("recovery_conf", RECOVERY_CONF),
+];
+
+pub const SLOT: &[Field] = &[
+    opt("type", Kind::Str),
+    opt("database", Kind::Str),
+    opt("plugin", Kind::Str),
+    opt("cluster_type", Kind::Str),
+    // Patroni removes a configured `lsn`; accepted so such configurations still load.
+    opt("lsn", Kind::Any),
+];
+
+const IGNORE_SLOT: &[Field] =
+    &[opt("name", Kind::Str), opt("type", Kind::Str), opt("database", Kind::Str), opt("plugin", Kind::Str)];
+
+const POSTGRESQL: &[Field] = &[
+    req("listen", Kind::Address),
+    req("connect_address", Kind::Address),
+    req("data_dir", Kind::Str),
+    opt("bin_dir", Kind::Str),
+    opt("database", Kind::Str),
+    opt("pgpass", Kind::Str),
+    opt("authentication", Kind::Map(PG_AUTH)),
+    opt("parameters", Kind::MapOf(&Kind::Any)),
+    opt("pg_hba", Kind::Lines),
+    opt("pg_ident", Kind::Lines),
+    opt("pg_ctl_timeout", Kind::Seconds),
+    opt("use_pg_rewind", Kind::Bool),
+    opt("remove_data_directory_on_rewind_failure", Kind::Bool),
+    opt("remove_data_directory_on_diverged_timelines", Kind::Bool),
+    opt(
+        "use_unix_socket",
+        Kind::Limited(&Kind::Bool, &["false"], "Keel connects over TCP to postgresql.listen; remove it"),
+    ),
+    opt(
+        "use_unix_socket_repl",
+        Kind::Limited(&Kind::Bool, &["false"], "Keel connects over TCP to postgresql.listen; remove it"),
+    ),
+    opt(
+        "create_replica_methods",
+        Kind::Limited(&Kind::StrList, &["basebackup"], "only basebackup is implemented; remove the other methods"),
+    ),
+    refuse("use_slots", IN_DYNAMIC),
+    refuse("config_dir", "Keel keeps postgresql.conf in the data directory; remove config_dir"),
+    refuse("bin_name", "Keel runs the standard program names from bin_dir; remove bin_name"),
+    refuse(
+        "basebackup",
+        "Keel runs pg_basebackup with its own options (-X stream -c fast); remove the basebackup options",
+    ),
+    refuse("callbacks", SCRIPT),
+    refuse("pre_promote", SCRIPT),
+    refuse("before_stop", SCRIPT),
+    refuse("recovery_conf", RECOVERY_CONF),
+    refuse(
+        "custom_conf",
+        "Keel writes postgresql.conf over postgresql.base.conf; put the settings in postgresql.parameters",
+    ),
+    refuse("proxy_address", "Keel does not publish a proxy_url yet; remove it"),
+    refuse("retry_timeout", IN_DYNAMIC),
+    refuse("superuser", LEGACY_AUTH),
+    refuse("replication", LEGACY_AUTH),
+    refuse("pg_rewind", LEGACY_AUTH),
+];
+
+const PG_USER: &[Field] = &[
+    opt("username", Kind::Str),
+    opt("password", Kind::Str),
+    refuse("sslmode", PG_SSL),
+    refuse("sslkey", PG_SSL),
+    refuse("sslpassword", PG_SSL),
+    refuse("sslcert", PG_SSL),
+    refuse("sslrootcert", PG_SSL),
+    refuse("sslcrl", PG_SSL),
+    refuse("sslcrldir", PG_SSL),
+    refuse("sslnegotiation", PG_SSL),
+    refuse("gssencmode", PG_SSL),
+    refuse("channel_binding", PG_SSL),
+];
+
+const PG_AUTH: &[Field] =
+    &[opt("superuser", Kind::Map(PG_USER)), opt("replication", Kind::Map(PG_USER)), opt("rewind", Kind::Map(PG_USER))];
+
+pub const TAGS: &[Field] = &[
+    opt("nofailover", Kind::Bool),
+    opt("failover_priority", Kind::Int),
+    opt("noloadbalance", Kind::Bool),
+    opt("clonefrom", Kind::Bool),
+    opt("replicatefrom", Kind::Str),
+    opt("nosync", Kind::Bool),
+    opt("sync_priority", Kind::Int),
+    opt(
+        "nostream",
+        Kind::Limited(
+            &Kind::Bool,
+            &["false"],
+            "nostream (archive-only replicas) is not implemented: the node would stream anyway; remove it",
+        ),
+    ),
+];
+
+/// Keel's own settings (none yet).
+const KEEL: &[Field] = &[];
+
+/// A `watchdog` section without `mode` means Patroni's default, `automatic`: refused like an explicit one.
+pub fn check_watchdog(root: &Node, walk: &mut Walk) {
+    if let Some(w) = root.get("watchdog") {
+        let has_mode = matches!(&w.value, Value::Map(entries) if entries.iter().any(|e| e.key == "mode"));
+        if matches!(w.value, Value::Map(_)) && !has_mode {
+            walk.refused.push(super::schema::Refused {
+                path: "watchdog.mode".into(),
+                origin: w.origin.clone(),
+                hint: format!("not set, which means automatic in Patroni. {WATCHDOG}"),
+            });
+        }
+    }
+}
