@@ -74,13 +74,14 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(c: &KeelCluster) -> Writer {
+    /// Writes ids from `first` on.
+    fn start(c: &KeelCluster, first: i32) -> Writer {
         let acked = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (bin, nodes) = (c.opts.bin_dir.clone(), nodes(c));
         let (a, s) = (acked.clone(), stop.clone());
         let handle = thread::spawn(move || {
-            let (mut id, mut at) = (0, 0);
+            let (mut id, mut at) = (first - 1, 0);
             while !s.load(Ordering::SeqCst) {
                 id += 1;
                 let sql = format!("INSERT INTO acked VALUES ({id})");
@@ -261,8 +262,10 @@ fn settle(c: &KeelCluster, writer: &Writer, back: Instant, before_outage: &str) 
 /// no acknowledged id was lost. Prints duplicates.
 fn check(c: &KeelCluster, mut writer: Writer, mut consumer: Consumer, primary: &str, what: &str) {
     let acked = writer.stop();
+    let first = acked.first().copied().unwrap_or(0);
+    let sql = format!("SELECT id FROM acked WHERE id >= {first}");
     let on_primary: BTreeSet<i32> =
-        c.psql_db(primary, DB, "SELECT id FROM acked").unwrap().lines().filter_map(|l| l.parse().ok()).collect();
+        c.psql_db(primary, DB, &sql).unwrap().lines().filter_map(|l| l.parse().ok()).collect();
     let lost: Vec<i32> = acked.iter().copied().filter(|i| !on_primary.contains(i)).collect();
     let res = c.wait(&format!("{what}: the consumer has every id on {primary}"), Duration::from_secs(120), || {
         let seen = decoded_ids(&consumer.files());
@@ -297,7 +300,8 @@ enum Outage {
 /// One outage of `kind` under load; returns the final leader.
 fn outage(c: &mut KeelCluster, kind: Outage, failsafe: bool, leader: &str) -> String {
     let what = format!("{kind:?} store, failsafe_mode {failsafe}");
-    let writer = Writer::start(c);
+    let max = c.psql_db(leader, DB, "SELECT coalesce(max(id), 0) FROM acked").unwrap();
+    let writer = Writer::start(c, max.parse::<i32>().unwrap() + 1);
     let consumer = Consumer::start(c);
     c.wait(&format!("{what}: writes before the outage"), Duration::from_secs(60), || {
         Ok((writer.count() > 100).then_some(()))
