@@ -1,6 +1,6 @@
-//! The slot state file parser against real files from PostgreSQL 15, 16, 17 and 18 (`tests/fixtures/slotfile`, made by
-//! `scripts/make-slot-fixtures.sh`, each with the server's own `pg_replication_slots` row in a `.expected` file),
-//! and against every kind of damage: flipped bytes, another major's format, truncation, extension, and fuzzing.
+//! The slot state file parser against real files from PostgreSQL 15, 16, 17 and 18 (`tests/fixtures/slotfile`,
+//! made by `scripts/make-slot-fixtures.sh`, each with the server's own `pg_replication_slots` row in a `.expected`
+//! file), and against every kind of damage: flipped bytes, another major's format, truncation, extension, and fuzzing.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

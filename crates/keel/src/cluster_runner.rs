@@ -36,7 +36,7 @@ pub const REPLICATION: (&str, &str) = ("replicator", "keel-repl");
 pub const REWIND: (&str, &str) = ("rewind_user", "keel-rewind");
 
 /// The directory holding `pg_ctl` for PostgreSQL `version`: Debian's `/usr/lib/postgresql/N/bin`, else
-/// `/opt/keel/pg/N/bin` (where `scripts/setup.sh` installs 17 and 18).
+/// `/opt/keel/pg/N/bin` (where `scripts/setup.sh` installs 16, 17 and 18).
 pub fn pg_bin_dir(version: u32) -> PathBuf {
     let candidates = [
         PathBuf::from(format!("/usr/lib/postgresql/{version}/bin")),
@@ -317,8 +317,13 @@ pub fn kill_postmaster(data_dir: &Path) -> Option<u32> {
 /// Runs `sql` with `bin_dir/psql` as the generated superuser on `127.0.0.1:port`; stdout (unaligned, tuples only)
 /// or psql's error message. A statement gets 20 s, a connection attempt 3 s.
 pub fn psql(bin_dir: &Path, port: u16, sql: &str) -> Result<String, String> {
+    psql_db(bin_dir, port, "postgres", sql)
+}
+
+/// [`psql`] in database `database`.
+pub fn psql_db(bin_dir: &Path, port: u16, database: &str, sql: &str) -> Result<String, String> {
     let out = Command::new(bin_dir.join("psql"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", SUPERUSER.0, "-d", "postgres"])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", SUPERUSER.0, "-d", database])
         .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .env("PGPASSWORD", SUPERUSER.1)
         .env("PGCONNECT_TIMEOUT", "3")
@@ -705,6 +710,12 @@ impl LocalCluster {
     /// Runs `sql` with `psql` as the superuser on node `name`; stdout (unaligned, tuples only) or the error.
     pub fn psql(&self, name: &str, sql: &str) -> Result<String, String> {
         psql(&self.opts.bin_dir, self.node(name).pg_port, sql).map_err(|e| format!("{name}: {e}"))
+    }
+
+    /// [`LocalCluster::psql`] in database `database`.
+    pub fn psql_db(&self, name: &str, database: &str, sql: &str) -> Result<String, String> {
+        psql_db(&self.opts.bin_dir, self.node(name).pg_port, database, sql)
+            .map_err(|e| format!("{name}/{database}: {e}"))
     }
 
     /// Whether `name`'s PostgreSQL accepts writes (a primary that is not read-only).
