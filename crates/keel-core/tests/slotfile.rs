@@ -1,6 +1,6 @@
-//! The slot state file parser against real files from PostgreSQL 15, 17 and 18 (`tests/fixtures/slotfile`, made by
-//! `scripts/make-slot-fixtures.sh`, each with the server's own `pg_replication_slots` row in a `.expected` file),
-//! and against every kind of damage: flipped bytes, another major's format, truncation, extension, and fuzzing.
+//! The slot state file parser against real files from PostgreSQL 15, 16, 17 and 18 (`tests/fixtures/slotfile`,
+//! made by `scripts/make-slot-fixtures.sh`, each with the server's own `pg_replication_slots` row in a `.expected`
+//! file), and against every kind of damage: flipped bytes, another major's format, truncation, extension, and fuzzing.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,7 +12,7 @@ use keel_core::slotfile::{
 };
 use proptest::prelude::*;
 
-const MAJORS: [u32; 3] = [15, 17, 18];
+const MAJORS: [u32; 4] = [15, 16, 17, 18];
 const KINDS: [&str; 3] = ["logical", "pgoutput", "physical"];
 
 fn fixture_path(major: u32, kind: &str, ext: &str) -> PathBuf {
@@ -101,6 +101,8 @@ fn real_files_decode_to_what_the_server_showed() {
     }
     // The test_decoding slots were made with two_phase (and failover on 17+), the pgoutput ones without.
     assert_eq!(parse(&fixture(15, "logical"), 15).unwrap().two_phase, Some(true));
+    // 16's build has no test_decoding: its `logical` slot is a pgoutput one, also with two_phase.
+    assert_eq!(parse(&fixture(16, "logical"), 16).unwrap().two_phase, Some(true));
     assert_eq!(parse(&fixture(17, "logical"), 17).unwrap().failover, Some(true));
     assert_eq!(parse(&fixture(18, "pgoutput"), 18).unwrap().failover, Some(false));
 }
@@ -206,6 +208,15 @@ fn another_majors_format_is_refused() {
     assert!(err.to_string().contains("reads version 3 only"), "{err}");
     let err = parse(&from15, 16).expect_err("15 on 16");
     assert!(matches!(err, SlotFileError::VersionMismatch { found: 2, expected: 3, .. }), "{err}");
+    // A real 16 file (format version 3) on its neighbours, and theirs on 16.
+    let from16 = fixture(16, "logical");
+    let err = parse(&from16, 15).expect_err("16 on 15");
+    assert!(matches!(err, SlotFileError::VersionMismatch { found: 3, expected: 2, major: 15, checksum_ok: true }));
+    assert!(err.to_string().starts_with("format version 3 is PostgreSQL 16's"), "{err}");
+    let err = parse(&from16, 17).expect_err("16 on 17");
+    assert!(matches!(err, SlotFileError::VersionMismatch { found: 3, expected: 5, major: 17, checksum_ok: true }));
+    let err = parse(&fixture(18, "pgoutput"), 16).expect_err("18 on 16");
+    assert!(matches!(err, SlotFileError::VersionMismatch { found: 5, expected: 3, major: 16, checksum_ok: true }));
     let err = parse(&from15, 12).expect_err("12 is not supported");
     assert!(err.to_string().contains("PostgreSQL 12 is not supported"), "{err}");
     // Majors sharing a format read each other's files (as PostgreSQL would).

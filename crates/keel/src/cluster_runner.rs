@@ -36,7 +36,7 @@ pub const REPLICATION: (&str, &str) = ("replicator", "keel-repl");
 pub const REWIND: (&str, &str) = ("rewind_user", "keel-rewind");
 
 /// The directory holding `pg_ctl` for PostgreSQL `version`: Debian's `/usr/lib/postgresql/N/bin`, else
-/// `/opt/keel/pg/N/bin` (where `scripts/setup.sh` installs 17 and 18).
+/// `/opt/keel/pg/N/bin` (where `scripts/setup.sh` installs 16, 17 and 18).
 pub fn pg_bin_dir(version: u32) -> PathBuf {
     let candidates = [
         PathBuf::from(format!("/usr/lib/postgresql/{version}/bin")),
@@ -326,10 +326,10 @@ pub fn psql(bin_dir: &Path, port: u16, sql: &str) -> Result<String, String> {
     psql_db(bin_dir, port, "postgres", sql)
 }
 
-/// [`psql`] in database `db`.
-pub fn psql_db(bin_dir: &Path, port: u16, db: &str, sql: &str) -> Result<String, String> {
+/// [`psql`] in database `database`.
+pub fn psql_db(bin_dir: &Path, port: u16, database: &str, sql: &str) -> Result<String, String> {
     let out = Command::new(bin_dir.join("psql"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", SUPERUSER.0, "-d", db])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", SUPERUSER.0, "-d", database])
         .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .env("PGPASSWORD", SUPERUSER.1)
         .env("PGCONNECT_TIMEOUT", "3")
@@ -718,9 +718,10 @@ impl LocalCluster {
         psql(&self.opts.bin_dir, self.node(name).pg_port, sql).map_err(|e| format!("{name}: {e}"))
     }
 
-    /// [`LocalCluster::psql`] in database `db`.
-    pub fn psql_db(&self, name: &str, db: &str, sql: &str) -> Result<String, String> {
-        psql_db(&self.opts.bin_dir, self.node(name).pg_port, db, sql).map_err(|e| format!("{name}: {e}"))
+    /// [`LocalCluster::psql`] in database `database`.
+    pub fn psql_db(&self, name: &str, database: &str, sql: &str) -> Result<String, String> {
+        psql_db(&self.opts.bin_dir, self.node(name).pg_port, database, sql)
+            .map_err(|e| format!("{name}/{database}: {e}"))
     }
 
     /// Whether `name`'s PostgreSQL accepts writes (a primary that is not read-only).

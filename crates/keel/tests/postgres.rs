@@ -2,7 +2,7 @@
 //! replica from a base backup, promotion, pg_rewind of the old primary, stop; plus the clear errors for a port in
 //! use and a data directory owned by the wrong user.
 //!
-//! Versions: `KEEL_TEST_PG_VERSIONS=15,18` (default: 15, plus 18 when `/opt/keel/pg/18/bin` exists). Version 15 is
+//! Versions: `KEEL_TEST_PG_VERSIONS=15,16,18` (default: 15, plus 16 and 18 when installed). Version 15 is
 //! Debian's (`/usr/lib/postgresql/15/bin`), others live in `/opt/keel/pg/<major>/bin` (`scripts/setup.sh`).
 //! As root (CI, this machine) every PostgreSQL program runs as the `postgres` OS user.
 

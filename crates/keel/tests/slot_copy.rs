@@ -1,9 +1,10 @@
-//! Copying a logical slot to a real standby: a primary with a test_decoding slot, a streaming replica from a base
+//! Copying a logical slot to a real standby: a primary with a test_decoding slot (pgoutput where the build has no
+//! test_decoding, as 16 from the pgserver wheel), a streaming replica from a base
 //! backup, the slot's state file read over SQL with `pg_read_binary_file`, validated and installed into the
 //! stopped replica with `write_slot_file`; the replica starts with the slot at the primary's position and
 //! `pg_replication_slot_advance` moves it once the replica has replayed past the primary's new position.
 //!
-//! Versions: `KEEL_TEST_PG_VERSIONS=15,17,18` (default: 15, plus 18 when `/opt/keel/pg/18/bin` exists), as in
+//! Versions: `KEEL_TEST_PG_VERSIONS=15,16,17,18` (default: 15, plus 16 and 18 when installed), as in
 //! `tests/postgres.rs`. As root every PostgreSQL program runs as the `postgres` OS user. Every server the test
 //! starts is stopped (`pg_ctl stop -m immediate`) by a drop guard, also when an assertion fails.
 
@@ -21,7 +22,9 @@ use keel_core::lsn::Lsn;
 use keel_core::slotfile::Expectation;
 
 mod common;
+mod slotkit;
 use common::{free_port, hba, run_as, scratch, versions, wait_for, Guard};
+use slotkit::Plugin;
 
 /// The shared small server, with logical decoding and feedback for the copied slot.
 fn server_conf(socket_dir: &Path, port: u16, recovery: Option<RecoveryConf>) -> ServerConf {
@@ -130,17 +133,20 @@ async fn copy_slot(major: u32, bin_dir: &Path) {
     // The logical slot, some changes, a checkpoint so the file is current.
     // Separate statements: a simple query with several runs them in one transaction, and a slot cannot be
     // created in a transaction that has written.
+    let plugin = Plugin::text_or_pgoutput(bin_dir, "copied_pub");
     for sql in [
         "CREATE TABLE t (x int)".to_string(),
+        plugin.publication_sql("TABLE t").unwrap_or_else(|| "SELECT 1".into()),
         "INSERT INTO t SELECT generate_series(1, 100)".to_string(),
-        format!("SELECT pg_create_logical_replication_slot('{SLOT}', 'test_decoding')"),
+        format!("SELECT pg_create_logical_replication_slot('{SLOT}', '{}')", plugin.name()),
         "INSERT INTO t SELECT generate_series(101, 200)".to_string(),
         "CHECKPOINT".to_string(),
     ] {
         session.execute_script(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
-    let (plugin, datoid, confirmed, restart, temporary) = slot_row(&session).await.expect("the slot on the primary");
-    assert_eq!((plugin.as_str(), temporary), ("test_decoding", false));
+    let (plugin_name, datoid, confirmed, restart, temporary) =
+        slot_row(&session).await.expect("the slot on the primary");
+    assert_eq!((plugin_name.as_str(), temporary), (plugin.name(), false));
     let rows = session
         .query("SELECT pg_read_binary_file($1)", &[&format!("pg_replslot/{SLOT}/state")])
         .await
@@ -152,7 +158,7 @@ async fn copy_slot(major: u32, bin_dir: &Path) {
     assert!(replica.stop(StopMode::Fast, TIMEOUT).await.expect("stop the replica"));
 
     // Validate and install it into the stopped replica.
-    let expectation = Expectation { major, slot_name: SLOT.into(), database_oid: datoid, plugin: plugin.clone() };
+    let expectation = Expectation { major, slot_name: SLOT.into(), database_oid: datoid, plugin: plugin_name.clone() };
     let owner = Some(run_as.owner().expect("the PostgreSQL user's ids"));
     let wrong = Expectation { major: if major == 15 { 18 } else { 15 }, ..expectation.clone() };
     let err = write_slot_file(&replica.data_dir, SLOT, &bytes, &wrong, owner, false).expect_err("another major");
@@ -169,7 +175,7 @@ async fn copy_slot(major: u32, bin_dir: &Path) {
     replica.start(true, TIMEOUT).await.expect("start the replica with the copied slot");
     let standby = connect(port2).await;
     let on_replica = slot_row(&standby).await.expect("the copied slot on the replica");
-    assert_eq!(on_replica, (plugin, datoid, confirmed, restart, false));
+    assert_eq!(on_replica, (plugin_name, datoid, confirmed, restart, false));
 
     // Once the replica's feedback holds the primary's catalog_xmin, the primary's slot may move on.
     wait_for("the replica's feedback to reach replica1's catalog_xmin", TIMEOUT, || async {
@@ -179,10 +185,7 @@ async fn copy_slot(major: u32, bin_dir: &Path) {
     })
     .await;
     session.execute_script("INSERT INTO t SELECT generate_series(201, 300)").await.expect("write on the primary");
-    session
-        .execute_script(&format!("SELECT count(*) FROM pg_logical_slot_get_changes('{SLOT}', NULL, NULL)"))
-        .await
-        .expect("consume the primary's slot");
+    session.execute_script(&plugin.consume_sql(SLOT)).await.expect("consume the primary's slot");
     let target = lsn(
         &session,
         &format!("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = '{SLOT}'"),

@@ -1,25 +1,27 @@
 //! Slot scenario tests: a real etcd and three real agents managing real PostgreSQL (15 by default,
-//! `KEEL_TEST_PG_VERSION=18` for 18) with permanent slots in the dynamic configuration, modelled on Patroni's
-//! `permanent_slots.feature` and `ignored_slots.feature`, plus Keel's own promises: a logical consumer keeps going
-//! across a failover or a switchover without gaps, and a missing logical slot on a new primary is a loud
-//! continuity break instead of a silent re-creation.
+//! `KEEL_TEST_PG_VERSION=16|17|18` for another major) with permanent slots in the dynamic configuration, modelled
+//! on Patroni's `permanent_slots.feature` and `ignored_slots.feature`, plus Keel's own promises: a logical consumer
+//! keeps going across a failover or a switchover without gaps, and a missing logical slot on a new primary is a
+//! loud continuity break instead of a silent re-creation.
 //!
-//! One cluster at a time (the `SERIAL` lock); every wait is a condition with a generous deadline.
+//! The permanent logical slot uses test_decoding, or pgoutput with a publication of all tables where the build has
+//! no test_decoding (16); the consumers decode either (`slotkit`).
+//!
+//! One cluster at a time (`slotkit::cluster::serial`); every wait is a condition with a generous deadline.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use keel::cluster_runner::{self, SUPERUSER};
+use keel::cluster_runner;
 use keel_testkit::{KeelCluster, KeelOptions};
 use serde_json::{json, Value};
 
-static SERIAL: Mutex<()> = Mutex::new(());
+mod slotkit;
+use slotkit::cdc::{check_continuity, Consumer, Writer};
+use slotkit::cluster::{
+    self, has_slot, replicas, serial, slot_names, slots_api, wait_new_leader, wait_slot, wait_streaming_from,
+};
+use slotkit::{Plugin, Stream};
 
 const UP: Duration = Duration::from_secs(120);
 const FAILOVER: Duration = Duration::from_secs(90);
@@ -29,12 +31,31 @@ const SLOTS: Duration = Duration::from_secs(90);
 const LOGICAL: &str = "test_logical";
 const PHYSICAL: &str = "test_physical";
 
+/// The publication pgoutput consumers use (where the permanent logical slot is a pgoutput one).
+const PUBLICATION: &str = "keel_pub";
+
+/// The permanent logical slot's plugin on the PostgreSQL under test.
+fn plugin() -> &'static Plugin {
+    static PLUGIN: OnceLock<Plugin> = OnceLock::new();
+    PLUGIN.get_or_init(|| {
+        let bin_dir = cluster_runner::pg_bin_dir(cluster_runner::pg_version_from_env());
+        Plugin::text_or_pgoutput(&bin_dir, PUBLICATION)
+    })
+}
+
+fn stream() -> Stream {
+    Stream { slot: LOGICAL.into(), database: "postgres".into(), plugin: plugin().clone() }
+}
+
 /// The permanent slots and the ignore list, at the `bootstrap.dcs` level.
-const SLOTS_YAML: &str = "    slots:
+fn slots_yaml() -> String {
+    let plugin = plugin().name();
+    format!(
+        "    slots:
       test_logical:
         type: logical
         database: postgres
-        plugin: test_decoding
+        plugin: {plugin}
       test_physical:
         type: physical
     ignore_slots:
@@ -42,96 +63,28 @@ const SLOTS_YAML: &str = "    slots:
     - name: ignored_logical
       type: logical
       database: postgres
-      plugin: test_decoding
-";
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+      plugin: {plugin}
+"
+    )
 }
 
 fn options(extra: &str) -> KeelOptions {
     KeelOptions {
         keel_bin: Some(env!("CARGO_BIN_EXE_keel").into()),
         logical: true,
-        extra_dcs_yaml: format!("{SLOTS_YAML}{extra}"),
+        extra_dcs_yaml: format!("{}{extra}", slots_yaml()),
         ..KeelOptions::default()
     }
 }
 
-/// Starts a three-node cluster and waits for a writable leader with two streaming replicas.
+/// Starts a three-node cluster (see [`cluster::up`]) and creates the publication pgoutput consumers need, before
+/// any table is written.
 fn up(opts: KeelOptions) -> (KeelCluster, String) {
-    let mut c = KeelCluster::start(3, opts).expect("start etcd and three agents");
-    let start = Instant::now();
-    let mut last;
-    loop {
-        for name in c.names() {
-            if let Some(st) = c.agent_exit(&name) {
-                panic!("the agent of {name} exited ({st}) during bootstrap");
-            }
-        }
-        match c.wait_replicas_streaming(2, Duration::ZERO) {
-            Ok((leader, _)) if c.writable(&leader) && c.members_settled().unwrap_or(false) => {
-                eprintln!("cluster up in {:.1}s, leader {leader}", start.elapsed().as_secs_f64());
-                return (c, leader);
-            }
-            Ok((leader, _)) if c.writable(&leader) => last = format!("member keys not settled:\n{}", c.table()),
-            Ok((leader, _)) => last = format!("leader {leader} not writable"),
-            Err(e) => last = e,
-        }
-        assert!(start.elapsed() < UP, "no leader with two streaming replicas after {UP:?}: {last}");
-        thread::sleep(Duration::from_millis(250));
+    let (c, leader) = cluster::up(opts, UP);
+    if let Some(sql) = plugin().publication_sql("ALL TABLES") {
+        c.psql(&leader, &sql).unwrap_or_else(|e| panic!("{e}"));
     }
-}
-
-fn replicas(c: &KeelCluster, leader: &str) -> Vec<String> {
-    c.names().into_iter().filter(|n| n != leader).collect()
-}
-
-fn slot_names(c: &KeelCluster, node: &str) -> Result<BTreeSet<String>, String> {
-    Ok(c.psql(node, "SELECT slot_name FROM pg_replication_slots")?.lines().map(str::to_string).collect())
-}
-
-fn has_slot(c: &KeelCluster, node: &str, slot: &str) -> bool {
-    slot_names(c, node).map(|s| s.contains(slot)).unwrap_or(false)
-}
-
-/// Waits until `slot` exists (or, with `present == false`, no longer exists) on `node`.
-fn wait_slot(c: &KeelCluster, node: &str, slot: &str, present: bool, deadline: Duration) {
-    let what = format!("slot {slot} {} on {node}", if present { "present" } else { "gone" });
-    c.wait(&what, deadline, || {
-        let names = slot_names(c, node)?;
-        if names.contains(slot) == present {
-            Ok(Some(()))
-        } else {
-            Err(format!("slots: {names:?}"))
-        }
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(30)));
-}
-
-/// Waits until the leader key names someone other than `old` who accepts writes; returns them.
-fn wait_new_leader(c: &KeelCluster, old: &str, deadline: Duration) -> String {
-    c.wait(&format!("a new writable leader instead of {old}"), deadline, || match c.leader() {
-        Some(l) if l != old && c.writable(&l) => Ok(Some(l)),
-        other => Err(format!("leader key: {other:?}")),
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(40)))
-}
-
-fn wait_streaming_from(c: &KeelCluster, leader: &str, replica: &str, deadline: Duration) {
-    c.wait(&format!("{replica} streaming from {leader}"), deadline, || {
-        let names = c.streaming_replicas(leader)?;
-        Ok(names.iter().any(|n| n == replica).then_some(()))
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(40)));
-}
-
-/// `GET /slots` on `node`.
-fn slots_api(c: &KeelCluster, node: &str) -> Result<Value, String> {
-    match c.http_get(node, "/slots")? {
-        (200, v) => Ok(v),
-        (code, v) => Err(format!("GET /slots on {node}: {code} {v}")),
-    }
+    (c, leader)
 }
 
 /// Waits until every node in `nodes` reports its copy of the permanent logical slot ready (`GET /slots` and the
@@ -171,7 +124,7 @@ fn permanent_slots_are_copied_followed_and_unknown_ones_dropped() {
     assert_eq!(
         c.psql(&leader, &format!("SELECT plugin, database FROM pg_replication_slots WHERE slot_name = '{LOGICAL}'"))
             .unwrap(),
-        "test_decoding|postgres"
+        format!("{}|postgres", plugin().name())
     );
     // The leader publishes their positions in the status key.
     c.wait("the status key lists the permanent slots", Duration::from_secs(30), || {
@@ -186,8 +139,7 @@ fn permanent_slots_are_copied_followed_and_unknown_ones_dropped() {
 
     // Consume on the primary; the replicas' copies follow.
     c.psql(&leader, "CREATE TABLE t (id int primary key); INSERT INTO t SELECT generate_series(1, 1000)").unwrap();
-    let consumed =
-        c.psql(&leader, &format!("SELECT count(*) FROM pg_logical_slot_get_changes('{LOGICAL}', NULL, NULL)")).unwrap();
+    let consumed = c.psql(&leader, &plugin().consume_sql(LOGICAL)).unwrap();
     assert!(consumed.parse::<u64>().unwrap() >= 1000, "changes consumed: {consumed}");
     let primary_pos = c
         .psql(&leader, &format!("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{LOGICAL}'"))
@@ -214,7 +166,8 @@ fn permanent_slots_are_copied_followed_and_unknown_ones_dropped() {
 
     // Slots matching ignore_slots are left alone; unknown ones are dropped, on the primary and on a replica.
     c.psql(&leader, "SELECT pg_create_physical_replication_slot('ignored_slot', true)").unwrap();
-    c.psql(&leader, "SELECT pg_create_logical_replication_slot('ignored_logical', 'test_decoding')").unwrap();
+    let sql = format!("SELECT pg_create_logical_replication_slot('ignored_logical', '{}')", plugin().name());
+    c.psql(&leader, &sql).unwrap();
     c.psql(&leader, "SELECT pg_create_physical_replication_slot('unknown_primary', true)").unwrap();
     c.psql(&reps[0], "SELECT pg_create_physical_replication_slot('unknown_replica', true)").unwrap();
     wait_slot(&c, &leader, "unknown_primary", false, Duration::from_secs(60));
@@ -227,199 +180,9 @@ fn permanent_slots_are_copied_followed_and_unknown_ones_dropped() {
     }
 }
 
-/// A `pg_recvlogical --start` on the permanent logical slot, writing to a file.
-struct Consumer {
-    child: Option<Child>,
-    node: String,
-}
-
-impl Consumer {
-    fn start(c: &KeelCluster, node: &str, out: &Path) -> Consumer {
-        let log = File::create(out.with_extension("log")).unwrap();
-        let child = Command::new(c.opts.bin_dir.join("pg_recvlogical"))
-            .args(["-h", "127.0.0.1", "-p", &c.node(node).pg_port.to_string(), "-U", SUPERUSER.0, "-d", "postgres"])
-            .args(["--slot", LOGICAL, "--start", "--no-loop", "-F", "1", "-s", "1", "-f"])
-            .arg(out)
-            .env("PGPASSWORD", SUPERUSER.1)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("run pg_recvlogical");
-        let consumer = Consumer { child: Some(child), node: node.to_string() };
-        // It counts as started once the slot is active on the node.
-        c.wait(&format!("pg_recvlogical streaming from {node}"), Duration::from_secs(30), || {
-            let active =
-                c.psql(node, &format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{LOGICAL}'"))?;
-            Ok((active == "t").then_some(()))
-        })
-        .unwrap_or_else(|e| {
-            let err = std::fs::read_to_string(out.with_extension("log")).unwrap_or_default();
-            panic!("{e}\npg_recvlogical: {err}\n{}", c.logs(40))
-        });
-        consumer
-    }
-
-    /// SIGINT (pg_recvlogical flushes, confirms and exits), SIGKILL if it does not exit.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = cluster_runner::send_signal(child.id(), libc::SIGINT);
-            let start = Instant::now();
-            while child.try_wait().ok().flatten().is_none() && start.elapsed() < Duration::from_secs(10) {
-                thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Consumer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Inserts sequential ids, one transaction each, into `acked` on whichever port it is pointed at; records the
-/// ones PostgreSQL acknowledged.
-struct Writer {
-    acked: Arc<Mutex<Vec<i32>>>,
-    port: Arc<AtomicU16>,
-    stop: Arc<AtomicBool>,
-    handle: Option<thread::JoinHandle<()>>,
-}
-
-impl Writer {
-    fn start(c: &KeelCluster, node: &str) -> Writer {
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let port = Arc::new(AtomicU16::new(c.node(node).pg_port));
-        let stop = Arc::new(AtomicBool::new(false));
-        let bin = c.opts.bin_dir.clone();
-        let handle = {
-            let (acked, port, stop) = (acked.clone(), port.clone(), stop.clone());
-            thread::spawn(move || {
-                let mut id = 0;
-                while !stop.load(Ordering::SeqCst) {
-                    id += 1;
-                    let p = port.load(Ordering::SeqCst);
-                    match cluster_runner::psql(&bin, p, &format!("INSERT INTO acked VALUES ({id})")) {
-                        Ok(_) => acked.lock().unwrap().push(id),
-                        // The primary is gone or read-only: back off, keep going with fresh ids.
-                        Err(_) => thread::sleep(Duration::from_millis(200)),
-                    }
-                }
-            })
-        };
-        Writer { acked, port, stop, handle: Some(handle) }
-    }
-
-    fn count(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
-    fn point_at(&self, c: &KeelCluster, node: &str) {
-        self.port.store(c.node(node).pg_port, Ordering::SeqCst);
-    }
-
-    /// Waits until `n` more writes than now were acknowledged.
-    fn wait_more(&self, c: &KeelCluster, n: usize) {
-        let target = self.count() + n;
-        c.wait(&format!("{target} acknowledged writes"), Duration::from_secs(60), || {
-            let got = self.count();
-            if got >= target {
-                Ok(Some(()))
-            } else {
-                Err(format!("{got} acknowledged"))
-            }
-        })
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(30)));
-    }
-
-    fn stop(&mut self) -> Vec<i32> {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            h.join().unwrap();
-        }
-        self.acked.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// How often each id of `acked` appears as an INSERT in test_decoding output files.
-fn decoded_ids(files: &[PathBuf]) -> BTreeMap<i32, usize> {
-    const PREFIX: &str = "table public.acked: INSERT: id[integer]:";
-    let mut seen = BTreeMap::new();
-    for f in files {
-        let text = std::fs::read_to_string(f).unwrap_or_default();
-        for line in text.lines() {
-            if let Some(id) = line.strip_prefix(PREFIX).and_then(|s| s.trim().parse::<i32>().ok()) {
-                *seen.entry(id).or_insert(0) += 1;
-            }
-        }
-    }
-    seen
-}
-
-/// Ids in `node`'s `acked` table.
-fn table_ids(c: &KeelCluster, node: &str) -> BTreeSet<i32> {
-    c.psql(node, "SELECT id FROM acked").unwrap().lines().map(|l| l.parse().unwrap()).collect()
-}
-
-/// Waits until the consumer output holds every acknowledged id that is in `primary`'s table; panics with the
-/// missing ids otherwise. Prints the duplicates (allowed: a consumer restarted from a slot copy replays).
-fn check_continuity(c: &KeelCluster, primary: &str, acked: &[i32], files: &[PathBuf], what: &str) {
-    let on_primary = table_ids(c, primary);
-    let expected: BTreeSet<i32> = acked.iter().copied().filter(|i| on_primary.contains(i)).collect();
-    let res = c.wait(&format!("{what}: every acknowledged id in the consumer output"), Duration::from_secs(60), || {
-        let seen = decoded_ids(files);
-        let missing: Vec<i32> = expected.iter().copied().filter(|i| !seen.contains_key(i)).collect();
-        if missing.is_empty() {
-            Ok(Some(()))
-        } else {
-            Err(format!("{} missing: {:?}", missing.len(), &missing[..missing.len().min(50)]))
-        }
-    });
-    let seen = decoded_ids(files);
-    let dups: Vec<(i32, usize)> = seen.iter().filter(|(_, n)| **n > 1).map(|(i, n)| (*i, *n)).collect();
-    eprintln!(
-        "{what}: {} acknowledged, {} of them on {primary}, {} decoded ids, {} duplicated{}",
-        acked.len(),
-        expected.len(),
-        seen.len(),
-        dups.len(),
-        if dups.is_empty() { String::new() } else { format!(": {:?}", &dups[..dups.len().min(40)]) }
-    );
-    // Per handover: the ids the consumer after it received again (already in the output before it).
-    for (i, pair) in files.windows(2).enumerate() {
-        let before = decoded_ids(&files[..=i]);
-        let after = decoded_ids(&pair[1..]);
-        let again = after.keys().filter(|id| before.contains_key(id)).count();
-        eprintln!("{what}: handover {}: {again} ids delivered again by the next consumer", i + 1);
-    }
-    if let Err(e) = res {
-        panic!("{e}\n{}", c.logs(60));
-    }
-}
-
-/// The promotion check `node` recorded for the permanent logical slot (`/slots` → `promotion`), once present.
+/// The promotion check `node` recorded for the permanent logical slot.
 fn promotion_check(c: &KeelCluster, node: &str) -> Value {
-    c.wait(&format!("{node}'s promotion check in /slots"), Duration::from_secs(60), || {
-        let v = slots_api(c, node)?;
-        let slot = v
-            .pointer("/promotion/slots")
-            .and_then(Value::as_array)
-            .and_then(|a| a.iter().find(|s| s["slot"] == LOGICAL).cloned());
-        match slot {
-            Some(s) => Ok(Some(s)),
-            None => Err(format!("/slots: {v}")),
-        }
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(40)))
+    cluster::promotion_check(c, node, LOGICAL)
 }
 
 /// Keel's promise for logical consumers: after a kill -9 failover and after a switchover, a consumer restarted
@@ -431,8 +194,9 @@ fn logical_consumer_continues_across_failover_and_switchover() {
     let dir = c.dir();
     c.psql(&first, "CREATE TABLE acked (id int primary key)").unwrap();
     let mut files = vec![dir.join("consumer1.out")];
-    let mut consumer = Consumer::start(&c, &first, &files[0]);
-    let mut writer = Writer::start(&c, &first);
+    let stream = stream();
+    let mut consumer = Consumer::start(&c, &first, &stream, &files[0]);
+    let mut writer = Writer::start(&c, &first, "postgres");
     writer.wait_more(&c, 50);
     wait_ready(&c, &replicas(&c, &first), SLOTS);
     writer.wait_more(&c, 20);
@@ -449,7 +213,7 @@ fn logical_consumer_continues_across_failover_and_switchover() {
     assert_eq!(consumer.node, first);
     writer.point_at(&c, &second);
     files.push(dir.join("consumer2.out"));
-    consumer = Consumer::start(&c, &second, &files[1]);
+    consumer = Consumer::start(&c, &second, &stream, &files[1]);
     writer.wait_more(&c, 50);
 
     // The old primary rejoins; once every replica's copy is ready again, switch over.
@@ -481,10 +245,10 @@ fn logical_consumer_continues_across_failover_and_switchover() {
     consumer.stop();
     writer.point_at(&c, &third);
     files.push(dir.join("consumer3.out"));
-    consumer = Consumer::start(&c, &third, &files[2]);
+    consumer = Consumer::start(&c, &third, &stream, &files[2]);
     writer.wait_more(&c, 50);
     let acked = writer.stop();
-    check_continuity(&c, &third, &acked, &files, "kill -9 failover then switchover");
+    check_continuity(&c, &third, &stream, &acked, &files, "kill -9 failover then switchover");
     consumer.stop();
 }
 
@@ -556,12 +320,7 @@ fn missing_logical_slot_on_new_primary_is_a_continuity_break() {
 /// copy is ready once the primary's slot has moved on since the copy was installed).
 fn wait_ready_consuming(c: &KeelCluster, primary: &str, nodes: &[String]) {
     let consume = || {
-        let _ = c.psql(
-            primary,
-            &format!(
-                "INSERT INTO g (v) VALUES ('x'); SELECT count(*) FROM pg_logical_slot_get_changes('{LOGICAL}', NULL, NULL)"
-            ),
-        );
+        let _ = c.psql(primary, &format!("INSERT INTO g (v) VALUES ('x'); {}", plugin().consume_sql(LOGICAL)));
     };
     for n in nodes {
         c.wait(&format!("{LOGICAL} ready on {n}"), SLOTS, || {
@@ -701,7 +460,7 @@ fn failsafe_keeps_the_primary_and_slot_copies_follow_during_a_store_outage() {
 
     // Move both slots on the primary; the copies follow without the store.
     c.psql(&leader, "INSERT INTO g (v) SELECT 'outage' FROM generate_series(1, 500)").unwrap();
-    c.psql(&leader, &format!("SELECT count(*) FROM pg_logical_slot_get_changes('{LOGICAL}', NULL, NULL)")).unwrap();
+    c.psql(&leader, &plugin().consume_sql(LOGICAL)).unwrap();
     c.psql(&leader, &format!("SELECT pg_replication_slot_advance('{PHYSICAL}', pg_current_wal_flush_lsn())")).unwrap();
     let position = |node: &str, slot: &str| {
         c.psql(

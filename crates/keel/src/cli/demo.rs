@@ -29,7 +29,7 @@ pub struct DemoArgs {
     /// Number of Keel nodes.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=9))]
     pub nodes: u8,
-    /// PostgreSQL major version (15 from /usr/lib/postgresql, 17 and 18 from /opt/keel/pg).
+    /// PostgreSQL major version (15 from /usr/lib/postgresql, 16, 17 and 18 from /opt/keel/pg).
     #[arg(long, env = "KEEL_TEST_PG_VERSION", default_value_t = cluster_runner::DEFAULT_PG_VERSION)]
     pub pg_version: u32,
     /// PostgreSQL's bin directory (overrides --pg-version).

@@ -11,7 +11,8 @@ use keel::postgres::conf::{RecoveryConf, ServerConf};
 use keel::postgres::ctl::PgCtl;
 use keel::postgres::process::RunAs;
 
-/// The PostgreSQL versions to test: `KEEL_TEST_PG_VERSIONS=15,17,18`, else 15 plus 18 when installed.
+/// The PostgreSQL versions to test: `KEEL_TEST_PG_VERSIONS=15,16,17,18`, else 15 plus 16 and 18 when installed
+/// (16 has its own slot file format; 17 shares 18's).
 pub fn versions() -> Vec<(u32, PathBuf)> {
     let dir = |major: u32| -> PathBuf {
         if major == 15 {
@@ -35,7 +36,11 @@ pub fn versions() -> Vec<(u32, PathBuf)> {
                 (major, path)
             })
             .collect(),
-        _ => [15, 18].into_iter().map(|m| (m, dir(m))).filter(|(m, p)| *m == 15 || p.join("initdb").exists()).collect(),
+        _ => [15, 16, 18]
+            .into_iter()
+            .map(|m| (m, dir(m)))
+            .filter(|(m, p)| *m == 15 || p.join("initdb").exists())
+            .collect(),
     }
 }
 
