@@ -7,42 +7,50 @@
 //! failsafe the primary keeps its role throughout. Redelivered changes and the time writes were unavailable are
 //! printed.
 //!
-//! One cluster at a time (`SERIAL`); `KEEL_TEST_PG_VERSION` selects the major.
+//! One cluster at a time; `KEEL_TEST_PG_VERSION` selects the major (test_decoding, or pgoutput where the build
+//! lacks it).
 
-use std::collections::{BTreeMap, BTreeSet};
+mod slotkit;
+
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use keel::cluster_runner::{self, NodeSpec, SUPERUSER};
+use keel::cluster_runner::{self, pg_bin_dir, pg_version_from_env, NodeSpec, SUPERUSER};
 use keel_testkit::{KeelCluster, KeelOptions};
 use serde_json::json;
-
-static SERIAL: Mutex<()> = Mutex::new(());
+use slotkit::cdc::TABLE;
+use slotkit::cluster::serial;
+use slotkit::{decoded_ids, Plugin};
 
 /// Patroni's defaults.
 const TIMING: (u64, u64, u64) = (30, 10, 10);
-/// Longer than ttl: every lease expires while the store is away (unless a restarted etcd keeps them).
-const OUTAGE: Duration = Duration::from_secs(40);
+/// Longer than ttl: every lease expires while the store is away (unless a restarted etcd keeps them): the last
+/// keepalive came at most a loop_wait before the outage.
+const OUTAGE: Duration = Duration::from_secs(35);
 const DB: &str = "app";
 const SLOT: &str = "cdc";
 
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+/// test_decoding, or pgoutput through `cdc_pub` where the build lacks it (asked once).
+fn plugin() -> &'static Plugin {
+    static PLUGIN: OnceLock<Plugin> = OnceLock::new();
+    PLUGIN.get_or_init(|| Plugin::text_or_pgoutput(&pg_bin_dir(pg_version_from_env()), "cdc_pub"))
 }
 
 fn options(failsafe_mode: bool) -> KeelOptions {
+    let plugin = plugin().name();
     KeelOptions {
         keel_bin: Some(env!("CARGO_BIN_EXE_keel").into()),
         logical: true,
         failsafe_mode,
         timing: Some(TIMING),
         extra_dcs_yaml: format!(
-            "    slots:\n      {SLOT}:\n        type: logical\n        database: {DB}\n        plugin: test_decoding\n"
+            "    slots:\n      {SLOT}:\n        type: logical\n        database: {DB}\n        plugin: {plugin}\n"
         ),
         ..KeelOptions::default()
     }
@@ -56,7 +64,10 @@ fn up(failsafe_mode: bool) -> (KeelCluster, String) {
     c.wait("a writable leader", Duration::from_secs(60), || Ok(c.writable(&leader).then_some(())))
         .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(40)));
     c.psql(&leader, &format!("CREATE DATABASE {DB}")).unwrap();
-    c.psql_db(&leader, DB, "CREATE TABLE acked (id int PRIMARY KEY)").unwrap();
+    c.psql_db(&leader, DB, &format!("CREATE TABLE {TABLE} (id int PRIMARY KEY)")).unwrap();
+    if let Some(sql) = plugin().publication_sql(&format!("TABLE {TABLE}")) {
+        c.psql_db(&leader, DB, &sql).unwrap();
+    }
     // The leader creates the permanent slot once the database exists (within a loop_wait).
     c.wait(&format!("{SLOT} on {leader}"), Duration::from_secs(60), || {
         let n = c.psql(&leader, &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{SLOT}'"))?;
@@ -84,7 +95,7 @@ impl Writer {
             let (mut id, mut at) = (first - 1, 0);
             while !s.load(Ordering::SeqCst) {
                 id += 1;
-                let sql = format!("INSERT INTO acked VALUES ({id})");
+                let sql = format!("INSERT INTO {TABLE} VALUES ({id})");
                 match cluster_runner::psql_db(&bin, nodes[at].pg_port, DB, &sql) {
                     Ok(_) => a.lock().unwrap().push(id),
                     Err(_) => {
@@ -138,10 +149,11 @@ struct Consumer {
 }
 
 impl Consumer {
-    fn start(c: &KeelCluster) -> Consumer {
+    /// Output files are `<name>-<run>.txt` in the cluster's directory (pg_recvlogical appends to an existing file).
+    fn start(c: &KeelCluster, name: &str) -> Consumer {
         let stop = Arc::new(AtomicBool::new(false));
         let files = Arc::new(Mutex::new(Vec::new()));
-        let (bin, nodes, dir) = (c.opts.bin_dir.clone(), nodes(c), c.dir());
+        let (bin, nodes, dir, name) = (c.opts.bin_dir.clone(), nodes(c), c.dir(), name.to_string());
         let (s, f) = (stop.clone(), files.clone());
         let handle = thread::spawn(move || {
             let mut child: Option<(Child, String)> = None;
@@ -163,11 +175,13 @@ impl Consumer {
                     continue;
                 };
                 let n = f.lock().unwrap().len();
-                let out = dir.join(format!("consumer-{n}.txt"));
+                let out = dir.join(format!("{name}-{n}.txt"));
                 let log = File::create(out.with_extension("log")).expect("consumer log");
                 let spawned = Command::new(bin.join("pg_recvlogical"))
                     .args(["-h", "127.0.0.1", "-p", &p.pg_port.to_string(), "-U", SUPERUSER.0, "-d", DB])
-                    .args(["--slot", SLOT, "--start", "--no-loop", "-F", "1", "-s", "1", "-f"])
+                    .args(["--slot", SLOT, "--start", "--no-loop", "-F", "1", "-s", "1"])
+                    .args(plugin().recvlogical_args())
+                    .arg("-f")
                     .arg(&out)
                     .env("PGPASSWORD", SUPERUSER.1)
                     .stdin(Stdio::null())
@@ -215,24 +229,11 @@ fn stop_child(ch: &mut Child) {
     let _ = ch.wait();
 }
 
-/// How often each id appears as an INSERT in the consumer's test_decoding output.
-fn decoded_ids(files: &[PathBuf]) -> BTreeMap<i32, usize> {
-    const PREFIX: &str = "table public.acked: INSERT: id[integer]:";
-    let mut seen = BTreeMap::new();
-    for f in files {
-        for line in std::fs::read_to_string(f).unwrap_or_default().lines() {
-            if let Some(id) = line.strip_prefix(PREFIX).and_then(|s| s.trim().parse::<i32>().ok()) {
-                *seen.entry(id).or_insert(0) += 1;
-            }
-        }
-    }
-    seen
-}
-
-/// Watches the cluster from the store's return until it has been stable for `2 * ttl`: never two writable nodes,
+/// Watches the cluster from the store's return until it has been stable for `ttl + loop_wait` (failsafe
+/// announcements stay valid for ttl, so a flap would show within that): never two writable nodes,
 /// and counts the leader changes since `before_outage` led. Returns (final leader, leader changes, seconds until writes were accepted).
 fn settle(c: &KeelCluster, writer: &Writer, back: Instant, before_outage: &str) -> (String, usize, f64) {
-    let (ttl, names) = (Duration::from_secs(TIMING.0), c.names());
+    let (stable, names) = (Duration::from_secs(TIMING.0 + TIMING.1), c.names());
     let (mut leaders, mut last_change, mut writes_back) = (vec![before_outage.to_string()], Instant::now(), None);
     let before = writer.count();
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -249,7 +250,7 @@ fn settle(c: &KeelCluster, writer: &Writer, back: Instant, before_outage: &str) 
                 last_change = Instant::now();
             }
         }
-        if last_change.elapsed() > 2 * ttl && writes_back.is_some() {
+        if last_change.elapsed() > stable && writes_back.is_some() {
             let last = leaders.last().cloned().unwrap_or_default();
             return (last, leaders.len() - 1, writes_back.unwrap_or_default());
         }
@@ -263,12 +264,12 @@ fn settle(c: &KeelCluster, writer: &Writer, back: Instant, before_outage: &str) 
 fn check(c: &KeelCluster, mut writer: Writer, mut consumer: Consumer, primary: &str, what: &str) {
     let acked = writer.stop();
     let first = acked.first().copied().unwrap_or(0);
-    let sql = format!("SELECT id FROM acked WHERE id >= {first}");
+    let sql = format!("SELECT id FROM {TABLE} WHERE id >= {first}");
     let on_primary: BTreeSet<i32> =
         c.psql_db(primary, DB, &sql).unwrap().lines().filter_map(|l| l.parse().ok()).collect();
     let lost: Vec<i32> = acked.iter().copied().filter(|i| !on_primary.contains(i)).collect();
     let res = c.wait(&format!("{what}: the consumer has every id on {primary}"), Duration::from_secs(120), || {
-        let seen = decoded_ids(&consumer.files());
+        let seen = decoded_ids(&consumer.files(), plugin(), TABLE);
         let missing: Vec<&i32> = on_primary.iter().filter(|i| !seen.contains_key(i)).collect();
         if missing.is_empty() {
             Ok(Some(()))
@@ -277,7 +278,7 @@ fn check(c: &KeelCluster, mut writer: Writer, mut consumer: Consumer, primary: &
         }
     });
     consumer.stop();
-    let seen = decoded_ids(&consumer.files());
+    let seen = decoded_ids(&consumer.files(), plugin(), TABLE);
     let dups = seen.values().filter(|n| **n > 1).count();
     let runs: Vec<String> = consumer.files.lock().unwrap().iter().map(|(n, _)| n.clone()).collect();
     eprintln!(
@@ -300,9 +301,9 @@ enum Outage {
 /// One outage of `kind` under load; returns the final leader.
 fn outage(c: &mut KeelCluster, kind: Outage, failsafe: bool, leader: &str) -> String {
     let what = format!("{kind:?} store, failsafe_mode {failsafe}");
-    let max = c.psql_db(leader, DB, "SELECT coalesce(max(id), 0) FROM acked").unwrap();
+    let max = c.psql_db(leader, DB, &format!("SELECT coalesce(max(id), 0) FROM {TABLE}")).unwrap();
     let writer = Writer::start(c, max.parse::<i32>().unwrap() + 1);
-    let consumer = Consumer::start(c);
+    let consumer = Consumer::start(c, &format!("consumer-{kind:?}"));
     c.wait(&format!("{what}: writes before the outage"), Duration::from_secs(60), || {
         Ok((writer.count() > 100).then_some(()))
     })
