@@ -93,6 +93,9 @@ pub struct Local {
     reclone_on_rewind_failure: bool,
     /// Clone again when diverged with pg_rewind disabled (`remove_data_directory_on_diverged_timelines`, off).
     reclone_on_divergence: bool,
+    /// Set when pg_rewind or pg_basebackup rebuilt the data directory; the slot manager takes it and treats every
+    /// logical slot found afterwards as stale (pg_rewind keeps `pg_replslot` from before the rewind).
+    pub rebuilt: Option<keel_core::slots::copycheck::Rebuild>,
 }
 
 /// Host and port of a `postgres://host:port/...` URL.
@@ -159,6 +162,7 @@ impl Local {
             rewrite_conf: false,
             reclone_on_rewind_failure: cfg.postgresql.remove_data_directory_on_rewind_failure.unwrap_or(true),
             reclone_on_divergence: cfg.postgresql.remove_data_directory_on_diverged_timelines.unwrap_or(false),
+            rebuilt: None,
         })
     }
 
@@ -370,6 +374,7 @@ impl Local {
         let params = self.member_params(source, &self.replication)?;
         info!("creating a replica from {} with pg_basebackup", source.name);
         self.ctl.basebackup(&params, BASEBACKUP_TIMEOUT).await?;
+        self.rebuilt = Some(keel_core::slots::copycheck::Rebuild::Reclone);
         let upstream = leader.unwrap_or(source);
         let recovery = self.recovery_for(Some(upstream))?;
         self.write_conf(Some(recovery))?;
@@ -636,6 +641,8 @@ impl Local {
         info!("running pg_rewind from {}", leader.name);
         match self.ctl.rewind(&params, BASEBACKUP_TIMEOUT).await? {
             RewindOutcome::Done | RewindOutcome::NotNeeded => {
+                // Even "not needed" ran against a diverged timeline: the slots here are from before it.
+                self.rebuilt = Some(keel_core::slots::copycheck::Rebuild::Rewind);
                 // pg_rewind copied the leader's configuration files: write ours back, as a replica of the leader.
                 // The action after this check starts (or re-points) PostgreSQL.
                 let recovery = self.recovery_for(Some(leader))?;
