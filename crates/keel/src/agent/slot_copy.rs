@@ -1,10 +1,9 @@
-//! Copying logical slots from the leader to this replica: each slot's state file is read over a connection to the
-//! slot's database on the leader (`pg_read_binary_file`), validated for this node's major
+//! Copying logical slots from the leader to this replica: each slot's state file is read on the leader
+//! (`pg_read_binary_file`, over the `postgres` database where the rewind role may run it), validated for this
+//! node's major
 //! (`keel_core::slotfile`), and all copies of a cycle are installed in one stop/start of PostgreSQL
 //! (`crate::slots::copy`). A slot whose `restart_lsn` on the leader needs WAL this node no longer has is not copied:
 //! such a copy could never advance, and copying it again and again would restart PostgreSQL in a loop.
-
-use std::collections::BTreeMap;
 
 use anyhow::{anyhow, Context, Result};
 use keel_core::lsn::Lsn;
@@ -32,29 +31,19 @@ impl SlotManager {
         now: Millis,
     ) -> Result<()> {
         let oldest = checks::oldest_wal(local).await;
-        let mut by_db: BTreeMap<&str, Vec<(&str, &str)>> = BTreeMap::new();
-        for (slot, database, plugin) in copies {
-            by_db.entry(database.as_str()).or_default().push((slot.as_str(), plugin.as_str()));
-        }
+        // The `postgres` database: the rewind role's EXECUTE grant on pg_read_binary_file is given there (function
+        // grants are per database), and pg_replication_slots lists every database's slots.
+        let params = local.leader_params(leader, "postgres")?;
+        let session = observe::connect(&params, COPY_QUERY_TIMEOUT).await?;
+        let on_leader = pg_slots::list(&session).await?;
         let mut files = Vec::new();
-        for (database, slots) in by_db {
-            let params = local.leader_params(leader, database)?;
-            let session = match observe::connect(&params, COPY_QUERY_TIMEOUT).await {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!("cannot copy logical slots of database {database:?} from {}: {e}", leader.name);
-                    continue;
-                }
+        for (slot, database, plugin) in copies {
+            let Some(src) = on_leader.iter().find(|s| &s.name == slot) else {
+                warn!("logical slot {slot} does not exist on the leader yet; will copy it later");
+                continue;
             };
-            let on_leader = pg_slots::list(&session).await?;
-            for (slot, plugin) in slots {
-                let Some(src) = on_leader.iter().find(|s| s.name == slot) else {
-                    warn!("logical slot {slot} does not exist on the leader yet; will copy it later");
-                    continue;
-                };
-                if let Some(f) = self.source_file(&session, src, database, plugin, local.bins.major, oldest).await? {
-                    files.push(f);
-                }
+            if let Some(f) = self.source_file(&session, src, database, plugin, local.bins.major, oldest).await? {
+                files.push(f);
             }
         }
         if files.is_empty() {
