@@ -41,10 +41,15 @@ fn serial() -> MutexGuard<'static, ()> {
 /// Starts three nodes with the permanent slot `cdc` in database `app` and waits for a writable leader with two
 /// streaming replicas whose member keys are settled.
 fn up() -> (KeelCluster, String) {
+    up_with("")
+}
+
+/// As [`up`], with extra `bootstrap.dcs` lines.
+fn up_with(extra: &str) -> (KeelCluster, String) {
     let opts = KeelOptions {
         keel_bin: Some(env!("CARGO_BIN_EXE_keel").into()),
         logical: true,
-        extra_dcs_yaml: SLOTS_YAML.into(),
+        extra_dcs_yaml: format!("{SLOTS_YAML}{extra}"),
         ..KeelOptions::default()
     };
     let c = KeelCluster::start(3, opts).expect("start etcd and three agents");
@@ -241,20 +246,26 @@ fn copy_needing_missing_wal_is_withheld_with_its_reason_until_the_primary_moves(
     let pm = c.postmaster_pid(&fresh);
     thread::sleep(Duration::from_secs(10));
     assert_eq!(c.postmaster_pid(&fresh), pm, "{fresh}'s PostgreSQL restarted while no copy could be made");
-    let metrics = cluster_runner::http_request(c.node(&fresh).api_port, "GET", "/metrics", None);
-    eprintln!("{fresh} metrics: {:?}", metrics.as_ref().map(|(code, _)| code));
+    let (_, metrics) = cluster_runner::http_request(c.node(&fresh).api_port, "GET", "/metrics", None).unwrap();
+    let series = metrics.as_str().unwrap_or_default().lines().find(|l| l.starts_with("keel_slot_unusable{"));
+    assert!(
+        series.is_some_and(|l| l.contains("slot=\"cdc\"") && l.contains("reason=\"needs_missing_wal\"")),
+        "{fresh} /metrics: {series:?}"
+    );
 
     // Consumers move the primary's slot on: the copy is made and becomes ready.
     wait_ready(&c, &leader, &fresh, SLOTS);
 }
 
-/// Section 2: consumers confirm changes on the primary that its replicas never receive; the primary dies; when it
-/// rejoins, its own slot (ahead of the new primary's) is dropped and copied again, so a switchover back to it
-/// skips none of the changes written on the new primary.
+/// Section 2: consumers confirm changes on the primary that its replicas never receive; the primary dies and
+/// rejoins (pg_rewind, which on its own already empties `pg_replslot`); then its copy is pushed ahead of the new
+/// primary's slot: it is dropped and copied again, so a switchover back to it skips none of the changes written
+/// on the new primary.
 #[test]
 fn old_primary_rejoining_does_not_keep_a_slot_ahead_of_the_new_primary() {
     let _serial = serial();
-    let (mut c, first) = up();
+    // The replicas deliberately miss WAL the primary wrote: let them take over anyway.
+    let (mut c, first) = up_with("    maximum_lag_on_failover: 1073741824\n");
     sql(&c, &first, "postgres", "CREATE DATABASE app").unwrap();
     sql(&c, &first, DB, "CREATE TABLE t (id serial primary key, v text); CREATE TABLE filler (v text)").unwrap();
     let reps = replicas(&c, &first);
@@ -279,6 +290,7 @@ fn old_primary_rejoining_does_not_keep_a_slot_ahead_of_the_new_primary() {
     for p in &receivers {
         let _ = cluster_runner::send_signal(*p, libc::SIGCONT);
     }
+    eprintln!("{first}'s consumer confirmed {confirmed_on_first}");
     let second = c
         .wait(&format!("a new writable leader instead of {first}"), FAILOVER, || match c.leader() {
             Some(l) if l != first && c.writable(&l) => Ok(Some(l)),
@@ -305,6 +317,24 @@ fn old_primary_rejoining_does_not_keep_a_slot_ahead_of_the_new_primary() {
         Ok(c.streaming_replicas(&second)?.contains(&first).then_some(()))
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(40)));
+    // Its copy is then pushed past the new primary's slot (an advance on the replica, as a consumer or an operator
+    // could run there): it must be dropped and copied again, never kept ahead.
+    let current = sql(&c, &second, "postgres", "SELECT pg_current_wal_lsn()").unwrap();
+    c.wait(&format!("{first} has a copy of {SLOT} and replayed {current}"), SLOTS, || {
+        let replayed = sql(&c, &first, "postgres", &format!("SELECT pg_last_wal_replay_lsn() >= '{current}'"))?;
+        Ok((!slot_position(&c, &first)?.is_empty() && replayed == "t").then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(40)));
+    let pushed = sql(
+        &c,
+        &first,
+        DB,
+        &format!("SELECT end_lsn FROM pg_replication_slot_advance('{SLOT}', pg_last_wal_replay_lsn())"),
+    )
+    .unwrap();
+    let theirs = slot_position(&c, &second).unwrap();
+    assert!(!lsn_le(&c, &second, &pushed, &theirs), "{first}'s copy at {pushed} must be ahead of {theirs}");
+    eprintln!("{first}'s copy pushed to {pushed}, {second}'s slot at {theirs}");
     c.wait(&format!("{first}'s copy of {SLOT} no further than {second}'s"), SLOTS, || {
         let theirs = slot_position(&c, &second)?;
         let ours = slot_position(&c, &first)?;
@@ -312,6 +342,7 @@ fn old_primary_rejoining_does_not_keep_a_slot_ahead_of_the_new_primary() {
         let code = entry.as_ref().and_then(|e| e["readiness_code"].as_str().map(str::to_string));
         let fresh = !matches!(code.as_deref(), Some("stale" | "ahead_of_primary") | None);
         if !ours.is_empty() && lsn_le(&c, &second, &ours, &theirs) && fresh {
+            eprintln!("{first}'s copy at {ours} ({code:?}), {second}'s slot at {theirs}");
             Ok(Some(()))
         } else {
             Err(format!("{first} at {ours:?}, {second} at {theirs}; /slots: {v}"))
@@ -320,6 +351,10 @@ fn old_primary_rejoining_does_not_keep_a_slot_ahead_of_the_new_primary() {
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(40)));
 
     // Switch over back to it: its consumer gets every change written on the second primary.
+    c.wait(&format!("{first} streaming from {second} again"), UP, || {
+        Ok(c.streaming_replicas(&second)?.contains(&first).then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(40)));
     let out = c.ctl(&second, &["switchover", "--candidate", &first, "--force"]);
     assert!(out.status.success(), "keel switchover: {}", String::from_utf8_lossy(&out.stderr));
     c.wait(&format!("{first} writable leader again"), FAILOVER, || {
