@@ -25,6 +25,25 @@ impl Lsn {
     pub fn saturating_sub(self, other: Lsn) -> u64 {
         self.0.saturating_sub(other.0)
     }
+
+    /// The first position of the WAL segment file `name` (`TTTTTTTTXXXXXXXXYYYYYYYY`: timeline, then the
+    /// segment number split at 2³² bytes) for segments of `segment_size` bytes. `None` for other file names
+    /// (`.history`, `.partial`, ...) or a segment size that is not a power of two of at least 1 MiB.
+    pub fn from_wal_file_name(name: &str, segment_size: u64) -> Option<Lsn> {
+        if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        if !segment_size.is_power_of_two() || !((1 << 20)..=(1 << 32)).contains(&segment_size) {
+            return None;
+        }
+        let log = u64::from_str_radix(&name[8..16], 16).ok()?;
+        let seg = u64::from_str_radix(&name[16..24], 16).ok()?;
+        let per_log = (1u64 << 32) / segment_size;
+        if seg >= per_log {
+            return None;
+        }
+        log.checked_mul(per_log)?.checked_add(seg)?.checked_mul(segment_size).map(Lsn)
+    }
 }
 
 impl fmt::Display for Lsn {
@@ -48,6 +67,20 @@ impl FromStr for Lsn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wal_file_names_give_their_first_position() {
+        let mb16 = 16 << 20;
+        assert_eq!(Lsn::from_wal_file_name("000000010000000000000001", mb16), Some(Lsn(0x100_0000)));
+        assert_eq!(Lsn::from_wal_file_name("0000000200000001000000FF", mb16), Some("1/FF000000".parse().unwrap()));
+        assert_eq!(Lsn::from_wal_file_name("000000010000000000000003", 64 << 20), Some(Lsn(3 * (64 << 20))));
+        // Segment number out of range for the size, other files, bad sizes.
+        assert_eq!(Lsn::from_wal_file_name("000000010000000000000100", mb16), None);
+        assert_eq!(Lsn::from_wal_file_name("00000002.history", mb16), None);
+        assert_eq!(Lsn::from_wal_file_name("000000010000000000000001.partial", mb16), None);
+        assert_eq!(Lsn::from_wal_file_name("000000010000000000000001", 3 << 20), None);
+        assert_eq!(Lsn::from_wal_file_name("000000010000000000000001", 0), None);
+    }
 
     #[test]
     fn round_trips_text_form() {

@@ -7,10 +7,12 @@
 //! - [`status`]: what the leader publishes in `status`, the retention clock.
 //! - [`promotion`]: at promotion, each logical copy against what its consumers may have seen.
 //! - [`readiness`]: whether a copied logical slot is safe to use after promoting this replica.
+//! - [`copycheck`]: typed advance failures (by SQLSTATE), stale copies, copies needing missing WAL, re-copy backoff.
 //!
 //! See `crates/keel-core/SLOTS.md` for the life cycle of a slot.
 
 pub mod config;
+pub mod copycheck;
 pub mod desired;
 pub mod promotion;
 pub mod readiness;

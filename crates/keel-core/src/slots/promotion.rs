@@ -9,6 +9,10 @@
 //!   are gone from the cluster, but the consumers have them: **divergence**, with the byte distance.
 //! - copy < last known (and last known ≤ WAL end): the consumers will be sent again what lies between the copy and
 //!   what they confirmed: **redelivery** (duplicates, nothing lost), with the byte distance.
+//! - copy > last known: the copy claims more than consumers confirmed on the old primary: consumers resuming from
+//!   it **skip** the changes in between. A stale copy (an old primary's own slot) looks like this.
+//! - copy known to be unusable when this node was promoted (not ready with a [`super::copycheck::CopyProblem`]:
+//!   needing WAL this node lacks, stale, ahead of the primary): a **continuity break** for its consumers.
 //! - copy missing: a continuity break, which the reconciler reports ([`super::SlotAction::ContinuityBreak`]).
 
 use std::collections::BTreeMap;
@@ -25,6 +29,10 @@ pub enum Verdict {
     InStep,
     /// The copy trails the last known position: consumers receive `bytes` of changes a second time.
     Redelivery { bytes: u64 },
+    /// The copy is `bytes` ahead of the last known position: consumers resuming from it skip those changes.
+    Ahead { bytes: u64 },
+    /// The copy was known to be unusable at promotion ([`SlotComparison::problem`]): a continuity break.
+    Unusable,
     /// The last known position lies `bytes` past the end of this node's WAL: consumers may hold changes this
     /// primary does not have.
     Divergence { bytes: u64 },
@@ -43,6 +51,8 @@ pub struct SlotComparison {
     /// The copy's `confirmed_flush_lsn` here.
     pub copy: Option<Lsn>,
     pub verdict: Verdict,
+    /// Why the copy was unusable (with [`Verdict::Unusable`]).
+    pub problem: Option<String>,
 }
 
 /// What is known about the slots at promotion.
@@ -58,6 +68,8 @@ pub struct PromotionInput<'a> {
     pub copies: BTreeMap<String, Option<Lsn>>,
     /// The end of this node's WAL when it was promoted (`None`: unknown, divergence not judged).
     pub wal_end: Option<Lsn>,
+    /// Copies that were not usable when this node was promoted: slot → why.
+    pub unusable: BTreeMap<String, String>,
 }
 
 /// Compares every permanent logical slot. Pure.
@@ -72,19 +84,22 @@ pub fn compare(input: &PromotionInput<'_>) -> Vec<SlotComparison> {
                 (a, b) => a.or(b),
             };
             let copy = input.copies.get(slot).copied();
+            let problem = input.unusable.get(slot).cloned();
             let verdict = match (copy, last_known) {
                 (None, _) => Verdict::Missing,
+                (Some(_), _) if problem.is_some() => Verdict::Unusable,
                 (Some(_), None) => Verdict::Unknown,
                 (Some(c), Some(k)) => match input.wal_end.filter(|end| k > *end) {
                     Some(end) => Verdict::Divergence { bytes: k.saturating_sub(end) },
                     None => match c {
-                        Some(c) if c >= k => Verdict::InStep,
+                        Some(c) if c > k => Verdict::Ahead { bytes: c.saturating_sub(k) },
+                        Some(c) if c == k => Verdict::InStep,
                         Some(c) => Verdict::Redelivery { bytes: k.saturating_sub(c) },
                         None => Verdict::Unknown,
                     },
                 },
             };
-            SlotComparison { slot: slot.to_string(), last_known, copy: copy.flatten(), verdict }
+            SlotComparison { slot: slot.to_string(), last_known, copy: copy.flatten(), verdict, problem }
         })
         .collect()
 }
@@ -104,6 +119,15 @@ impl SlotComparison {
                 "logical slot {slot}: consumers confirmed up to {known} on the old primary, {bytes} bytes past the \
                  end of this primary's WAL; they may hold changes this primary does not have and must be checked"
             ),
+            Verdict::Ahead { bytes } => format!(
+                "logical slot {slot}: copy at {copy} is {bytes} bytes ahead of the old primary's {known}; consumers \
+                 resuming from it skip those changes and must be checked"
+            ),
+            Verdict::Unusable => format!(
+                "CONTINUITY BREAK: logical slot {slot}: this node was promoted with an unusable copy at {copy} ({}); \
+                 its consumers cannot continue without loss and must resynchronise",
+                self.problem.as_deref().unwrap_or("unknown reason")
+            ),
             Verdict::Unknown => format!("logical slot {slot}: copy at {copy}; no position known on the old primary"),
             Verdict::Missing => format!("logical slot {slot}: no copy on this primary (continuity break)"),
         }
@@ -116,6 +140,7 @@ impl SlotComparison {
             o.insert("slot".into(), self.slot.clone().into());
             o.insert("last_known".into(), self.last_known.map(|l| l.to_string()).into());
             o.insert("copy".into(), self.copy.map(|l| l.to_string()).into());
+            o.insert("problem".into(), self.problem.clone().into());
         }
         v
     }
@@ -123,6 +148,14 @@ impl SlotComparison {
     /// Whether consumers may hold changes this primary lacks.
     pub fn diverged(&self) -> bool {
         matches!(self.verdict, Verdict::Divergence { .. })
+    }
+
+    /// Whether consumers lose or skip changes: divergence, a copy ahead, an unusable or missing copy.
+    pub fn breaks_continuity(&self) -> bool {
+        matches!(
+            self.verdict,
+            Verdict::Divergence { .. } | Verdict::Ahead { .. } | Verdict::Unusable | Verdict::Missing
+        )
     }
 }
 
@@ -147,6 +180,7 @@ mod tests {
             followed: followed.iter().map(|(n, v)| (n.to_string(), l(*v))).collect(),
             copies: copies.iter().map(|(n, v)| (n.to_string(), v.map(l))).collect(),
             wal_end: end.map(l),
+            unusable: BTreeMap::new(),
         };
         compare(&input).into_iter().map(|c| c.verdict).collect()
     }
@@ -167,8 +201,28 @@ mod tests {
         assert_eq!(run(&[], &[], &[("a", Some(180))], Some(200)), vec![Verdict::Unknown]);
         assert_eq!(run(&[("a", 100)], &[], &[], Some(200)), vec![Verdict::Missing]);
         assert_eq!(run(&[("a", 100)], &[], &[("a", None)], Some(200)), vec![Verdict::Unknown]);
-        // A copy ahead of the last known position (the follower's last read was older) is in step.
-        assert_eq!(run(&[("a", 100)], &[], &[("a", Some(150))], Some(200)), vec![Verdict::InStep]);
+        // A copy ahead of the last known position: consumers resuming from it would skip changes (a stale copy,
+        // e.g. an old primary's own slot, looks like this).
+        assert_eq!(run(&[("a", 100)], &[], &[("a", Some(150))], Some(200)), vec![Verdict::Ahead { bytes: 50 }]);
+    }
+
+    #[test]
+    fn a_copy_unusable_at_promotion_is_a_continuity_break() {
+        let published = BTreeMap::from([("a".to_string(), l(100))]);
+        let input = PromotionInput {
+            logical: vec!["a"],
+            published: Some(&published),
+            followed: BTreeMap::new(),
+            copies: BTreeMap::from([("a".to_string(), Some(l(100)))]),
+            wal_end: Some(l(200)),
+            unusable: BTreeMap::from([("a".to_string(), "needs WAL from 0/1000000".to_string())]),
+        };
+        let c = compare(&input).remove(0);
+        assert_eq!(c.verdict, Verdict::Unusable);
+        assert!(c.breaks_continuity());
+        assert!(c.describe().starts_with("CONTINUITY BREAK") && c.describe().contains("needs WAL"), "{}", c.describe());
+        assert_eq!(c.to_json()["verdict"], "unusable");
+        assert_eq!(c.to_json()["problem"], "needs WAL from 0/1000000");
     }
 
     #[test]
@@ -178,6 +232,7 @@ mod tests {
             last_known: Some(l(0x300)),
             copy: Some(l(0x100)),
             verdict: Verdict::Divergence { bytes: 256 },
+            problem: None,
         };
         assert!(c.diverged());
         assert!(c.describe().contains("256 bytes past the end"), "{}", c.describe());

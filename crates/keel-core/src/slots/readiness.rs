@@ -33,6 +33,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::copycheck::{CopyFailure, CopyProblem};
 use super::reconcile::WalStatus;
 use crate::lsn::Lsn;
 
@@ -105,7 +106,7 @@ pub enum ReadinessEvent {
     /// The state file was written and PostgreSQL restarted.
     Copied,
     AdvanceSucceeded,
-    AdvanceFailed,
+    AdvanceFailed(CopyFailure),
 }
 
 /// The local slot S′ as `pg_replication_slots` shows it on this replica.
@@ -142,6 +143,8 @@ pub struct ReadinessObservation {
     pub primary_physical: PrimaryPhysicalSlot,
     /// S.catalog_xmin on the primary now (`None` when unknown or S is missing there).
     pub primary_logical_catalog_xmin: Option<Xid>,
+    /// What [`super::copycheck::check_copy`] found wrong with the copy (or with copying it): never ready then.
+    pub problem: Option<CopyProblem>,
 }
 
 /// Why a slot is at its stage.
@@ -168,7 +171,9 @@ pub enum ReadinessReason {
         primary: Xid,
     },
     WaitingForAdvance,
-    AdvanceFailed,
+    AdvanceFailed(CopyFailure),
+    /// The copy cannot be used (or not be made) as it is: see [`CopyProblem`].
+    Unusable(CopyProblem),
     /// R1: restart_lsn NULL, wal_status unreserved/lost, or invalidated.
     Unhealthy,
     /// R4: restart_lsn has not moved since installation (an idle primary may need `pg_log_standby_snapshot()`).
@@ -200,7 +205,8 @@ impl fmt::Display for ReadinessReason {
                 write!(f, "local catalog_xmin {} is older than the primary's horizon {}", copy.0, primary.0)
             }
             WaitingForAdvance => write!(f, "waiting for a successful advance"),
-            AdvanceFailed => write!(f, "advance failed"),
+            AdvanceFailed(why) => write!(f, "advance failed: {why}"),
+            Unusable(problem) => write!(f, "{problem}"),
             Unhealthy => write!(f, "slot is invalidated, lost or has no restart_lsn"),
             WaitingForLocalSnapshot => write!(f, "restart_lsn has not moved since the copy"),
             AheadOfReplay { confirmed_flush, replay } => {
@@ -211,19 +217,51 @@ impl fmt::Display for ReadinessReason {
     }
 }
 
+impl ReadinessReason {
+    /// A short snake_case code (API, metric labels).
+    pub fn code(&self) -> &'static str {
+        use ReadinessReason::*;
+        match self {
+            SlotMissing => "slot_missing",
+            PrimaryUnknown => "primary_unknown",
+            PrimaryPhysicalSlotMissing => "primary_physical_slot_missing",
+            CatalogXminNull => "catalog_xmin_null",
+            PrimaryLogicalUnknown => "primary_logical_unknown",
+            CopyCatalogXminNull => "copy_catalog_xmin_null",
+            WaitingForPrimaryHorizon { .. } => "waiting_for_primary_horizon",
+            CopyOlderThanPrimaryHorizon { .. } => "copy_older_than_primary_horizon",
+            WaitingForAdvance => "waiting_for_advance",
+            AdvanceFailed(_) => "advance_failed",
+            Unusable(p) => p.code(),
+            Unhealthy => "unhealthy",
+            WaitingForLocalSnapshot => "waiting_for_local_snapshot",
+            AheadOfReplay { .. } => "ahead_of_replay",
+            Ready => "ready",
+        }
+    }
+}
+
 /// Advances one slot's readiness by one observation.
 pub fn step(prev: &SlotReadiness, obs: &ReadinessObservation) -> (SlotReadiness, ReadinessReason) {
+    // A copy with a known problem is never ready, whatever else holds; it starts over once replaced.
+    if let Some(problem) = &obs.problem {
+        let st = match &obs.local {
+            None => SlotReadiness::MISSING,
+            Some(l) => SlotReadiness { stage: Stage::Copied, p0: None, ..SlotReadiness::installed(l.restart_lsn) },
+        };
+        return (st, ReadinessReason::Unusable(problem.clone()));
+    }
     let Some(local) = &obs.local else { return (SlotReadiness::MISSING, ReadinessReason::SlotMissing) };
     let mut st = match (&obs.event, prev.stage) {
         (Some(ReadinessEvent::Copied), _) | (_, Stage::Missing) => SlotReadiness::installed(local.restart_lsn),
         _ => prev.clone(),
     };
-    match obs.event {
+    match &obs.event {
         Some(ReadinessEvent::AdvanceSucceeded) => st.advanced = true,
-        Some(ReadinessEvent::AdvanceFailed) => {
+        Some(ReadinessEvent::AdvanceFailed(why)) => {
             st.advanced = false;
             st.stage = Stage::Copied;
-            return (st, ReadinessReason::AdvanceFailed);
+            return (st, ReadinessReason::AdvanceFailed(why.clone()));
         }
         _ => {}
     }

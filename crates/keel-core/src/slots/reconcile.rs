@@ -133,7 +133,8 @@ pub struct ReconcileContext<'a> {
     pub failsafe_active: bool,
     /// Permanent logical slots an operator asked to (re-)create despite a continuity break.
     pub recreate_requested: &'a BTreeSet<String>,
-    /// Logical slots the advance step found broken (SQLSTATE 58P01/55000): copy them again from the leader.
+    /// Replica: logical copies that cannot be used ([`super::copycheck::check_copy`]: stale, ahead of the
+    /// primary, needing missing WAL, invalidated): drop them and copy them again from the leader.
     pub recopy_requested: &'a BTreeSet<String>,
 }
 
@@ -148,8 +149,6 @@ pub enum CreateReason {
     ContinuityBreakAllowedByConfig { last_published: Lsn },
     /// As above, because an operator asked for this slot.
     ContinuityBreakRequested { last_published: Lsn },
-    /// The advance step could not use the local copy any more.
-    AdvanceFailed,
 }
 
 /// Why a slot is dropped.
@@ -166,6 +165,8 @@ pub enum DropReason {
     Xmin { xmin: Xid },
     /// A physical slot without `restart_lsn` (created without reserving WAL): it cannot be advanced.
     NoRestartLsn,
+    /// Replica: a logical copy that cannot be used (see [`ReconcileContext::recopy_requested`]).
+    UnusableCopy,
 }
 
 impl fmt::Display for DropReason {
@@ -176,6 +177,7 @@ impl fmt::Display for DropReason {
             DropReason::Mismatch { desired, actual } => write!(f, "value is changing from {actual} to {desired}"),
             DropReason::Xmin { xmin } => write!(f, "inactive physical slot holds xmin {}", xmin.0),
             DropReason::NoRestartLsn => write!(f, "physical slot has no restart_lsn"),
+            DropReason::UnusableCopy => write!(f, "the logical copy cannot be used; copying it again"),
         }
     }
 }
@@ -196,9 +198,9 @@ pub enum SlotAction {
     CopyLogical { slot: String, database: String, plugin: String, leader: String, reason: CreateReason },
     /// `pg_replication_slot_advance(slot, to)` on a physical slot. Errors are logged, not retried.
     AdvancePhysical { slot: String, to: Lsn },
-    /// `pg_replication_slot_advance(slot, to)` in `database` (a connection with `statement_timeout=0`, may run in
-    /// the background). Report success or failure to readiness; on SQLSTATE 58P01 or 55000 put the slot into
-    /// `recopy_requested` for the next cycle.
+    /// `pg_replication_slot_advance(slot, to)` over a connection to `database` (PostgreSQL 16 and older refuse
+    /// another database's slot), bounded in time, in the background. Report success or failure to readiness; a
+    /// failure is classified by SQLSTATE ([`super::copycheck::classify`]) and may lead to a re-copy.
     AdvanceLogical { slot: String, database: String, to: Lsn },
     /// Drop the slot unless it is active (Patroni's drop-if-not-active statement). If it turns out to be active,
     /// skip the following create/copy of the same slot this cycle.
@@ -251,7 +253,7 @@ pub fn reconcile(desired: &DesiredSlots, actual: &ActualSlots, ctx: &ReconcileCo
         match actual.get(name) {
             None => plan_missing(name, want, ctx, None, &mut out),
             Some(have) => {
-                let drop = drop_reason(want, have, clean_xmin, ctx);
+                let drop = drop_reason(name, want, have, clean_xmin, ctx);
                 match drop {
                     Some(reason) if droppable(name, have) => {
                         out.push(SlotAction::Drop { slot: name.clone(), reason: reason.clone() });
@@ -267,12 +269,21 @@ pub fn reconcile(desired: &DesiredSlots, actual: &ActualSlots, ctx: &ReconcileCo
     out
 }
 
-fn drop_reason(want: &DesiredSlot, have: &ActualSlot, clean_xmin: bool, ctx: &ReconcileContext) -> Option<DropReason> {
+fn drop_reason(
+    name: &str,
+    want: &DesiredSlot,
+    have: &ActualSlot,
+    clean_xmin: bool,
+    ctx: &ReconcileContext,
+) -> Option<DropReason> {
     if want.kind != have.kind {
         return Some(DropReason::Mismatch { desired: want.kind.clone(), actual: have.kind.clone() });
     }
     if have.wal_status == Some(WalStatus::Lost) {
         return Some(DropReason::Lost);
+    }
+    if want.kind.is_logical() && ctx.role == NodeRole::Replica && ctx.recopy_requested.contains(name) {
+        return Some(DropReason::UnusableCopy);
     }
     if want.kind == SlotKind::Physical {
         if let Some(xmin) = have.xmin {
@@ -335,7 +346,7 @@ fn plan_missing(
     }
 }
 
-/// Plans a desired slot that exists and matches: advance it, or copy it again when the advance step asked for it.
+/// Plans a desired slot that exists and matches: advance it.
 fn plan_existing(name: &str, want: &DesiredSlot, have: &ActualSlot, ctx: &ReconcileContext, out: &mut Vec<SlotAction>) {
     if ctx.pg_major < SLOT_ADVANCE_MAJOR || have.active || have.natively_managed() {
         return;
@@ -358,21 +369,9 @@ fn plan_existing(name: &str, want: &DesiredSlot, have: &ActualSlot, ctx: &Reconc
                 out.push(SlotAction::AdvancePhysical { slot: name.to_string(), to });
             }
         }
-        SlotKind::Logical { database, plugin } => {
+        SlotKind::Logical { database, .. } => {
             // On the primary its consumers move it.
             if ctx.role != NodeRole::Replica {
-                return;
-            }
-            if ctx.recopy_requested.contains(name) {
-                if let (LeaderState::Other(leader), false) = (&ctx.leader, ctx.failsafe_active) {
-                    out.push(SlotAction::CopyLogical {
-                        slot: name.to_string(),
-                        database: database.clone(),
-                        plugin: plugin.clone(),
-                        leader: leader.clone(),
-                        reason: CreateReason::AdvanceFailed,
-                    });
-                }
                 return;
             }
             let Some(replay) = ctx.replay_lsn else { return };

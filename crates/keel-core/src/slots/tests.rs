@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
 
+use super::copycheck::{CopyFailure, CopyProblem, Position, Rebuild};
 use super::readiness::*;
 use super::*;
 use crate::dynconfig::DynamicConfig;
@@ -505,11 +506,25 @@ fn replica_copies_logical_only_with_a_published_position_and_a_leader() {
     assert!(reconcile(&d, &known(&[]), &no_leader).is_empty());
     let failsafe = ReconcileContext { failsafe_active: true, ..c.ctx(NodeRole::Replica) };
     assert!(reconcile(&d, &known(&[]), &failsafe).is_empty());
-    // The advance step asked for a re-copy.
+    // The copy check asked for a re-copy: drop, then copy again, in one plan.
     c.recopy.insert("lg".into());
     let have = known(&[("lg", ActualSlot::logical("db", "p", Some(Lsn(900))))]);
     let plan = reconcile(&d, &have, &c.ctx(NodeRole::Replica));
-    assert!(matches!(&plan[..], [SlotAction::CopyLogical { reason: CreateReason::AdvanceFailed, .. }]));
+    assert!(
+        matches!(
+            &plan[..],
+            [
+                SlotAction::Drop { reason: DropReason::UnusableCopy, .. },
+                SlotAction::CopyLogical { reason: CreateReason::Recreate(DropReason::UnusableCopy), .. }
+            ]
+        ),
+        "{plan:?}"
+    );
+    // Never on the primary, never while the copy is in use.
+    assert!(reconcile(&d, &have, &c.ctx(NodeRole::Primary)).iter().all(|a| !a.is_drop()));
+    let mut active = ActualSlot::logical("db", "p", Some(Lsn(900)));
+    active.active = true;
+    assert!(reconcile(&d, &known(&[("lg", active)]), &c.ctx(NodeRole::Replica)).is_empty());
 }
 
 #[test]
@@ -736,6 +751,7 @@ fn obs(
         replay_lsn: Some(Lsn(1000)),
         primary_physical: p,
         primary_logical_catalog_xmin: s.map(Xid),
+        problem: None,
     }
 }
 
@@ -802,8 +818,9 @@ fn readiness_failures() {
     assert_eq!((s, r), (SlotReadiness::MISSING, ReadinessReason::SlotMissing));
     let (s, r) = step(&ready, &obs(None, good.clone(), Missing, None));
     assert_eq!((s.stage, s.p0, r), (Stage::Copied, None, ReadinessReason::PrimaryPhysicalSlotMissing));
-    let (s, r) = step(&ready, &obs(Some(ReadinessEvent::AdvanceFailed), good.clone(), CatalogXmin(Xid(15)), None));
-    assert_eq!((s.stage, s.advanced, r), (Stage::Copied, false, ReadinessReason::AdvanceFailed));
+    let failed = ReadinessEvent::AdvanceFailed(CopyFailure::Timeout);
+    let (s, r) = step(&ready, &obs(Some(failed), good.clone(), CatalogXmin(Xid(15)), None));
+    assert_eq!((s.stage, s.advanced, r), (Stage::Copied, false, ReadinessReason::AdvanceFailed(CopyFailure::Timeout)));
     let mut lost = good.clone();
     lost.wal_status = Some(WalStatus::Lost);
     assert_eq!(step(&ready, &obs(None, lost, CatalogXmin(Xid(15)), None)).1, ReadinessReason::Unhealthy);
@@ -818,6 +835,40 @@ fn readiness_failures() {
     // Unknown primary never establishes protection.
     let (s, r) = step(&s, &obs(None, local(20, 100, 200), Unknown, Some(12)));
     assert_eq!((s.stage, r), (Stage::Copied, ReadinessReason::PrimaryUnknown));
+}
+
+/// A copy with a typed problem (missing WAL, ahead of the primary, stale, database missing) is never ready, so the
+/// member publishes `ready: false` and the readiness gate prefers a member with usable copies.
+#[test]
+fn copies_with_problems_are_never_ready() {
+    use PrimaryPhysicalSlot::*;
+    let ready =
+        SlotReadiness { stage: Stage::Ready, p0: Some(Xid(10)), advanced: true, installed_restart_lsn: Some(Lsn(1)) };
+    let problems = [
+        CopyProblem::NeedsMissingWal { needs: Some(Lsn(10)), oldest_wal: Some(Lsn(20)) },
+        CopyProblem::AheadOfPrimary { position: Position::ConfirmedFlush, copy: Lsn(300), primary: Lsn(200) },
+        CopyProblem::Stale { cause: Rebuild::Rewind },
+        CopyProblem::DatabaseMissing { database: "app".into() },
+        CopyProblem::Invalidated,
+    ];
+    for p in problems {
+        let o = ReadinessObservation {
+            problem: Some(p.clone()),
+            ..obs(None, local(20, 150, 200), CatalogXmin(Xid(15)), None)
+        };
+        let (s, r) = step(&ready, &o);
+        assert_eq!((s.stage, s.advanced, s.p0), (Stage::Copied, false, None), "{p:?}");
+        assert_eq!(r.code(), p.code());
+        assert_eq!(r, ReadinessReason::Unusable(p.clone()));
+        let states = BTreeMap::from([("cdc".to_string(), s)]);
+        assert_eq!(
+            SlotsReadiness::summarize(["cdc"], &states),
+            SlotsReadiness { ready: false, unready: vec!["cdc".into()] }
+        );
+        // A withheld copy (none made, because it would need missing WAL) shows its reason too.
+        let withheld = ReadinessObservation { local: None, ..o };
+        assert_eq!(step(&SlotReadiness::MISSING, &withheld), (SlotReadiness::MISSING, ReadinessReason::Unusable(p)));
+    }
 }
 
 #[test]
@@ -940,7 +991,7 @@ mod props {
             let mut st = SlotReadiness::MISSING;
             let x = |d: u32| Xid(base.wrapping_add(d).max(FIRST_NORMAL_XID));
             for (ev, cat, prim, s_cat, restart) in steps {
-                let event = match ev { 0 => Some(ReadinessEvent::Copied), 1 => Some(ReadinessEvent::AdvanceSucceeded), 2 => Some(ReadinessEvent::AdvanceFailed), _ => None };
+                let event = match ev { 0 => Some(ReadinessEvent::Copied), 1 => Some(ReadinessEvent::AdvanceSucceeded), 2 => Some(ReadinessEvent::AdvanceFailed(CopyFailure::MissingWal)), _ => None };
                 let primary_physical = match prim {
                     0 => PrimaryPhysicalSlot::Unknown,
                     1 => PrimaryPhysicalSlot::NullCatalogXmin,
@@ -952,11 +1003,12 @@ mod props {
                     replay_lsn: Some(Lsn(1000)),
                     primary_physical,
                     primary_logical_catalog_xmin: s_cat.map(|c| x(c / 2)),
+                    problem: None,
                 };
                 let (next, _) = step(&st, &o);
                 if next.stage == Stage::Ready {
                     prop_assert!(next.advanced && next.p0.is_some());
-                    prop_assert!(event != Some(ReadinessEvent::Copied) && event != Some(ReadinessEvent::AdvanceFailed));
+                    prop_assert!(event != Some(ReadinessEvent::Copied) && !matches!(event, Some(ReadinessEvent::AdvanceFailed(_))));
                     prop_assert!(next.installed_restart_lsn.is_none_or(|r| Lsn(restart) > r));
                 }
                 st = next;

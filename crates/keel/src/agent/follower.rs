@@ -4,14 +4,17 @@
 //! Every [`TICK`] it reads the managed slots' positions on the leader (`restart_lsn` for physical slots,
 //! `confirmed_flush_lsn` for logical ones) and the local replay position, and advances each local slot to
 //! `min(leader position, local replay)`. Each slot advances in its own task on its own connection, bounded by
-//! [`ADVANCE_TIMEOUT`]: a slow or stuck advance delays neither the HA loop nor the other slots. The outcome of each
-//! attempt is kept in a shared table that the HA loop reads (for readiness and errors such as missing WAL).
+//! [`ADVANCE_TIMEOUT`]: a slow or stuck advance delays neither the HA loop nor the other slots. A logical slot's
+//! connection goes to the slot's own database (PostgreSQL 16 and older refuse to advance another database's
+//! slot); at most [`MAX_IN_FLIGHT`] advances run at once. The outcome of each attempt, a failure classified by
+//! SQLSTATE ([`keel_core::slots::copycheck::classify`]), is kept in a shared table that the HA loop reads.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use keel_core::lsn::Lsn;
+use keel_core::slots::copycheck::{self, CopyFailure, FailureContext};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
@@ -24,6 +27,8 @@ use crate::postgres::ConnParams;
 pub const TICK: Duration = Duration::from_millis(100);
 /// The longest one advance may take before it is abandoned (and retried on a later tick).
 pub const ADVANCE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most advances (and so connections opening) at the same time.
+pub const MAX_IN_FLIGHT: usize = 8;
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the follower should follow; `None` stops following (this node is the primary, or there is no leader).
@@ -31,8 +36,9 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct FollowPlan {
     pub leader: ConnParams,
     pub local: ConnParams,
-    /// Managed slots present on this replica: name → logical?
-    pub slots: BTreeMap<String, bool>,
+    /// Managed slots present on this replica: name → the logical slot's database (`None`: physical).
+    pub slots: BTreeMap<String, Option<String>>,
+    pub pg_major: u32,
     /// Targets from the `status` key for slots the leader does not have itself (e.g. the slot named after the
     /// leader, which the leader publishes at its flush position).
     pub fallback: BTreeMap<String, Lsn>,
@@ -47,10 +53,17 @@ pub struct SlotProgress {
     pub local_lsn: Option<Lsn>,
     /// Successful advances since the slot was first followed.
     pub advances: u64,
-    /// The last advance error (SQLSTATE and message), cleared by a success.
-    pub last_error: Option<(String, String)>,
+    /// The last advance error, cleared by a success.
+    pub last_error: Option<AdvanceError>,
     /// When the local slot last caught up with the leader (or the replay position).
     pub caught_up_at: Option<Instant>,
+}
+
+/// A failed advance: its classification and the server's message (for people, never for decisions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdvanceError {
+    pub failure: CopyFailure,
+    pub message: String,
 }
 
 /// Shared table of slot progress, read by the HA loop and the REST API.
@@ -111,7 +124,7 @@ async fn run(mut plans: watch::Receiver<Option<FollowPlan>>, progress: Progress)
                 continue;
             }
         };
-        for (name, logical) in &plan.slots {
+        for (name, database) in &plan.slots {
             let leader_lsn = targets.get(name).copied().flatten().or_else(|| plan.fallback.get(name).copied());
             let local_lsn = locals.get(name).copied().flatten();
             {
@@ -136,12 +149,23 @@ async fn run(mut plans: watch::Receiver<Option<FollowPlan>>, progress: Progress)
                 }
                 goal = l;
             }
-            if local_lsn.is_none() || in_flight.contains_key(name) {
+            if local_lsn.is_none() || in_flight.contains_key(name) || in_flight.len() >= MAX_IN_FLIGHT {
                 continue;
             }
             let session = sessions.entry(name.clone()).or_default().clone();
-            let task = advance_task(plan.local.clone(), name.clone(), *logical, goal, progress.clone(), session);
-            in_flight.insert(name.clone(), tokio::spawn(task));
+            let params = match database {
+                Some(db) => plan.local.clone().with_database(db.clone()),
+                None => plan.local.clone(),
+            };
+            let attempt = Attempt {
+                params,
+                name: name.clone(),
+                database: database.clone(),
+                pg_major: plan.pg_major,
+                goal,
+                position: local_lsn,
+            };
+            in_flight.insert(name.clone(), tokio::spawn(advance_task(attempt, progress.clone(), session)));
         }
     }
 }
@@ -204,26 +228,33 @@ async fn local_positions(
     Ok((replay, out))
 }
 
-/// A slot's own connection, kept between advances (connecting costs more than a small advance).
-type SlotSession = Arc<tokio::sync::Mutex<Option<Session>>>;
+/// A slot's own connection (and the parameters it was opened with), kept between advances (connecting costs more
+/// than a small advance).
+type SlotSession = Arc<tokio::sync::Mutex<Option<(ConnParams, Session)>>>;
+
+/// One advance attempt: where, which slot, to where, and from where.
+struct Attempt {
+    /// The local server, in the slot's database.
+    params: ConnParams,
+    name: String,
+    database: Option<String>,
+    pg_major: u32,
+    goal: Lsn,
+    position: Option<Lsn>,
+}
 
 /// One advance on the slot's own connection, bounded in time; the outcome goes into the progress table. A failed
 /// or timed-out attempt drops the connection, so a stuck statement never blocks the next one.
-async fn advance_task(
-    local: ConnParams,
-    name: String,
-    logical: bool,
-    goal: Lsn,
-    progress: Progress,
-    session: SlotSession,
-) {
+async fn advance_task(a: Attempt, progress: Progress, session: SlotSession) {
     let mut guard = session.lock().await;
     let attempt = async {
-        if guard.as_ref().is_none_or(|s| s.is_closed()) {
-            *guard = Some(observe::connect(&local, ADVANCE_TIMEOUT).await?);
+        let stale = guard.as_ref().is_none_or(|(p, s)| s.is_closed() || *p != a.params);
+        if stale {
+            *guard = None;
+            *guard = Some((a.params.clone(), observe::connect(&a.params, ADVANCE_TIMEOUT).await?));
         }
         match guard.as_ref() {
-            Some(s) => pg_slots::advance(s, &name, goal).await,
+            Some((_, s)) => pg_slots::advance(s, &a.name, a.goal).await,
             None => Ok(None),
         }
     };
@@ -232,26 +263,51 @@ async fn advance_task(
         *guard = None;
     }
     drop(guard);
+    let error = match &outcome {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(AdvanceError { failure: classify(&a, e.sqlstate(), false), message: e.message() }),
+        Err(_) => Some(AdvanceError {
+            failure: classify(&a, None, true),
+            message: format!("no answer within {ADVANCE_TIMEOUT:?}"),
+        }),
+    };
     let mut table = lock(&progress);
-    let entry = table.entry(name.clone()).or_default();
-    match outcome {
-        Ok(Ok(end)) => {
+    let entry = table.entry(a.name.clone()).or_default();
+    match (outcome, error) {
+        (Ok(Ok(end)), _) => {
             entry.advances += 1;
             entry.last_error = None;
             if end.is_some() && end > entry.local_lsn {
                 entry.local_lsn = end;
             }
         }
-        Ok(Err(e)) => {
-            let (code, msg) = e.sqlstate_and_message();
-            if entry.last_error.as_ref().map(|(c, _)| c) != Some(&code) {
-                warn!("advancing {} slot {name} to {goal} failed: {msg}", if logical { "logical" } else { "physical" });
+        (_, Some(error)) => {
+            // Once per change of cause, not every tick.
+            if entry.last_error.as_ref().map(|e| &e.failure) != Some(&error.failure) {
+                let kind = if a.database.is_some() { "logical" } else { "physical" };
+                warn!(
+                    "advancing {kind} slot {} to {} failed ({}: {}): {}",
+                    a.name,
+                    a.goal,
+                    error.failure.code(),
+                    error.failure,
+                    error.message
+                );
             }
-            entry.last_error = Some((code, msg));
+            entry.last_error = Some(error);
         }
-        Err(_) => {
-            warn!("advancing slot {name} to {goal} took longer than {ADVANCE_TIMEOUT:?}; will retry");
-            entry.last_error = Some(("timeout".into(), format!("no answer within {ADVANCE_TIMEOUT:?}")));
-        }
+        (_, None) => {}
     }
+}
+
+fn classify(a: &Attempt, sqlstate: Option<&str>, timed_out: bool) -> CopyFailure {
+    copycheck::classify(&FailureContext {
+        sqlstate,
+        timed_out,
+        connected_database: &a.params.dbname,
+        slot_database: a.database.as_deref(),
+        pg_major: a.pg_major,
+        target: Some(a.goal),
+        position: a.position,
+    })
 }

@@ -73,6 +73,9 @@ pub struct Local {
     force_hsf: bool,
     /// `postgresql.conf`/`pg_hba.conf`/`pg_ident.conf` must be written again even if the parameters did not change.
     rewrite_conf: bool,
+    /// Set when pg_rewind or pg_basebackup rebuilt the data directory; the slot manager takes it and treats every
+    /// logical slot found afterwards as stale (pg_rewind keeps `pg_replslot` from before the rewind).
+    pub rebuilt: Option<keel_core::slots::copycheck::Rebuild>,
 }
 
 /// Host and port of a `postgres://host:port/...` URL.
@@ -145,6 +148,7 @@ impl Local {
             synchronous_standby_names: None,
             force_hsf: false,
             rewrite_conf: false,
+            rebuilt: None,
         })
     }
 
@@ -394,6 +398,7 @@ impl Local {
         let params = self.with_pgpass(self.member_params(source, &self.replication)?)?;
         info!("creating a replica from {} with pg_basebackup", source.name);
         self.ctl.basebackup(&params, BASEBACKUP_TIMEOUT).await?;
+        self.rebuilt = Some(keel_core::slots::copycheck::Rebuild::Reclone);
         let upstream = leader.unwrap_or(source);
         let recovery = self.recovery_for(Some(upstream))?;
         self.write_conf(Some(recovery))?;
@@ -666,6 +671,8 @@ impl Local {
         info!("running pg_rewind from {}", leader.name);
         match self.ctl.rewind(&params, BASEBACKUP_TIMEOUT).await? {
             RewindOutcome::Done | RewindOutcome::NotNeeded => {
+                // Even "not needed" ran against a diverged timeline: the slots here are from before it.
+                self.rebuilt = Some(keel_core::slots::copycheck::Rebuild::Rewind);
                 // pg_rewind copied the leader's configuration files: write ours back, as a replica of the leader.
                 // The action after this check starts (or re-points) PostgreSQL.
                 let recovery = self.recovery_for(Some(leader))?;

@@ -5,34 +5,44 @@
 //! - creates, drops, copies and continuity breaks run here, once per cycle;
 //! - advancing slot copies on a replica is the follower's job (`follower.rs`, every 100 ms, per-slot tasks with
 //!   time limits), so this module never waits on an advance;
-//! - on the leader, physical slots of cascading members are advanced here, bounded by a short timeout.
+//! - on the leader, physical slots of cascading members are advanced here, bounded by a short timeout;
+//! - the replica's check of its copies and readiness is in `slot_checks.rs`, the API view and the promotion check
+//!   in `slot_report.rs`.
+//!
+//! Logical slots are created, copied and advanced over connections to their own database.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use keel_core::lsn::Lsn;
-use keel_core::slotfile::Expectation;
-use keel_core::slots::promotion::{self, PromotionInput, SlotComparison, Verdict};
-use keel_core::slots::readiness::{
-    LocalLogicalSlot, PrimaryPhysicalSlot, ReadinessEvent, ReadinessObservation, SlotReadiness, Xid,
-};
+use keel_core::slots::copycheck::{self, recopy_due, CopyFailure, CopyProblem, FailureContext, Rebuild, RecopyHistory};
+use keel_core::slots::readiness::{ReadinessEvent, ReadinessReason, SlotReadiness, Xid};
 use keel_core::slots::{
-    self, desired_slots, enforce_hot_standby_feedback, published_status, readiness, reconcile, ActualSlot, ActualSlots,
+    self, desired_slots, enforce_hot_standby_feedback, published_status, reconcile, ActualSlot, ActualSlots,
     DesiredInput, DesiredSlots, LeaderState, NodeRole, ReconcileContext, RetainClock, SlotAction, SlotKind,
     SlotsConfig, SlotsReadiness, WalStatus,
 };
 use keel_core::time::Millis;
 use keel_core::view::{ClusterView, Member, Status, Tags};
-use serde_json::{json, Value};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::follower::{self, FollowPlan, Progress};
 use super::local::Local;
+use crate::postgres::observe::PgError;
 use crate::postgres::slots::{self as pg_slots, PgSlot};
 
-const LEADER_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+#[path = "slot_checks.rs"]
+mod checks;
+#[path = "slot_copy.rs"]
+mod copy;
+#[path = "slot_report.rs"]
+mod report;
+
+pub use report::PromotionReport;
+
+const COPY_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What one cycle of slot work needs to know.
 pub struct SlotCycle<'a> {
@@ -57,9 +67,21 @@ pub struct SlotCycle<'a> {
 pub struct SlotManager {
     retain: Option<RetainClock>,
     readiness: BTreeMap<String, SlotReadiness>,
-    reasons: BTreeMap<String, String>,
+    reasons: BTreeMap<String, ReadinessReason>,
     events: BTreeMap<String, ReadinessEvent>,
     recopy: BTreeSet<String>,
+    /// What is wrong with each unusable copy (or with copying it), from the last check.
+    problems: BTreeMap<String, CopyProblem>,
+    /// Copies (and re-copies) per slot, for the backoff; cleared once the copy is ready.
+    recopies: BTreeMap<String, RecopyHistory>,
+    /// Copies this agent installed: their `restart_lsn` moves by this node's own decoding.
+    made_here: BTreeSet<String>,
+    /// A rebuild (pg_rewind, pg_basebackup) seen by `Local` and not yet applied to the slot list.
+    pending_rebuild: Option<Rebuild>,
+    /// Logical slots found after a rebuild, stale until copied again.
+    rebuilt: BTreeMap<String, Rebuild>,
+    /// Leader: logical slots it could not create (e.g. their database does not exist).
+    slot_errors: BTreeMap<String, SlotError>,
     /// Operator requests (`keel slots recreate NAME`).
     pub recreate: BTreeSet<String>,
     /// Continuity breaks seen on this node as leader: slot → last published position.
@@ -72,10 +94,6 @@ pub struct SlotManager {
     pub last_actual: Vec<PgSlot>,
     /// The readiness summary this node publishes in its member key.
     pub summary: Option<SlotsReadiness>,
-    /// The leader's confirmed_flush_lsn of each slot when it was last copied here: a copy is repeated only after
-    /// the leader's slot moved on, so a copy that cannot advance (WAL this replica no longer has) does not make
-    /// PostgreSQL restart every cycle.
-    copied_at: BTreeMap<String, Option<Lsn>>,
     /// Set when this node was promoted; the next cycle as leader runs the promotion check with it.
     pending_promotion: Option<PendingPromotion>,
     /// The promotion check of this node's last promotion (for the API and metrics).
@@ -89,13 +107,33 @@ struct PendingPromotion {
     wal_end: Option<Lsn>,
     /// The old leader's slot positions as the follower last read them.
     followed: BTreeMap<String, Lsn>,
+    /// Copies that were unusable at promotion: slot → why.
+    unusable: BTreeMap<String, String>,
 }
 
-/// The result of the promotion check.
-pub struct PromotionReport {
-    pub at: Millis,
-    pub wal_end: Option<Lsn>,
-    pub slots: Vec<SlotComparison>,
+/// A logical slot the leader could not create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotError {
+    pub database: String,
+    pub failure: CopyFailure,
+    pub message: String,
+}
+
+impl SlotError {
+    /// One line naming the slot, what failed and what to do.
+    pub fn describe(&self, slot: &str) -> String {
+        match self.failure {
+            CopyFailure::DatabaseMissing => format!(
+                "cannot create permanent logical slot {slot}: database {:?} does not exist on the primary; create it \
+                 or change the slot's database in the configuration",
+                self.database
+            ),
+            _ => format!(
+                "cannot create permanent logical slot {slot} in database {:?}: {} ({})",
+                self.database, self.failure, self.message
+            ),
+        }
+    }
 }
 
 impl SlotManager {
@@ -115,7 +153,12 @@ impl SlotManager {
             last_advances: BTreeMap::new(),
             last_actual: Vec::new(),
             summary: None,
-            copied_at: BTreeMap::new(),
+            problems: BTreeMap::new(),
+            recopies: BTreeMap::new(),
+            made_here: BTreeSet::new(),
+            pending_rebuild: None,
+            rebuilt: BTreeMap::new(),
+            slot_errors: BTreeMap::new(),
             pending_promotion: None,
             promotion: None,
             copies_paused: false,
@@ -127,33 +170,8 @@ impl SlotManager {
     pub fn promoted(&mut self, wal_end: Option<Lsn>) {
         let progress = self.progress.lock().map(|p| p.clone()).unwrap_or_default();
         let followed = progress.into_iter().filter_map(|(n, p)| p.leader_lsn.map(|l| (n, l))).collect();
-        self.pending_promotion = Some(PendingPromotion { wal_end, followed });
-    }
-
-    /// The promotion check: each permanent logical slot here against its last known position on the old primary.
-    fn check_promotion(&mut self, c: &SlotCycle<'_>, desired: &DesiredSlots, actual: &ActualSlots) {
-        let ActualSlots::Known(have) = actual else { return };
-        let Some(pending) = self.pending_promotion.take() else { return };
-        let input = PromotionInput {
-            logical: desired.logical_names().collect(),
-            published: Some(&c.view.status.slots),
-            followed: pending.followed,
-            copies: have
-                .iter()
-                .filter(|(_, a)| a.kind.is_logical())
-                .map(|(n, a)| (n.clone(), a.confirmed_flush_lsn))
-                .collect(),
-            wal_end: pending.wal_end,
-        };
-        let slots = promotion::compare(&input);
-        for cmp in &slots {
-            match cmp.verdict {
-                Verdict::Divergence { .. } => error!("PROMOTION CHECK: {}", cmp.describe()),
-                Verdict::Redelivery { .. } => warn!("promotion check: {}", cmp.describe()),
-                _ => info!("promotion check: {}", cmp.describe()),
-            }
-        }
-        self.promotion = Some(PromotionReport { at: c.now, wal_end: pending.wal_end, slots });
+        let unusable = self.problems.iter().map(|(n, p)| (n.clone(), p.to_string())).collect();
+        self.pending_promotion = Some(PendingPromotion { wal_end, followed, unusable });
     }
 
     fn log_notes(&mut self, notes: Vec<String>) {
@@ -180,6 +198,9 @@ impl SlotManager {
         if !c.leader_primary {
             self.retain = None;
         }
+        if let Some(r) = local.rebuilt.take() {
+            self.pending_rebuild = Some(r);
+        }
         if !c.running {
             self.follow(None);
             return None;
@@ -200,6 +221,7 @@ impl SlotManager {
                 ActualSlots::Unknown
             }
         };
+        self.apply_rebuild(c.leader_primary, &actual);
         let leader = match &c.view.leader {
             None => LeaderState::NoLeader,
             Some(l) if l.name == c.me => LeaderState::Me,
@@ -229,7 +251,8 @@ impl SlotManager {
         };
         let plan = reconcile(&desired, &actual, &ctx);
         let leader_member = c.view.leader_member().filter(|m| m.name != c.me).cloned();
-        self.execute(&plan, local, leader_member.as_ref()).await;
+        self.execute(&plan, local, leader_member.as_ref(), c.now).await;
+        self.slot_errors.retain(|n, _| desired.logical_names().any(|d| d == n));
 
         if c.leader_primary {
             self.check_promotion(c, &desired, &actual);
@@ -253,16 +276,58 @@ impl SlotManager {
             self.summary = None;
             self.readiness.clear();
             self.reasons.clear();
+            self.problems.clear();
             return Some(status);
         }
 
         // A replica: follow the leader's positions and track readiness of logical copies.
+        self.slot_errors.clear();
         self.follow_leader(local, &desired, &actual, leader_member.as_ref());
         self.update_readiness(c, local, &desired, &actual, leader_member.as_ref()).await;
         None
     }
 
-    async fn execute(&mut self, plan: &[SlotAction], local: &mut Local, leader: Option<&Member>) {
+    /// After pg_rewind or pg_basebackup, every logical slot on this replica describes another history: stale
+    /// until copied again. A primary's slots are its consumers' originals.
+    fn apply_rebuild(&mut self, primary: bool, actual: &ActualSlots) {
+        if primary {
+            self.pending_rebuild = None;
+            self.rebuilt.clear();
+            return;
+        }
+        let (Some(cause), ActualSlots::Known(have)) = (self.pending_rebuild, actual) else { return };
+        self.pending_rebuild = None;
+        self.made_here.clear();
+        for (name, _) in have.iter().filter(|(_, a)| a.kind.is_logical()) {
+            warn!("logical slot {name} predates this node's {cause:?}: it is stale until copied again");
+            self.rebuilt.insert(name.clone(), cause);
+        }
+    }
+
+    /// Records a failure to create a logical slot on the leader (logged once per change of cause).
+    fn create_failed(&mut self, slot: &str, database: &str, e: &anyhow::Error) {
+        let pg = e.downcast_ref::<PgError>();
+        let failure = copycheck::classify(&FailureContext {
+            sqlstate: pg.and_then(PgError::sqlstate),
+            timed_out: false,
+            connected_database: database,
+            slot_database: Some(database),
+            pg_major: 0,
+            target: None,
+            position: None,
+        });
+        let error = SlotError {
+            database: database.to_string(),
+            failure,
+            message: pg.map_or_else(|| format!("{e:#}"), PgError::message),
+        };
+        if self.slot_errors.get(slot).map(|e| &e.failure) != Some(&error.failure) {
+            error!("{}", error.describe(slot));
+        }
+        self.slot_errors.insert(slot.to_string(), error);
+    }
+
+    async fn execute(&mut self, plan: &[SlotAction], local: &mut Local, leader: Option<&Member>, now: Millis) {
         let mut skip: BTreeSet<String> = BTreeSet::new();
         let mut copies: Vec<(String, String, String)> = Vec::new();
         for action in plan {
@@ -279,18 +344,28 @@ impl SlotManager {
                     .await
                 }
                 SlotAction::CreateLogical { slot, database, plugin, reason } => {
-                    async {
+                    let created: Result<Lsn> = async {
                         let s = local.session_on(database).await?;
-                        let lsn = pg_slots::create_logical(&s, slot, plugin).await?;
-                        info!(
-                            "created logical replication slot {slot} in {database} with {plugin} at {lsn} ({reason:?})"
-                        );
-                        Ok(())
+                        Ok(pg_slots::create_logical(&s, slot, plugin).await?)
                     }
-                    .await
+                    .await;
+                    match created {
+                        Ok(lsn) => {
+                            self.slot_errors.remove(slot);
+                            info!(
+                                "created logical replication slot {slot} in {database} with {plugin} at {lsn} \
+                                 ({reason:?})"
+                            );
+                        }
+                        Err(e) => self.create_failed(slot, database, &e),
+                    }
+                    Ok(())
                 }
                 SlotAction::CopyLogical { slot, database, plugin, .. } => {
-                    copies.push((slot.clone(), database.clone(), plugin.clone()));
+                    // Every copy restarts PostgreSQL: repeated ones back off.
+                    if recopy_due(&self.recopies.get(slot).copied().unwrap_or_default(), now) {
+                        copies.push((slot.clone(), database.clone(), plugin.clone()));
+                    }
                     Ok(())
                 }
                 SlotAction::AdvancePhysical { slot, to } => {
@@ -309,8 +384,10 @@ impl SlotManager {
                     async {
                         match pg_slots::drop(local.local_session().await?, slot).await {
                             Ok(()) => {
-                                info!("dropped replication slot {slot} ({reason:?})");
+                                info!("dropped replication slot {slot} ({reason})");
                                 self.readiness.remove(slot);
+                                self.made_here.remove(slot);
+                                self.rebuilt.remove(slot);
                                 Ok(())
                             }
                             Err(e) => {
@@ -340,62 +417,13 @@ impl SlotManager {
         if !copies.is_empty() {
             match leader {
                 Some(l) => {
-                    if let Err(e) = self.copy_logical(&copies, local, l).await {
+                    if let Err(e) = self.copy_logical(&copies, local, l, now).await {
                         warn!("copying logical slots from {} failed: {e:#}", l.name);
                     }
                 }
                 None => warn!("cannot copy logical slots: no leader"),
             }
         }
-    }
-
-    /// Reads every slot's state file from the leader, validates them for this node's PostgreSQL, then installs
-    /// them all in one stop/start of PostgreSQL.
-    async fn copy_logical(
-        &mut self,
-        copies: &[(String, String, String)],
-        local: &mut Local,
-        leader: &Member,
-    ) -> Result<()> {
-        let session = local.leader_session(leader, local.database()).await?;
-        let mut files = Vec::new();
-        for (slot, database, plugin) in copies {
-            let on_leader = pg_slots::list(&session).await?;
-            let Some(src) = on_leader.iter().find(|s| &s.name == slot) else {
-                warn!("logical slot {slot} does not exist on the leader yet; will copy it later");
-                continue;
-            };
-            if src.database.as_deref() != Some(database.as_str()) || src.plugin.as_deref() != Some(plugin.as_str()) {
-                warn!("logical slot {slot} on the leader does not match the configuration; not copying it");
-                continue;
-            }
-            let oid = src.datoid.ok_or_else(|| anyhow!("slot {slot} has no database oid on the leader"))?;
-            let bytes = pg_slots::read_state_file(&session, slot).await.with_context(|| format!("reading {slot}"))?;
-            let expectation = Expectation {
-                major: local.bins.major,
-                slot_name: slot.clone(),
-                database_oid: oid,
-                plugin: plugin.clone(),
-            };
-            match keel_core::slotfile::validate(&bytes, &expectation) {
-                Ok(_) => {
-                    self.copied_at.insert(slot.clone(), src.confirmed_flush_lsn);
-                    files.push((slot.clone(), bytes, expectation));
-                }
-                Err(e) => warn!("refusing to copy logical slot {slot} from {}: {e}", leader.name),
-            }
-        }
-        if files.is_empty() {
-            return Ok(());
-        }
-        let names: Vec<&str> = files.iter().map(|(n, _, _)| n.as_str()).collect();
-        info!("copying logical slots {names:?} from {} (PostgreSQL restarts once)", leader.name);
-        local.install_slot_files(&files).await?;
-        for (name, _, _) in &files {
-            self.readiness.insert(name.clone(), SlotReadiness::MISSING);
-            self.events.insert(name.clone(), ReadinessEvent::Copied);
-        }
-        Ok(())
     }
 
     fn follow(&self, plan: Option<FollowPlan>) {
@@ -424,150 +452,18 @@ impl SlotManager {
             if want.expected_active || !have.contains_key(name) {
                 continue;
             }
-            slots.insert(name.clone(), want.kind.is_logical());
+            let database = match &want.kind {
+                SlotKind::Logical { database, .. } => Some(database.clone()),
+                SlotKind::Physical => None,
+            };
+            slots.insert(name.clone(), database);
             if let Some(lsn) = want.lsn {
                 fallback.insert(name.clone(), lsn);
             }
         }
-        self.follow(Some(FollowPlan { leader: leader_params, local: local.local_params(), slots, fallback }));
-    }
-
-    async fn update_readiness(
-        &mut self,
-        c: &SlotCycle<'_>,
-        local: &Local,
-        desired: &DesiredSlots,
-        actual: &ActualSlots,
-        leader: Option<&Member>,
-    ) {
-        let logical: Vec<String> = desired.logical_names().map(str::to_string).collect();
-        if logical.is_empty() {
-            self.summary = None;
-            self.readiness.clear();
-            return;
-        }
-        let ActualSlots::Known(have) = actual else { return };
-        // The leader's view: this replica's physical slot there, and each logical slot's catalog_xmin.
-        let own_slot = slots::slot_name_on_primary(c.view, c.me, c.tags)
-            .unwrap_or_else(|| slots::slot_name_from_member_name(c.me));
-        let mut primary_physical = PrimaryPhysicalSlot::Unknown;
-        let mut primary_logical: BTreeMap<String, Option<Xid>> = BTreeMap::new();
-        if let Some(l) = leader {
-            if let Ok(Ok(s)) =
-                tokio::time::timeout(LEADER_QUERY_TIMEOUT, local.leader_session(l, local.database())).await
-            {
-                if let Ok(list) = pg_slots::list(&s).await {
-                    primary_physical = match list.iter().find(|x| x.name == own_slot) {
-                        None => PrimaryPhysicalSlot::Missing,
-                        Some(p) => match p.catalog_xmin {
-                            Some(x) => PrimaryPhysicalSlot::CatalogXmin(Xid(x)),
-                            None => PrimaryPhysicalSlot::NullCatalogXmin,
-                        },
-                    };
-                    for x in list.iter().filter(|x| x.is_logical()) {
-                        primary_logical.insert(x.name.clone(), x.catalog_xmin.map(Xid));
-                    }
-                }
-            }
-        }
-        let progress = self.progress.lock().map(|p| p.clone()).unwrap_or_default();
-        for name in &logical {
-            let local_slot = have.get(name).map(|a| LocalLogicalSlot {
-                catalog_xmin: a.catalog_xmin,
-                restart_lsn: a.restart_lsn,
-                confirmed_flush_lsn: a.confirmed_flush_lsn,
-                wal_status: a.wal_status,
-                invalidated: a.wal_status == Some(WalStatus::Lost),
-            });
-            let mut event = self.events.remove(name);
-            if event.is_none() {
-                if let Some(p) = progress.get(name) {
-                    let before = self.last_advances.get(name).copied().unwrap_or(0);
-                    if p.advances > before {
-                        event = Some(ReadinessEvent::AdvanceSucceeded);
-                    } else if let Some((code, _)) = &p.last_error {
-                        event = Some(ReadinessEvent::AdvanceFailed);
-                        let moved_on = match self.copied_at.get(name) {
-                            Some(at) => p.leader_lsn > *at,
-                            None => true,
-                        };
-                        if (code == "58P01" || (code == "55000" && !is_behind_error(p))) && moved_on {
-                            self.recopy.insert(name.clone());
-                        }
-                    }
-                    self.last_advances.insert(name.clone(), p.advances);
-                }
-            }
-            let obs = ReadinessObservation {
-                event,
-                local: local_slot,
-                replay_lsn: c.replay_lsn,
-                primary_physical,
-                primary_logical_catalog_xmin: primary_logical.get(name).copied().flatten(),
-            };
-            let prev = self.readiness.get(name).cloned().unwrap_or(SlotReadiness::MISSING);
-            let (next, reason) = readiness::step(&prev, &obs);
-            if next.stage != prev.stage {
-                info!("logical slot {name}: {:?} -> {:?} ({reason:?})", prev.stage, next.stage);
-            }
-            self.reasons.insert(name.clone(), format!("{reason:?}"));
-            self.readiness.insert(name.clone(), next);
-        }
-        self.readiness.retain(|n, _| logical.contains(n));
-        self.summary = Some(SlotsReadiness::summarize(logical.iter().map(String::as_str), &self.readiness));
-    }
-
-    /// The node's slots for `GET /slots`: type, position, lag behind the leader, readiness, WAL retained.
-    pub fn to_json(&self, published: &Status, current_lsn: Option<Lsn>) -> Value {
-        let progress = self.progress.lock().map(|p| p.clone()).unwrap_or_default();
-        let slots: Vec<Value> = self
-            .last_actual
-            .iter()
-            .map(|s| {
-                let position = if s.is_logical() { s.confirmed_flush_lsn } else { s.restart_lsn };
-                let leader_pos = progress.get(&s.name).and_then(|p| p.leader_lsn).or(published.slots.get(&s.name).copied());
-                let lag = match (leader_pos, position) {
-                    (Some(l), Some(p)) => Some(l.saturating_sub(p)),
-                    _ => None,
-                };
-                let retained = match (current_lsn, s.restart_lsn) {
-                    (Some(c), Some(r)) => Some(c.saturating_sub(r)),
-                    _ => None,
-                };
-                let caught_up_secs = progress.get(&s.name).and_then(|p| p.caught_up_at).map(|t| t.elapsed().as_secs_f64());
-                json!({
-                    "name": s.name,
-                    "type": s.slot_type,
-                    "database": s.database,
-                    "plugin": s.plugin,
-                    "active": s.active,
-                    "position": position.map(|l| l.to_string()),
-                    "lag_bytes": lag,
-                    "seconds_since_caught_up": caught_up_secs,
-                    "wal_retained_bytes": retained,
-                    "wal_status": s.wal_status,
-                    "readiness": self.readiness.get(&s.name).map(|r| format!("{:?}", r.stage)),
-                    "readiness_reason": self.reasons.get(&s.name),
-                    "last_error": progress.get(&s.name).and_then(|p| p.last_error.as_ref().map(|(c, m)| format!("{c}: {m}"))),
-                })
-            })
-            .collect();
-        let breaks: Vec<Value> =
-            self.breaks.iter().map(|(n, l)| json!({"slot": n, "last_published": l.to_string()})).collect();
-        let promotion = self.promotion.as_ref().map(|p| {
-            json!({
-                "at": keel_core::time::format_iso8601(p.at),
-                "wal_end": p.wal_end.map(|l| l.to_string()),
-                "slots": p.slots.iter().map(SlotComparison::to_json).collect::<Vec<_>>(),
-            })
-        });
-        json!({
-            "slots": slots,
-            "continuity_breaks": breaks,
-            "promotion": promotion,
-            "copies_paused": self.copies_paused,
-            "ready": self.summary.as_ref().map(|s| s.ready),
-        })
+        let pg_major = local.bins.major;
+        let plan = FollowPlan { leader: leader_params, local: local.local_params(), slots, fallback, pg_major };
+        self.follow(Some(plan));
     }
 }
 
@@ -575,11 +471,6 @@ impl Default for SlotManager {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// "cannot advance replication slot to X, minimum is Y" is not a reason to copy again: the slot is simply ahead.
-fn is_behind_error(p: &follower::SlotProgress) -> bool {
-    p.last_error.as_ref().is_some_and(|(_, m)| m.contains("minimum is"))
 }
 
 fn to_actual(s: &PgSlot) -> ActualSlot {

@@ -124,6 +124,26 @@ pub fn render(st: &NodeStatus) -> Result<String, std::fmt::Error> {
     registry.register("keel_slot_lag_bytes", "Bytes a slot on this node is behind the primary's copy.", lag);
     registry.register("keel_slot_wal_retained_bytes", "WAL bytes a slot on this node holds back.", retained);
     registry.register("keel_slot_ready", "Value is 1 if a copied logical slot is safe to use after promotion.", ready);
+    // Why copies are not ready (one series per slot with its reason code), and slots the leader cannot create.
+    let unready = Family::<Labels, Gauge>::default();
+    let listed = |key: &str| st.slots.get(key).and_then(serde_json::Value::as_array).cloned().unwrap_or_default();
+    for (key, code) in [("unready", "code"), ("slot_errors", "code")] {
+        for u in listed(key) {
+            let (Some(name), Some(c)) = (u.get("slot").and_then(|v| v.as_str()), u.get(code).and_then(|v| v.as_str()))
+            else {
+                continue;
+            };
+            let mut l = labels.clone();
+            l.push(("slot".into(), name.to_string()));
+            l.push(("reason".into(), c.to_string()));
+            unready.get_or_create(&l).set(1);
+        }
+    }
+    registry.register(
+        "keel_slot_unusable",
+        "Value is 1 for a logical slot that is not ready on this node (or that the leader cannot create), by reason.",
+        unready,
+    );
     let breaks = st.slots.get("continuity_breaks").and_then(serde_json::Value::as_array).map_or(0, Vec::len);
     let family = Family::<Labels, Gauge>::default();
     family.get_or_create(&labels).set(breaks as i64);
@@ -240,5 +260,18 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("keel_slot_promotion_redelivery_bytes{scope=\"batman\",name=\"n1\",slot=\"other\"} 0"));
+        let st = NodeStatus {
+            slots: serde_json::json!({
+                "unready": [{"slot": "cdc", "code": "needs_missing_wal", "reason": "needs WAL"}],
+                "slot_errors": [{"slot": "cdc2", "code": "database_missing", "error": "no database"}],
+            }),
+            ..st
+        };
+        let text = render(&st).unwrap();
+        for (slot, reason) in [("cdc", "needs_missing_wal"), ("cdc2", "database_missing")] {
+            let series =
+                format!("keel_slot_unusable{{scope=\"batman\",name=\"n1\",slot=\"{slot}\",reason=\"{reason}\"}} 1");
+            assert!(text.contains(&series), "{text}");
+        }
     }
 }

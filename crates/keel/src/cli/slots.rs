@@ -57,11 +57,26 @@ pub fn rows(member: &str, role: &str, doc: &Value) -> Vec<Vec<Value>> {
         .collect()
 }
 
-/// The lines printed under the table for one member: continuity breaks it recorded as leader, and what its last
-/// promotion check found other than "in step".
+/// The lines printed under the table for one member: slots it could not create as leader, logical slots it has
+/// no copy of and why, continuity breaks it recorded as leader, and what its last promotion check found other
+/// than "in step".
 pub fn notes(member: &str, doc: &Value) -> Vec<String> {
     let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
     let mut out = Vec::new();
+    for e in doc.get("slot_errors").and_then(Value::as_array).into_iter().flatten() {
+        out.push(format!("{member}: {}", text(e, "error")));
+    }
+    let listed = |name: &str| {
+        doc.get("slots")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|s| s.get("name") == Some(&json!(name))))
+    };
+    for u in doc.get("unready").and_then(Value::as_array).into_iter().flatten() {
+        let slot = text(u, "slot");
+        if !listed(&slot) {
+            out.push(format!("{member}: no usable copy of slot {slot}: {} ({})", text(u, "reason"), text(u, "code")));
+        }
+    }
     for b in doc.get("continuity_breaks").and_then(Value::as_array).into_iter().flatten() {
         out.push(format!(
             "{member}: continuity break on slot {} (last published {})",
@@ -79,6 +94,15 @@ pub fn notes(member: &str, doc: &Value) -> Vec<String> {
                 "{member}: promoted {at}: consumers of slot {slot} confirmed up to {known}, {bytes} bytes past this \
                  primary's WAL (it ended at {}): they may hold changes this primary lacks",
                 promotion.map(|p| text(p, "wal_end")).unwrap_or_default()
+            )),
+            Some("ahead") => out.push(format!(
+                "{member}: promoted {at}: slot {slot} resumed at {copy}, {bytes} bytes past {known}: consumers skip \
+                 those changes"
+            )),
+            Some("unusable") => out.push(format!(
+                "{member}: promoted {at}: CONTINUITY BREAK: slot {slot}'s copy was unusable ({}); its consumers must \
+                 resynchronise",
+                text(s, "problem")
             )),
             Some("redelivery") => out.push(format!(
                 "{member}: promoted {at}: slot {slot} resumed at {copy}, {bytes} bytes before {known}: consumers \
@@ -159,5 +183,28 @@ mod tests {
         assert!(n[1].contains("4096 bytes past") && n[1].contains("0/4FFF000"), "{}", n[1]);
         assert!(n[2].contains("16 bytes before 0/10"), "{}", n[2]);
         assert!(notes("n", &json!({"promotion": null})).is_empty());
+    }
+
+    #[test]
+    fn notes_name_slot_errors_withheld_copies_and_unusable_promotions() {
+        let doc = json!({
+            "slots": [{"name": "listed"}],
+            "slot_errors": [{"slot": "cdc", "code": "database_missing",
+                "error": "cannot create permanent logical slot cdc: database \"app\" does not exist on the primary"}],
+            "unready": [
+                {"slot": "listed", "code": "waiting_for_advance", "reason": "waiting"},
+                {"slot": "cdc2", "code": "needs_missing_wal", "reason": "needs WAL from 0/1000000"},
+            ],
+            "promotion": {"at": "t", "slots": [
+                {"slot": "cdc2", "verdict": "unusable", "problem": "needs WAL from 0/1000000"},
+                {"slot": "x", "verdict": "ahead", "bytes": 32, "last_known": "0/10", "copy": "0/30"},
+            ]},
+        });
+        let n = notes("node3", &doc);
+        assert_eq!(n.len(), 4, "{n:?}");
+        assert!(n[0].contains("database \"app\" does not exist"), "{}", n[0]);
+        assert_eq!(n[1], "node3: no usable copy of slot cdc2: needs WAL from 0/1000000 (needs_missing_wal)");
+        assert!(n[2].contains("CONTINUITY BREAK") && n[2].contains("needs WAL"), "{}", n[2]);
+        assert!(n[3].contains("32 bytes past 0/10") && n[3].contains("skip"), "{}", n[3]);
     }
 }

@@ -58,6 +58,12 @@ impl ConnParams {
         self
     }
 
+    /// The same server and credentials, in database `dbname` (logical slots are used from their own database).
+    pub fn with_database(mut self, dbname: impl Into<String>) -> ConnParams {
+        self.dbname = dbname.into();
+        self
+    }
+
     pub fn with_application_name(mut self, name: impl Into<String>) -> ConnParams {
         self.application_name = Some(name.into());
         self

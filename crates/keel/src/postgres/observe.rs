@@ -24,16 +24,25 @@ pub enum PgError {
 }
 
 impl PgError {
-    /// The SQLSTATE (or a short kind when there is none) and the server's message, for callers that react to
-    /// specific errors (e.g. `58P01` missing WAL, `55000` an invalidated slot).
-    pub fn sqlstate_and_message(&self) -> (String, String) {
-        let source = match self {
-            PgError::Connect { source, .. } | PgError::Query { source, .. } => source,
-            other => return ("keel".into(), other.to_string()),
-        };
-        match source.as_db_error() {
-            Some(db) => (db.code().code().to_string(), db.message().to_string()),
-            None => ("connection".into(), self.to_string()),
+    /// The server's SQLSTATE, for callers that react to specific errors (`keel_core::slots::copycheck::classify`);
+    /// `None` when the server did not answer with an error (connection failures, timeouts, unexpected values).
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            PgError::Connect { source, .. } | PgError::Query { source, .. } => {
+                source.as_db_error().map(|db| db.code().code())
+            }
+            _ => None,
+        }
+    }
+
+    /// The server's message (or this error's text when there is none): for logs and the API, never for decisions.
+    pub fn message(&self) -> String {
+        match self {
+            PgError::Connect { source, .. } | PgError::Query { source, .. } => match source.as_db_error() {
+                Some(db) => db.message().to_string(),
+                None => self.to_string(),
+            },
+            other => other.to_string(),
         }
     }
 }

@@ -120,6 +120,26 @@ pub async fn read_state_file(session: &Session, name: &str) -> Result<Vec<u8>, P
     Ok(rows.first().map(|r| r.get::<_, Vec<u8>>(0)).unwrap_or_default())
 }
 
+/// The first position of the oldest WAL segment in this server's `pg_wal` (`pg_ls_waldir()`, superuser or
+/// `pg_monitor`); `None` when there is none. A slot whose `restart_lsn` is older cannot be read from here.
+pub async fn oldest_wal(session: &Session) -> Result<Option<Lsn>, PgError> {
+    let rows = session
+        .query(
+            "SELECT (SELECT min(substr(name, 9)) FROM pg_catalog.pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'), \
+             (SELECT setting FROM pg_catalog.pg_settings WHERE name = 'wal_segment_size')",
+            &[],
+        )
+        .await?;
+    let Some(row) = rows.first() else { return Ok(None) };
+    let (Some(segment), Some(size)) = (row.get::<_, Option<String>>(0), row.get::<_, Option<String>>(1)) else {
+        return Ok(None);
+    };
+    let size: u64 = size.parse().map_err(|_| PgError::BadValue { what: "wal_segment_size", value: size.clone() })?;
+    // The timeline does not matter for the position: compare segment numbers only.
+    let name = format!("00000000{segment}");
+    Lsn::from_wal_file_name(&name, size).map(Some).ok_or(PgError::BadValue { what: "pg_ls_waldir", value: name })
+}
+
 /// The OID of database `name`, as slot files record it.
 pub async fn database_oid(session: &Session, name: &str) -> Result<Option<u32>, PgError> {
     let rows = session.query("SELECT oid::bigint FROM pg_catalog.pg_database WHERE datname = $1", &[&name]).await?;

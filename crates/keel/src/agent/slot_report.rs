@@ -1,0 +1,124 @@
+//! What the slot manager reports: the promotion check run on the first cycle as leader, and the node's slots for
+//! `GET /slots` (and from there `keel slots` and the `keel_slot_*` metrics).
+
+use keel_core::lsn::Lsn;
+use keel_core::slots::promotion::{self, PromotionInput, SlotComparison, Verdict};
+use keel_core::slots::{ActualSlots, DesiredSlots};
+use keel_core::time::Millis;
+use keel_core::view::Status;
+use serde_json::{json, Value};
+use tracing::{error, info, warn};
+
+use super::{SlotCycle, SlotManager};
+
+/// The result of the promotion check.
+pub struct PromotionReport {
+    pub at: Millis,
+    pub wal_end: Option<Lsn>,
+    pub slots: Vec<SlotComparison>,
+}
+
+impl SlotManager {
+    /// The promotion check: each permanent logical slot here against its last known position on the old primary,
+    /// and whether its copy was usable when this node was promoted.
+    pub(super) fn check_promotion(&mut self, c: &SlotCycle<'_>, desired: &DesiredSlots, actual: &ActualSlots) {
+        let ActualSlots::Known(have) = actual else { return };
+        let Some(pending) = self.pending_promotion.take() else { return };
+        let input = PromotionInput {
+            logical: desired.logical_names().collect(),
+            published: Some(&c.view.status.slots),
+            followed: pending.followed,
+            copies: have
+                .iter()
+                .filter(|(_, a)| a.kind.is_logical())
+                .map(|(n, a)| (n.clone(), a.confirmed_flush_lsn))
+                .collect(),
+            wal_end: pending.wal_end,
+            unusable: pending.unusable,
+        };
+        let slots = promotion::compare(&input);
+        for cmp in &slots {
+            match cmp.verdict {
+                Verdict::Divergence { .. } | Verdict::Ahead { .. } | Verdict::Unusable => {
+                    error!("PROMOTION CHECK: {}", cmp.describe())
+                }
+                Verdict::Redelivery { .. } => warn!("promotion check: {}", cmp.describe()),
+                _ => info!("promotion check: {}", cmp.describe()),
+            }
+        }
+        self.promotion = Some(PromotionReport { at: c.now, wal_end: pending.wal_end, slots });
+    }
+
+    /// The node's slots for `GET /slots`: type, position, lag behind the leader, readiness and its reason, WAL
+    /// retained; the logical slots that are not ready (also those without a copy) with their reasons; slots the
+    /// leader could not create; continuity breaks; the last promotion check.
+    pub fn to_json(&self, published: &Status, current_lsn: Option<Lsn>) -> Value {
+        let progress = self.progress.lock().map(|p| p.clone()).unwrap_or_default();
+        let slots: Vec<Value> = self
+            .last_actual
+            .iter()
+            .map(|s| {
+                let position = if s.is_logical() { s.confirmed_flush_lsn } else { s.restart_lsn };
+                let p = progress.get(&s.name);
+                let leader_pos = p.and_then(|p| p.leader_lsn).or(published.slots.get(&s.name).copied());
+                let lag = match (leader_pos, position) {
+                    (Some(l), Some(p)) => Some(l.saturating_sub(p)),
+                    _ => None,
+                };
+                let retained = match (current_lsn, s.restart_lsn) {
+                    (Some(c), Some(r)) => Some(c.saturating_sub(r)),
+                    _ => None,
+                };
+                let reason = self.reasons.get(&s.name);
+                json!({
+                    "name": s.name,
+                    "type": s.slot_type,
+                    "database": s.database,
+                    "plugin": s.plugin,
+                    "active": s.active,
+                    "position": position.map(|l| l.to_string()),
+                    "restart_lsn": s.restart_lsn.map(|l| l.to_string()),
+                    "lag_bytes": lag,
+                    "seconds_since_caught_up": p.and_then(|p| p.caught_up_at).map(|t| t.elapsed().as_secs_f64()),
+                    "wal_retained_bytes": retained,
+                    "wal_status": s.wal_status,
+                    "readiness": self.readiness.get(&s.name).map(|r| format!("{:?}", r.stage)),
+                    "readiness_reason": reason.map(ToString::to_string),
+                    "readiness_code": reason.map(|r| r.code()),
+                    "last_error": p.and_then(|p| p.last_error.as_ref()).map(|e| json!({
+                        "code": e.failure.code(), "reason": e.failure.to_string(), "message": e.message,
+                    })),
+                })
+            })
+            .collect();
+        let unready: Vec<Value> = self
+            .reasons
+            .iter()
+            .filter(|(n, _)| !self.readiness.get(*n).is_some_and(|r| r.is_ready()))
+            .map(|(n, r)| json!({"slot": n, "code": r.code(), "reason": r.to_string()}))
+            .collect();
+        let errors: Vec<Value> = self
+            .slot_errors
+            .iter()
+            .map(|(n, e)| json!({"slot": n, "database": e.database, "code": e.failure.code(), "error": e.describe(n)}))
+            .collect();
+        let breaks: Vec<Value> =
+            self.breaks.iter().map(|(n, l)| json!({"slot": n, "last_published": l.to_string()})).collect();
+        let promotion = self.promotion.as_ref().map(|p| {
+            json!({
+                "at": keel_core::time::format_iso8601(p.at),
+                "wal_end": p.wal_end.map(|l| l.to_string()),
+                "slots": p.slots.iter().map(SlotComparison::to_json).collect::<Vec<_>>(),
+            })
+        });
+        json!({
+            "slots": slots,
+            "unready": unready,
+            "slot_errors": errors,
+            "continuity_breaks": breaks,
+            "promotion": promotion,
+            "copies_paused": self.copies_paused,
+            "ready": self.summary.as_ref().map(|s| s.ready),
+        })
+    }
+}
