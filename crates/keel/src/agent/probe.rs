@@ -94,8 +94,8 @@ mod tests {
 
     #[test]
     fn members_listed_only_in_the_failsafe_key_are_probed_at_their_listed_url() {
-        let mut view = ClusterView::default();
-        view.failsafe = Some([("n1".to_string(), "http://127.0.0.1:8008/patroni".to_string())].into());
+        let listed = [("n1".to_string(), "http://127.0.0.1:8008/patroni".to_string())];
+        let view = ClusterView { failsafe: Some(listed.into()), ..ClusterView::default() };
         assert_eq!(probe_url(&view, "n1").as_deref(), Some("http://127.0.0.1:8008/patroni"));
         assert_eq!(probe_url(&view, "n2"), None);
     }
