@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use keel::cluster_runner::{self, pg_bin_dir, pg_version_from_env, NodeSpec, SUPERUSER};
 use keel_testkit::{KeelCluster, KeelOptions};
 use serde_json::json;
-use slotkit::cdc::TABLE;
+use slotkit::cdc::{stop_recvlogical, TABLE};
 use slotkit::cluster::serial;
 use slotkit::{decoded_ids, Plugin};
 
@@ -167,7 +167,7 @@ impl Consumer {
                         thread::sleep(Duration::from_millis(200));
                         continue;
                     }
-                    stop_child(ch);
+                    stop_recvlogical(ch);
                     child = None;
                 }
                 let Some(p) = primary else {
@@ -194,7 +194,7 @@ impl Consumer {
                 thread::sleep(Duration::from_millis(500));
             }
             if let Some((mut ch, _)) = child {
-                stop_child(&mut ch);
+                stop_recvlogical(&mut ch);
             }
         });
         Consumer { stop, files, handle: Some(handle) }
@@ -216,17 +216,6 @@ impl Drop for Consumer {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// SIGINT (pg_recvlogical confirms what it wrote and exits), SIGKILL after 10 s.
-fn stop_child(ch: &mut Child) {
-    let _ = cluster_runner::send_signal(ch.id(), libc::SIGINT);
-    let start = Instant::now();
-    while ch.try_wait().ok().flatten().is_none() && start.elapsed() < Duration::from_secs(10) {
-        thread::sleep(Duration::from_millis(100));
-    }
-    let _ = ch.kill();
-    let _ = ch.wait();
 }
 
 /// Watches the cluster from the store's return until it has been stable for `ttl + loop_wait` (failsafe

@@ -54,18 +54,23 @@ impl Consumer {
         consumer
     }
 
-    /// SIGINT (pg_recvlogical flushes, confirms and exits), SIGKILL if it does not exit.
+    /// Stops it with [`stop_recvlogical`].
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = cluster_runner::send_signal(child.id(), libc::SIGINT);
-            let start = Instant::now();
-            while child.try_wait().ok().flatten().is_none() && start.elapsed() < Duration::from_secs(10) {
-                thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            stop_recvlogical(&mut child);
         }
     }
+}
+
+/// SIGINT (pg_recvlogical flushes, confirms and exits), SIGKILL if it has not exited after 10 s.
+pub fn stop_recvlogical(child: &mut Child) {
+    let _ = cluster_runner::send_signal(child.id(), libc::SIGINT);
+    let start = Instant::now();
+    while child.try_wait().ok().flatten().is_none() && start.elapsed() < Duration::from_secs(10) {
+        thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for Consumer {
