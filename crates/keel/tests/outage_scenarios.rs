@@ -218,6 +218,16 @@ impl Drop for Consumer {
     }
 }
 
+/// A load balancer's view: `GET /primary` must not answer 200 on a node that does not accept writes (it was seen
+/// doing so while a primary demoted itself). `/primary` is asked before and after the write check, so a role
+/// change between the two requests is not mistaken for a lie.
+fn assert_primary_check_truthful(c: &KeelCluster, node: &str, writable: bool) {
+    let primary = || matches!(c.http_get(node, "/primary"), Ok((200, _)));
+    if !writable && primary() && !c.writable(node) && primary() {
+        panic!("{node} answers 200 on /primary but does not accept writes\n{}", c.logs(40));
+    }
+}
+
 /// Watches the cluster from the store's return until it has been stable for `ttl + loop_wait` (failsafe
 /// announcements stay valid for ttl, so a flap would show within that): never two writable nodes,
 /// and counts the leader changes since `before_outage` led. Returns (final leader, leader changes, seconds until writes were accepted).
@@ -316,7 +326,9 @@ fn outage(c: &mut KeelCluster, kind: Outage, failsafe: bool, leader: &str) -> St
     let start = Instant::now();
     let mut primary_throughout = true;
     while start.elapsed() < OUTAGE {
-        primary_throughout &= c.writable(leader);
+        let writable = c.writable(leader);
+        primary_throughout &= writable;
+        assert_primary_check_truthful(c, leader, writable);
         thread::sleep(Duration::from_millis(500));
     }
     let during = writer.count();

@@ -477,8 +477,12 @@ impl<B: KvBackend> Agent<B> {
             }
             Action::Demote { mode } => {
                 info!("demoting PostgreSQL ({mode:?})");
-                // Peers probing us during the leader race must not see a running primary any more.
+                // Peers probing us during the leader race must not see a running primary any more, nor may load
+                // balancers: /primary answers 503 from here on (the next publish reports the new role).
                 self.set_state("stopping");
+                if let Ok(mut st) = self.status.write() {
+                    st.role = None;
+                }
                 self.local.demote(*mode).await?;
                 Ok(Outcome::Done)
             }
