@@ -13,7 +13,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
 start=$SECONDS
-cargo test --workspace --all-targets "$@" 2>&1 | tee "$log"
+cargo test --workspace --all-targets --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 echo "test: cargo test took $((SECONDS - start)) s"
 # The failover-slot scenarios again on PostgreSQL 16 and 18, and the store-outage scenarios on 18 (the runs above

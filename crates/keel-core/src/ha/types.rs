@@ -261,6 +261,21 @@ impl Action {
                 | Action::CheckDivergence { .. }
         )
     }
+
+    /// Whether carrying this out may start, stop, promote or demote PostgreSQL: an observation taken before it
+    /// no longer describes the server (the runtime observes again before publishing its role).
+    pub fn changes_postgres(&self) -> bool {
+        matches!(
+            self,
+            Action::Bootstrap
+                | Action::CreateReplica { .. }
+                | Action::StartPostgres { .. }
+                | Action::Promote { .. }
+                | Action::Demote { .. }
+                | Action::Follow { .. }
+                | Action::CheckDivergence { .. }
+        )
+    }
 }
 
 /// Why a node may not take part in (or win) the leader race.

@@ -339,6 +339,11 @@ impl<B: KvBackend> Agent<B> {
         }
         self.last_obs = obs;
         let (applied, result) = self.execute(&decision).await;
+        if decision.actions.iter().chain(&applied.actions).any(Action::changes_postgres) {
+            // Publish what PostgreSQL is now, not what it was before a demotion or promotion: a node that just
+            // stepped down must not keep answering 200 on /primary until the next cycle (a loop_wait later).
+            self.last_obs = self.local.observe(Millis(unix_ms())).await.1;
+        }
         let is_primary = self.last_obs.as_ref().is_some_and(|o| !o.in_recovery);
         self.manage_sync(is_primary).await;
         let optime = self.pending_optime.take();
