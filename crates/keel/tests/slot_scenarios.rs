@@ -116,7 +116,9 @@ fn permanent_slots_are_copied_followed_and_unknown_ones_dropped() {
     let (c, leader) = up(options(""));
     let reps = replicas(&c, &leader);
 
-    // The permanent slots exist on the primary and on both replicas.
+    // The permanent slots exist on the primary and on both replicas (the logical copies once a consumer has moved
+    // the primary's slot into WAL the replicas have).
+    wait_copies_consuming(&c, &leader, &reps);
     for n in c.names() {
         wait_slot(&c, &n, LOGICAL, true, SLOTS);
         wait_slot(&c, &n, PHYSICAL, true, SLOTS);
@@ -260,9 +262,7 @@ fn missing_logical_slot_on_new_primary_is_a_continuity_break() {
     let (mut c, leader) = up(options(""));
     let reps = replicas(&c, &leader);
     let (heir, other) = (reps[0].clone(), reps[1].clone());
-    for n in &reps {
-        wait_slot(&c, n, LOGICAL, true, SLOTS);
-    }
+    wait_copies_consuming(&c, &leader, &reps);
     c.wait("the status key publishes the logical slot", Duration::from_secs(30), || {
         Ok(c.view()?.status.slots.contains_key(LOGICAL).then_some(()))
     })
@@ -336,6 +336,27 @@ fn wait_ready_consuming(c: &KeelCluster, primary: &str, nodes: &[String]) {
     }
 }
 
+/// Waits until every node in `nodes` has a copy of the permanent logical slot. A replica gets one only once the
+/// primary's slot needs no WAL older than the replica's oldest (a fresh replica's base backup starts after the slot
+/// was created), so this writes and consumes on the primary meanwhile, as a consumer would; the CHECKPOINT logs
+/// the running-transactions record that lets the slot's `restart_lsn` move.
+fn wait_copies_consuming(c: &KeelCluster, primary: &str, nodes: &[String]) {
+    c.psql(primary, "CREATE TABLE IF NOT EXISTS copies_kick (v text)").unwrap();
+    let sql = format!("INSERT INTO copies_kick VALUES ('x'); CHECKPOINT; {}", plugin().consume_sql(LOGICAL));
+    for n in nodes {
+        c.wait(&format!("a copy of {LOGICAL} on {n}"), SLOTS, || {
+            let _ = c.psql(primary, &sql);
+            let names = slot_names(c, n)?;
+            if names.contains(LOGICAL) {
+                Ok(Some(()))
+            } else {
+                Err(format!("slots: {names:?}"))
+            }
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(40)));
+    }
+}
+
 /// The readiness stage of the permanent logical slot in `node`'s `/slots` (`None` when the slot is not listed).
 fn readiness_stage(c: &KeelCluster, node: &str) -> Result<Option<String>, String> {
     let v = slots_api(c, node)?;
@@ -374,8 +395,9 @@ fn prefer_promotes_the_ready_replica_over_an_unready_one_ahead() {
             .and_then(|m| m.data.pointer("/keel_slots/ready").cloned())
             .unwrap_or_default();
         let pm = c.postmaster_pid(&fresh);
-        let copied = matches!(stage.as_deref(), Some("Copied" | "Protected" | "Advanced"));
-        if streaming && copied && published == json!(false) && pm.is_some() && pm != old_pm {
+        // No copy at all (it would need WAL the re-cloned node lacks) or a copy on its way: unready either way.
+        let unready = stage.as_deref() != Some("Ready");
+        if streaming && unready && published == json!(false) && pm.is_some() && pm != old_pm {
             Ok(Some(()))
         } else {
             Err(format!("stage {stage:?}, streaming {streaming}, published ready {published}, postmaster {pm:?}"))

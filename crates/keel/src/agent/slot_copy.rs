@@ -63,6 +63,13 @@ impl SlotManager {
             self.readiness.insert(name.clone(), SlotReadiness::MISSING);
             self.events.insert(name.clone(), ReadinessEvent::Copied);
             self.made_here.insert(name.clone());
+        }
+        for (name, bytes, expectation) in &files {
+            // The copy's own position, as the leader had persisted it: validated once more, it cannot fail here.
+            match keel_core::slotfile::validate(bytes, expectation) {
+                Ok(f) => self.copied_at.insert(name.clone(), f.confirmed_flush),
+                Err(_) => self.copied_at.remove(name),
+            };
             self.rebuilt.remove(name);
             self.last_advances.remove(name);
             // Failures of the replaced copy say nothing about the new one.

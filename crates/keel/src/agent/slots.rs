@@ -76,6 +76,9 @@ pub struct SlotManager {
     recopies: BTreeMap<String, RecopyHistory>,
     /// Copies this agent installed: their `restart_lsn` moves by this node's own decoding.
     made_here: BTreeSet<String>,
+    /// The leader's `confirmed_flush_lsn` of each slot when this agent copied it: a position the old leader is
+    /// known to have reached, for the promotion check (the follower's reads start over with each copy).
+    copied_at: BTreeMap<String, Lsn>,
     /// A rebuild (pg_rewind, pg_basebackup) seen by `Local` and not yet applied to the slot list.
     pending_rebuild: Option<Rebuild>,
     /// Logical slots found after a rebuild, stale until copied again.
@@ -156,6 +159,7 @@ impl SlotManager {
             problems: BTreeMap::new(),
             recopies: BTreeMap::new(),
             made_here: BTreeSet::new(),
+            copied_at: BTreeMap::new(),
             pending_rebuild: None,
             rebuilt: BTreeMap::new(),
             slot_errors: BTreeMap::new(),
@@ -169,7 +173,13 @@ impl SlotManager {
     /// positions the follower last read before they are forgotten.
     pub fn promoted(&mut self, wal_end: Option<Lsn>) {
         let progress = self.progress.lock().map(|p| p.clone()).unwrap_or_default();
-        let followed = progress.into_iter().filter_map(|(n, p)| p.leader_lsn.map(|l| (n, l))).collect();
+        let mut followed: BTreeMap<String, Lsn> = self.copied_at.clone();
+        for (n, p) in progress {
+            if let Some(l) = p.leader_lsn {
+                let known = followed.entry(n).or_insert(l);
+                *known = (*known).max(l);
+            }
+        }
         let unusable = self.problems.iter().map(|(n, p)| (n.clone(), p.to_string())).collect();
         self.pending_promotion = Some(PendingPromotion { wal_end, followed, unusable });
     }
