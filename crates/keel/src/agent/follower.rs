@@ -49,6 +49,9 @@ pub struct FollowPlan {
 pub struct SlotProgress {
     /// The leader's position for the slot.
     pub leader_lsn: Option<Lsn>,
+    /// The highest position read for the slot since it was first followed: what the leader is known to have
+    /// reached (the promotion check; `leader_lsn` may fall back to older published positions).
+    pub highest_leader_lsn: Option<Lsn>,
     /// The local slot's position after the last successful advance.
     pub local_lsn: Option<Lsn>,
     /// Successful advances since the slot was first followed.
@@ -131,6 +134,7 @@ async fn run(mut plans: watch::Receiver<Option<FollowPlan>>, progress: Progress)
                 let mut table = lock(&progress);
                 let entry = table.entry(name.clone()).or_default();
                 entry.leader_lsn = leader_lsn;
+                entry.highest_leader_lsn = entry.highest_leader_lsn.max(leader_lsn);
                 if entry.local_lsn.is_none() || local_lsn > entry.local_lsn {
                     entry.local_lsn = local_lsn;
                 }

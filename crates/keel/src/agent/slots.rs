@@ -175,7 +175,7 @@ impl SlotManager {
         let progress = self.progress.lock().map(|p| p.clone()).unwrap_or_default();
         let mut followed: BTreeMap<String, Lsn> = self.copied_at.clone();
         for (n, p) in progress {
-            if let Some(l) = p.leader_lsn {
+            if let Some(l) = p.highest_leader_lsn {
                 let known = followed.entry(n).or_insert(l);
                 *known = (*known).max(l);
             }
