@@ -328,12 +328,23 @@ pub fn psql(bin_dir: &Path, port: u16, sql: &str) -> Result<String, String> {
 
 /// [`psql`] in database `database`.
 pub fn psql_db(bin_dir: &Path, port: u16, database: &str, sql: &str) -> Result<String, String> {
+    psql_db_timeout(bin_dir, port, database, sql, Duration::from_secs(20))
+}
+
+/// [`psql_db`] with `statement_timeout` instead of 20 s (bulk loads in tests).
+pub fn psql_db_timeout(
+    bin_dir: &Path,
+    port: u16,
+    database: &str,
+    sql: &str,
+    timeout: Duration,
+) -> Result<String, String> {
     let out = Command::new(bin_dir.join("psql"))
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", SUPERUSER.0, "-d", database])
         .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .env("PGPASSWORD", SUPERUSER.1)
         .env("PGCONNECT_TIMEOUT", "3")
-        .env("PGOPTIONS", "-c statement_timeout=20000")
+        .env("PGOPTIONS", format!("-c statement_timeout={}", timeout.as_millis()))
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("psql: {e}"))?;

@@ -13,20 +13,19 @@
 mod slotkit;
 
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use keel::cluster_runner::{self, pg_bin_dir, pg_version_from_env, NodeSpec, SUPERUSER};
+use keel::cluster_runner::{self, pg_bin_dir, pg_version_from_env, NodeSpec};
 use keel_testkit::{KeelCluster, KeelOptions};
 use serde_json::json;
-use slotkit::cdc::{stop_recvlogical, TABLE};
+use slotkit::cdc::{spawn_recvlogical, stop_recvlogical, TABLE};
 use slotkit::cluster::serial;
-use slotkit::{decoded_ids, Plugin};
+use slotkit::{decoded_ids, Plugin, Stream};
 
 /// Patroni's defaults.
 const TIMING: (u64, u64, u64) = (30, 10, 10);
@@ -155,6 +154,7 @@ impl Consumer {
         let files = Arc::new(Mutex::new(Vec::new()));
         let (bin, nodes, dir, name) = (c.opts.bin_dir.clone(), nodes(c), c.dir(), name.to_string());
         let (s, f) = (stop.clone(), files.clone());
+        let stream = Stream { slot: SLOT.into(), database: DB.into(), plugin: plugin().clone() };
         let handle = thread::spawn(move || {
             let mut child: Option<(Child, String)> = None;
             while !s.load(Ordering::SeqCst) {
@@ -176,19 +176,7 @@ impl Consumer {
                 };
                 let n = f.lock().unwrap().len();
                 let out = dir.join(format!("{name}-{n}.txt"));
-                let log = File::create(out.with_extension("log")).expect("consumer log");
-                let spawned = Command::new(bin.join("pg_recvlogical"))
-                    .args(["-h", "127.0.0.1", "-p", &p.pg_port.to_string(), "-U", SUPERUSER.0, "-d", DB])
-                    .args(["--slot", SLOT, "--start", "--no-loop", "-F", "1", "-s", "1"])
-                    .args(plugin().recvlogical_args())
-                    .arg("-f")
-                    .arg(&out)
-                    .env("PGPASSWORD", SUPERUSER.1)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()
-                    .expect("run pg_recvlogical");
+                let spawned = spawn_recvlogical(&bin, p.pg_port, &stream, &out);
                 f.lock().unwrap().push((p.name.clone(), out));
                 child = Some((spawned, p.name));
                 thread::sleep(Duration::from_millis(500));

@@ -10,12 +10,11 @@
 //!
 //! One cluster at a time (the `SERIAL` lock); every wait is a condition with a generous deadline.
 
-use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use keel::cluster_runner::{self, SUPERUSER};
+use keel::cluster_runner;
 use keel_testkit::{KeelCluster, KeelOptions};
 use serde_json::{json, Value};
 
@@ -69,22 +68,10 @@ fn replicas(c: &KeelCluster, leader: &str) -> Vec<String> {
     c.names().into_iter().filter(|n| n != leader).collect()
 }
 
-/// `sql` in database `db` on `node` (psql, unaligned, tuples only).
+/// `sql` in database `db` on `node` (psql, unaligned, tuples only), with a minute for the bulk loads.
 fn sql(c: &KeelCluster, node: &str, db: &str, sql: &str) -> Result<String, String> {
-    let out = Command::new(c.opts.bin_dir.join("psql"))
-        .args(["-h", "127.0.0.1", "-p", &c.node(node).pg_port.to_string(), "-U", SUPERUSER.0, "-d", db])
-        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .env("PGPASSWORD", SUPERUSER.1)
-        .env("PGCONNECT_TIMEOUT", "3")
-        .env("PGOPTIONS", "-c statement_timeout=60000")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("psql: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(format!("{node}: psql: {}", String::from_utf8_lossy(&out.stderr).trim()))
-    }
+    cluster_runner::psql_db_timeout(&c.opts.bin_dir, c.node(node).pg_port, db, sql, Duration::from_secs(60))
+        .map_err(|e| format!("{node}: {e}"))
 }
 
 fn slots_api(c: &KeelCluster, node: &str) -> Result<Value, String> {

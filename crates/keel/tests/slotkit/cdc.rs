@@ -27,19 +27,7 @@ pub struct Consumer {
 impl Consumer {
     /// Starts it on `node`; returns once the slot is active there.
     pub fn start(c: &KeelCluster, node: &str, stream: &Stream, out: &Path) -> Consumer {
-        let log = File::create(out.with_extension("log")).expect("create the consumer's log");
-        let child = Command::new(c.opts.bin_dir.join("pg_recvlogical"))
-            .args(["-h", "127.0.0.1", "-p", &c.node(node).pg_port.to_string(), "-U", SUPERUSER.0])
-            .args(["-d", &stream.database, "--slot", &stream.slot, "--start", "--no-loop", "-F", "1", "-s", "1"])
-            .args(stream.plugin.recvlogical_args())
-            .arg("-f")
-            .arg(out)
-            .env("PGPASSWORD", SUPERUSER.1)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("run pg_recvlogical");
+        let child = spawn_recvlogical(&c.opts.bin_dir, c.node(node).pg_port, stream, out);
         let consumer = Consumer { child: Some(child), node: node.to_string() };
         let slot = &stream.slot;
         c.wait(&format!("pg_recvlogical streaming {slot} from {node}"), Duration::from_secs(30), || {
@@ -60,6 +48,24 @@ impl Consumer {
             stop_recvlogical(&mut child);
         }
     }
+}
+
+/// `pg_recvlogical --start` on `stream`'s slot at `127.0.0.1:port` as the superuser, writing to `out` (appending)
+/// with its messages in `out` with the `.log` extension; confirms every second.
+pub fn spawn_recvlogical(bin_dir: &Path, port: u16, stream: &Stream, out: &Path) -> Child {
+    let log = File::create(out.with_extension("log")).expect("create the consumer's log");
+    Command::new(bin_dir.join("pg_recvlogical"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", SUPERUSER.0])
+        .args(["-d", &stream.database, "--slot", &stream.slot, "--start", "--no-loop", "-F", "1", "-s", "1"])
+        .args(stream.plugin.recvlogical_args())
+        .arg("-f")
+        .arg(out)
+        .env("PGPASSWORD", SUPERUSER.1)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("run pg_recvlogical")
 }
 
 /// SIGINT (pg_recvlogical flushes, confirms and exits), SIGKILL if it has not exited after 10 s.
