@@ -196,6 +196,17 @@ impl DynamicConfig {
         self
     }
 
+    /// The one rule for the configuration a node runs with: the store's `config` when it has one, else the local
+    /// `bootstrap.dcs` (as Patroni does before the cluster is initialized), with the local file's `postgresql`
+    /// section laid over it.
+    pub fn effective(stored: Option<&DynamicConfig>, bootstrap: &Value, local: &Map<String, Value>) -> DynamicConfig {
+        let base = match stored {
+            Some(c) => c.clone(),
+            None => DynamicConfig::from_value(bootstrap.clone()),
+        };
+        base.with_local_postgresql(local)
+    }
+
     /// `postgresql.parameters` from the document (empty when absent or not an object).
     pub fn pg_parameters(&self) -> Map<String, Value> {
         self.raw
@@ -403,5 +414,28 @@ mod tests {
         assert_eq!(c.notes.len(), 2);
         let c = DynamicConfig::from_value(json!("garbage"));
         assert_eq!(c.notes.len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod effective_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn local(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn the_store_wins_then_bootstrap_then_defaults_with_local_postgresql_over_each() {
+        let bootstrap = json!({"loop_wait": 3, "postgresql": {"use_pg_rewind": false}});
+        let stored = DynamicConfig::from_value(json!({"loop_wait": 7}));
+        let over = local(json!({"use_pg_rewind": true}));
+        let c = DynamicConfig::effective(Some(&stored), &bootstrap, &over);
+        assert_eq!((c.timing.loop_wait, c.use_pg_rewind), (7, true));
+        let c = DynamicConfig::effective(None, &bootstrap, &over);
+        assert_eq!((c.timing.loop_wait, c.use_pg_rewind), (3, true));
+        let c = DynamicConfig::effective(None, &Value::Null, &Map::new());
+        assert_eq!((c.timing.loop_wait, c.use_pg_rewind), (DEFAULT_LOOP_WAIT, false));
     }
 }

@@ -48,12 +48,16 @@
 //! store, demotes in the same cycle; since `loop_wait + 2 * retry_timeout <= ttl`, that happens before its lease
 //! expires and another node can acquire the key.
 
+mod reinit;
 mod schedule;
 mod types;
+
+pub use reinit::{reinitialize, ReinitRefusal};
 
 pub use schedule::parse_iso8601;
 pub use types::*;
 
+use crate::divergence::DivergencePolicy;
 use crate::dynconfig::{DynamicConfig, SynchronousMode};
 use crate::lsn::Lsn;
 use crate::slots::{FailoverSlotReadiness, SlotsConfig};
@@ -61,7 +65,7 @@ use crate::view::{FailoverRequest, Versioned};
 
 /// Decides what this node does in this cycle. Pure: the same input always gives the same decision.
 pub fn decide(input: &HaInput) -> Decision {
-    let cfg = input.view.dynamic_config();
+    let cfg = input.config.clone();
     let slot_gate = SlotsConfig::from_dynamic(&cfg).effective_gate();
     let ctx = Ctx {
         input,
@@ -169,7 +173,7 @@ impl Ctx<'_> {
         }
         if self.pg().is_running_primary() {
             let was_leader = self.input.view.leader.as_ref().is_some_and(|l| l.name == self.input.name);
-            let failsafe_mode = self.input.view.dynamic_config().failsafe_mode;
+            let failsafe_mode = self.cfg.failsafe_mode;
             if failsafe_mode && was_leader && self.input.agent.failsafe_confirmed {
                 return wait(Reason::FailsafeContinuing);
             }
@@ -200,6 +204,7 @@ impl Ctx<'_> {
                 .members
                 .values()
                 .find(|m| m.name != self.me && m.tags.clonefrom && m.is_running())
+                .filter(|_| !self.input.agent.clone_from_leader)
                 .map(|m| m.name.clone());
             let source = clone.unwrap_or_else(|| leader.name.clone());
             let is_leader = source == leader.name;
@@ -487,7 +492,10 @@ impl Ctx<'_> {
     }
 
     fn divergence_check(&self, leader: &str) -> Action {
-        Action::CheckDivergence { leader: leader.to_string(), use_pg_rewind: self.cfg.use_pg_rewind }
+        Action::CheckDivergence {
+            leader: leader.to_string(),
+            policy: DivergencePolicy::from_settings(&self.cfg.postgresql),
+        }
     }
 
     fn follower_cycle(&self, leader: &str) -> Decision {

@@ -1,5 +1,6 @@
 //! Deterministic simulation of a Keel cluster: 3–5 agents running [`decide`] against one shared [`MemStore`], each
-//! with a simulated PostgreSQL, under seeded random faults.
+//! with a simulated PostgreSQL, under seeded random faults. Decisions are carried out by the executor that ships
+//! ([`Executor`], `keel_core::exec`) through a simulated host (`sim/host.rs`), so every schedule runs that code.
 //!
 //! Time advances in ticks of [`TICK_MS`]. Every tick the primary writes WAL, replicas replicate with a small random
 //! lag, faults may be injected, and the invariants are checked. Every agent runs its cycle `loop_wait` (+ up to
@@ -20,22 +21,37 @@
 //!   was no later than the death); the healthiest candidate's next cycle starts at most `loop_wait + JITTER`
 //!   later and runs on the first tick at or after its due time (`+ TICK`). That cycle wins: all live peers are
 //!   reachable and the store answers, so nothing makes the healthiest node defer.
+//! - **(d) no silent wipe**: a data directory is emptied only by the executor's `WipeDataDir` action, and only for a
+//!   reason the configuration allows (`remove_data_directory_on_*`). Each seed picks one of three configurations:
+//!   rewind on; rewind off with wiping of diverged nodes; rewind on with wiping when a rewind is impossible (and
+//!   simulated rewinds failing a third of the time).
 //! - **(c) switchover time**: after the leader demotes gracefully for a candidate it checked healthy (and no fault
 //!   is active), the candidate is primary within `loop_wait + JITTER + TICK`: its next cycle sees no leader and a
 //!   failover key naming it.
 //!
 //! `KEEL_SIM_SCHEDULES` (default 600) sets the number of seeded schedules, `KEEL_SIM_SEED` runs one seed verbosely.
 
-use std::collections::VecDeque;
+#[path = "sim/host.rs"]
+mod host;
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use keel_core::dynconfig::DynamicConfig;
+use keel_core::exec::{self, Executor};
 use keel_core::ha::{
-    decide, Action, AgentState, DataDir, DemoteMode, HaInput, PeerProbe, PeerStatus, PgObservation, PgRole, PgRunning,
-    ProbeResult, StartAs,
+    decide, AgentState, DataDir, HaInput, PeerProbe, PeerStatus, PgObservation, PgRole, PgRunning, ProbeResult,
 };
 use keel_core::lsn::Lsn;
+use keel_core::member_state::MemberState;
+use keel_core::pgconfig::PgSettings;
 use keel_core::store::{ClusterOps, MemStore};
 use keel_core::time::Millis;
 use keel_core::view::{ClusterKey, ClusterView, Tags};
+
+use host::SimHost;
 
 const TTL: u64 = 30;
 const LOOP_WAIT: u64 = 10;
@@ -43,7 +59,31 @@ const TICK_MS: u64 = 100;
 const JITTER_MS: u64 = 500;
 const SIM_MS: u64 = 300_000;
 const SYSID: &str = "7300000000000000001";
-const CONFIG: &str = r#"{"ttl":30,"loop_wait":10,"retry_timeout":10,"postgresql":{"use_pg_rewind":true}}"#;
+/// The configurations a seed may run with (see invariant (d)), and the per-million chance a rewind fails.
+const CONFIGS: [(&str, u64); 3] = [
+    (r#"{"ttl":30,"loop_wait":10,"retry_timeout":10,"postgresql":{"use_pg_rewind":true}}"#, 0),
+    (
+        r#"{"ttl":30,"loop_wait":10,"retry_timeout":10,"postgresql":{"use_pg_rewind":false,
+            "remove_data_directory_on_diverged_timelines":true}}"#,
+        0,
+    ),
+    (
+        r#"{"ttl":30,"loop_wait":10,"retry_timeout":10,"postgresql":{"use_pg_rewind":true,
+            "remove_data_directory_on_rewind_failure":true}}"#,
+        333_333,
+    ),
+];
+
+/// Runs a future whose effects are all immediate (the simulated host never waits).
+fn run_now<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
 
 /// xorshift64*: small, seedable, good enough to pick schedules.
 struct Rng(u64);
@@ -98,6 +138,14 @@ struct Node {
     last_view: ClusterView,
     next_cycle: u64,
     pg: SimPg,
+    /// The agent's executor (what it knows of its leader key across cycles).
+    exec: Executor,
+    /// The state the executor last set (published in the member key).
+    state: MemberState,
+    /// The data directory was emptied by a `WipeDataDir` since the last check (invariant (d)).
+    wiped: bool,
+    /// It had data at the last check.
+    had_data: bool,
 }
 
 #[derive(Default, Debug)]
@@ -111,6 +159,7 @@ struct Stats {
     pauses: u64,
     switchovers_requested: u64,
     rewinds: u64,
+    wipes: u64,
     failover_episodes: u64,
     max_failover_ms: u64,
     switchovers_done: u64,
@@ -133,6 +182,10 @@ struct Episode {
 
 struct Sim {
     now: u64,
+    /// The dynamic configuration of this seed, and its `postgresql` settings.
+    config: String,
+    settings: PgSettings,
+    rewind_fail_per_million: u64,
     store: MemStore,
     ops: ClusterOps,
     nodes: Vec<Node>,
@@ -163,13 +216,22 @@ impl Sim {
                 last_view: ClusterView::default(),
                 next_cycle: rng.below(LOOP_WAIT * 1000),
                 pg: SimPg::empty(),
+                exec: Executor::default(),
+                state: MemberState::Starting,
+                wiped: false,
+                had_data: false,
             })
             .collect();
+        let (config, rewind_fail_per_million) = CONFIGS[rng.below(CONFIGS.len() as u64) as usize];
+        let settings = DynamicConfig::from_value(serde_json::from_str(config).expect("config")).postgresql;
         let ops = ClusterOps::new("/service/", "sim");
         let mut store = MemStore::new();
-        store.txn(Millis(0), &ops.cas(&ClusterKey::Config, CONFIG, None)).expect("config");
+        store.txn(Millis(0), &ops.cas(&ClusterKey::Config, config, None)).expect("config");
         Sim {
             now: 0,
+            config: config.to_string(),
+            settings,
+            rewind_fail_per_million,
             store,
             ops,
             nodes,
@@ -202,6 +264,28 @@ impl Sim {
         self.now >= self.store_paused_until && self.now >= self.nodes[i].cut_off_until
     }
 
+    fn rewind_fails(&mut self) -> bool {
+        let p = self.rewind_fail_per_million;
+        self.rng.chance(p)
+    }
+
+    fn open_episode(&mut self, kind: EpisodeKind, deadline: u64) {
+        self.episode = Some(Episode { kind, started: self.now, deadline });
+    }
+
+    /// Invariant (d): data is lost only through a typed wipe.
+    fn check_data_dirs(&mut self) {
+        for i in 0..self.nodes.len() {
+            let n = &self.nodes[i];
+            if n.had_data && !n.pg.data && !n.wiped {
+                self.fail(&format!("{}'s data directory was emptied without a WipeDataDir action", n.name));
+            }
+            let n = &mut self.nodes[i];
+            n.had_data = n.pg.data;
+            n.wiped = false;
+        }
+    }
+
     fn idx(&self, name: &str) -> Option<usize> {
         self.nodes.iter().position(|n| n.name == name)
     }
@@ -219,6 +303,7 @@ impl Sim {
                 }
             }
             self.check_one_primary();
+            self.check_data_dirs();
             self.check_episode();
             self.now += TICK_MS;
         }
@@ -326,7 +411,7 @@ impl Sim {
         self.note(format!("{} killed (primary: {was_primary})", self.nodes[i].name));
         if was_primary && self.healthy_candidate_exists(i) {
             let deadline = self.now + (TTL + LOOP_WAIT) * 1000 + JITTER_MS + TICK_MS;
-            self.episode = Some(Episode { kind: EpisodeKind::Failover, started: self.now, deadline });
+            self.open_episode(EpisodeKind::Failover, deadline);
         }
     }
 
@@ -432,18 +517,21 @@ impl Sim {
             }
             self.nodes[i].last_view = ClusterView::from_entries(self.store.range(now, self.ops.prefix()));
         }
+        let view = self.nodes[i].last_view.clone();
         let mut input = HaInput {
             now,
             name: self.nodes[i].name.clone(),
             tags: self.nodes[i].tags.clone(),
-            view: self.nodes[i].last_view.clone(),
+            config: view.dynamic_config(),
+            view,
             pg: self.observe(i),
             agent: AgentState {
                 store_ok,
                 lease_valid: store_ok,
-                last_leader_refresh: None,
+                last_leader_refresh: self.nodes[i].exec.last_leader_refresh,
                 failsafe_confirmed: false,
                 failsafe_leader: None,
+                clone_from_leader: false,
             },
             probes: None,
             local_slots: None,
@@ -454,18 +542,22 @@ impl Sim {
             d = decide(&input);
             assert!(d.probe_request().is_none(), "probes requested twice");
         }
-        let mut line = d.to_string();
-        for a in &d.actions {
-            if !self.execute(i, a) && a.is_guard() {
-                if let Some(fb) = &d.on_guard_failure {
-                    line = format!("{line} -> guard failed: {fb}");
-                    for a in &fb.actions {
-                        self.execute(i, a);
-                    }
-                }
-                break;
+        // The executor that ships, through the simulated host.
+        let mut executor = std::mem::take(&mut self.nodes[i].exec);
+        let (applied, result) = run_now(executor.execute(&mut SimHost { sim: self, i }, (&input).into(), &d));
+        let line = match &result {
+            Ok(()) if applied == &d => d.to_string(),
+            Ok(()) => format!("{d} -> {applied}"),
+            Err(exec::ExecError::Refused(why)) => self.fail(&format!("{} refuses to run: {why:?}", input.name)),
+            Err(e) => format!("{d} -> failed: {e}"),
+        };
+        if let Some(optime) = executor.pending_optime.take() {
+            let txn = self.ops.put_plain(&ClusterKey::Status, &format!(r#"{{"optime":{}}}"#, optime.0));
+            if self.reachable(i) {
+                let _ = self.store.txn(now, &txn);
             }
         }
+        self.nodes[i].exec = executor;
         let name = self.nodes[i].name.clone();
         self.note(format!("{name}: {line}"));
         if self.reachable(i) {
@@ -477,7 +569,7 @@ impl Sim {
         let Some(lease) = self.nodes[i].lease else { return };
         let pg = &self.nodes[i].pg;
         let role = if pg.primary && pg.running { "primary" } else { "replica" };
-        let state = if pg.running { "running" } else { "stopped" };
+        let state = self.nodes[i].state.settle(pg.running, pg.running).as_str();
         let mut m = serde_json::json!({"state": state, "role": role, "xlog_location": pg.lsn,
             "api_url": format!("http://{}:8008/patroni", self.nodes[i].name), "tags": self.nodes[i].tags.to_json()});
         if pg.data {
@@ -486,151 +578,6 @@ impl Sim {
         let txn = self.ops.touch_member(&self.nodes[i].name, &m.to_string(), lease);
         // A lease lost between keepalive and this write is re-granted next cycle.
         let _ = self.store.txn(Millis(self.now), &txn);
-    }
-
-    /// Executes one action; the result matters for guards.
-    fn execute(&mut self, i: usize, a: &Action) -> bool {
-        let now = Millis(self.now);
-        let reachable = self.reachable(i);
-        let name = self.nodes[i].name.clone();
-        let lease = self.nodes[i].lease.unwrap_or(0);
-        match a {
-            Action::ProbePeers { .. } => unreachable!("handled by the cycle"),
-            Action::TakeInitialize => reachable && self.store.txn(now, &self.ops.initialize("", true)) == Ok(true),
-            Action::Bootstrap => {
-                self.nodes[i].pg = SimPg {
-                    data: true,
-                    running: true,
-                    primary: true,
-                    timeline: 1,
-                    lsn: 1000,
-                    upstream: None,
-                    history: vec![],
-                };
-                self.stats.bootstraps += 1;
-                true
-            }
-            Action::WriteInitialize { sysid } => {
-                reachable && self.store.txn(now, &self.ops.initialize(sysid, false)) == Ok(true)
-            }
-            Action::WriteConfig => {
-                reachable && self.store.txn(now, &self.ops.cas(&ClusterKey::Config, CONFIG, None)).is_ok()
-            }
-            Action::CreateReplica { source } => {
-                let Some(s) = self.idx(source) else { return false };
-                let src = &self.nodes[s];
-                if !(src.alive && src.pg.running && src.pg.data) {
-                    return false;
-                }
-                let mut pg = src.pg.clone();
-                pg.primary = false;
-                pg.upstream = Some(s);
-                self.nodes[i].pg = pg;
-                true
-            }
-            Action::StartPostgres { start_as: StartAs::Replica { upstream } } => {
-                let up = upstream.as_deref().and_then(|u| self.idx(u));
-                let pg = &mut self.nodes[i].pg;
-                if !pg.data {
-                    return false;
-                }
-                pg.running = true;
-                pg.primary = false;
-                pg.upstream = up;
-                true
-            }
-            Action::AcquireLeader => {
-                reachable && self.store.txn(now, &self.ops.acquire_leader(&name, lease)) == Ok(true)
-            }
-            Action::UpdateLeader { optime } => {
-                if !reachable || self.store.txn(now, &self.ops.update_leader(&name, lease)) != Ok(true) {
-                    return false;
-                }
-                if let Some(o) = optime {
-                    let status = format!(r#"{{"optime":{}}}"#, o.0);
-                    let _ = self.store.txn(now, &self.ops.put_plain(&ClusterKey::Status, &status));
-                }
-                true
-            }
-            Action::ReleaseLeader { last_lsn } => {
-                if !reachable {
-                    return false;
-                }
-                if let Some(o) = last_lsn {
-                    let status = format!(r#"{{"optime":{}}}"#, o.0);
-                    let _ = self.store.txn(now, &self.ops.put_plain(&ClusterKey::Status, &status));
-                }
-                self.store.txn(now, &self.ops.delete_leader(&name)) == Ok(true)
-            }
-            Action::Promote { .. } => {
-                let pg = &mut self.nodes[i].pg;
-                if !pg.running || pg.primary {
-                    return false;
-                }
-                pg.history.push((pg.timeline, pg.lsn));
-                pg.timeline += 1;
-                pg.primary = true;
-                pg.upstream = None;
-                self.stats.promotions += 1;
-                self.check_one_primary();
-                true
-            }
-            Action::Demote { mode } => {
-                if *mode == DemoteMode::Graceful && self.quiet() && self.episode.is_none() {
-                    // The candidate was checked healthy by the leader; it takes over at its next cycle.
-                    let deadline = self.now + LOOP_WAIT * 1000 + JITTER_MS + TICK_MS;
-                    self.episode = Some(Episode { kind: EpisodeKind::Switchover, started: self.now, deadline });
-                }
-                if *mode == DemoteMode::Graceful {
-                    // The shutdown checkpoint reaches the replicas streaming from us before we stop.
-                    let (tl, lsn) = (self.nodes[i].pg.timeline, self.nodes[i].pg.lsn);
-                    for n in self.nodes.iter_mut() {
-                        if n.alive && n.pg.running && n.pg.upstream == Some(i) && n.pg.timeline == tl {
-                            n.pg.lsn = lsn;
-                        }
-                    }
-                }
-                let pg = &mut self.nodes[i].pg;
-                pg.primary = false;
-                pg.upstream = None;
-                pg.running = *mode != DemoteMode::Offline;
-                true
-            }
-            Action::Follow { upstream } => {
-                self.nodes[i].pg.upstream = self.idx(upstream);
-                true
-            }
-            Action::CheckDivergence { leader, use_pg_rewind } => {
-                let Some(l) = self.idx(leader) else { return false };
-                if !(self.nodes[l].alive && self.nodes[l].pg.running) {
-                    return false;
-                }
-                let lp = self.nodes[l].pg.clone();
-                let me = &mut self.nodes[i].pg;
-                let diverged = match me.timeline.cmp(&lp.timeline) {
-                    std::cmp::Ordering::Equal => false,
-                    std::cmp::Ordering::Greater => true,
-                    std::cmp::Ordering::Less => lp.switchpoint(me.timeline).is_none_or(|sp| me.lsn > sp),
-                };
-                if !diverged {
-                    return true;
-                }
-                if !use_pg_rewind {
-                    return false;
-                }
-                // pg_rewind: take the leader's history up to its current position, then stream from it.
-                me.lsn = lp.switchpoint(me.timeline).unwrap_or(0).min(lp.lsn);
-                me.timeline = lp.timeline;
-                me.history = lp.history.clone();
-                me.primary = false;
-                self.stats.rewinds += 1;
-                true
-            }
-            Action::ClearFailover { version } => {
-                reachable && self.store.txn(now, &self.ops.cas(&ClusterKey::Failover, "{}", Some(*version))) == Ok(true)
-            }
-            Action::RefuseToRun { why } => self.fail(&format!("{name} refuses to run: {why:?}")),
-        }
     }
 }
 
@@ -665,6 +612,7 @@ fn simulated_clusters_keep_one_primary_and_fail_over_in_time() {
         total.pauses += s.pauses;
         total.switchovers_requested += s.switchovers_requested;
         total.rewinds += s.rewinds;
+        total.wipes += s.wipes;
         total.failover_episodes += s.failover_episodes;
         total.max_failover_ms = total.max_failover_ms.max(s.max_failover_ms);
         total.switchovers_done += s.switchovers_done;
@@ -672,5 +620,6 @@ fn simulated_clusters_keep_one_primary_and_fail_over_in_time() {
     }
     println!("{total:?}");
     assert!(total.failover_episodes > 0, "no failover episode was exercised");
+    assert!(total.wipes > 0 && total.rewinds > 0, "no wipe or rewind was exercised");
     assert!(total.switchovers_done > 0, "no switchover was exercised");
 }

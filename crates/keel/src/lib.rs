@@ -4,9 +4,11 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod clock;
 pub mod cluster_runner;
 pub mod config;
 pub mod dcs;
+pub mod node;
 pub mod postgres;
 pub mod slots;
 pub mod status;

@@ -4,6 +4,7 @@
 use std::time::SystemTime;
 
 use keel_core::lsn::Lsn;
+use keel_core::member_state::MemberState;
 use keel_core::time::Millis;
 use keel_core::view::{Role, Tags};
 use serde_json::{json, Map, Value};
@@ -25,7 +26,7 @@ pub struct NodeStatus {
     pub scope: String,
     pub name: String,
     /// Patroni's member state: `running`, `stopped`, `starting`, `creating replica`, ...
-    pub state: String,
+    pub state: MemberState,
     /// The role PostgreSQL reports (primary when not in recovery).
     pub role: Option<Role>,
     /// This node holds the leader key.
@@ -69,7 +70,7 @@ pub struct NodeStatus {
 
 impl NodeStatus {
     pub fn is_running(&self) -> bool {
-        self.state == "running"
+        self.state == MemberState::Running
     }
 
     fn in_sync_key(&self) -> bool {
@@ -102,7 +103,7 @@ impl NodeStatus {
     /// `GET /patroni`: Patroni's node status document.
     pub fn to_json(&self) -> Value {
         let mut m = Map::new();
-        m.insert("state".into(), self.state.clone().into());
+        m.insert("state".into(), self.state.as_str().into());
         if let Some(t) = self.postmaster_start_time {
             m.insert("postmaster_start_time".into(), iso8601(t).into());
         }
@@ -180,7 +181,7 @@ impl NodeStatus {
         let mut m = Map::new();
         m.insert("conn_url".into(), conn_url.into());
         m.insert("api_url".into(), api_url.into());
-        m.insert("state".into(), self.state.clone().into());
+        m.insert("state".into(), self.state.as_str().into());
         m.insert("role".into(), self.display_role().into());
         m.insert("version".into(), self.version.clone().into());
         if self.is_running() {
@@ -239,7 +240,7 @@ mod tests {
     fn member_json_round_trips_through_the_view_parser() {
         let st = NodeStatus {
             name: "n2".into(),
-            state: "running".into(),
+            state: MemberState::Running,
             role: Some(Role::Replica),
             received_location: Some(Lsn(300)),
             replayed_location: Some(Lsn(200)),

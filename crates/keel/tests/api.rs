@@ -4,8 +4,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keel::api::agent::{agent_channel, AgentHandle, AgentReply, AgentRequest};
-use keel::api::failsafe::FailsafeState;
+use keel::agent::failsafe::FailsafeState;
+use keel::agent::request_channel::{agent_channel, AgentHandle, AgentReply, AgentRequest};
 use keel::api::server::{router, ApiBackend, ApiOptions, BasicAuth};
 use keel::dcs::{ClusterStore, DcsError, KvBackend, MemoryBackend, Range, WatchKey};
 use keel::status::NodeStatus;
@@ -59,7 +59,7 @@ fn replica_status() -> NodeStatus {
     NodeStatus {
         scope: SCOPE.into(),
         name: "n2".into(),
-        state: "running".into(),
+        state: keel_core::member_state::MemberState::Running,
         role: Some(Role::Replica),
         server_version: Some(150004),
         received_location: Some(Lsn(200)),
@@ -93,11 +93,9 @@ async fn start_with<K: KvBackend>(api_kv: K, kv: MemoryBackend, options: ApiOpti
                     ("cancel restart".into(), Some(reply), AgentReply::Failed("none".into()))
                 }
                 AgentRequest::Reload { reply } => ("reload".into(), Some(reply), AgentReply::Done(String::new())),
-                AgentRequest::Reinitialize { force, from_leader, reply } => (
-                    format!("reinitialize force={force} from_leader={from_leader}"),
-                    Some(reply),
-                    AgentReply::Done(String::new()),
-                ),
+                AgentRequest::Reinitialize { from_leader, reply } => {
+                    (format!("reinitialize from_leader={from_leader}"), Some(reply), AgentReply::Done(String::new()))
+                }
                 AgentRequest::RecreateSlot { slot, reply } => {
                     (format!("recreate {slot}"), Some(reply), AgentReply::Done(String::new()))
                 }
@@ -534,7 +532,7 @@ async fn restart_reload_and_reinitialize_go_through_the_agent() {
     assert_eq!(seen.len(), 5, "{seen:?}");
     assert!(seen[0].starts_with("restart") && seen[1].contains("schedule: Some"), "{seen:?}");
     assert!(seen[1].contains("postgres_version: Some(160001)"), "{seen:?}");
-    assert_eq!(&seen[2..], ["cancel restart", "reload", "reinitialize force=true from_leader=false"]);
+    assert_eq!(&seen[2..], ["cancel restart", "reload", "reinitialize from_leader=false"]);
 
     // In pause a scheduled restart is refused with 500.
     h.fake.store.set_config(&json!({"pause":true}), None).await.unwrap();

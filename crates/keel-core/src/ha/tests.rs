@@ -103,11 +103,13 @@ fn empty_pg() -> PgObservation {
 }
 
 fn input(name: &str, world: &World, pg: PgObservation) -> HaInput {
+    let view = world.view();
     HaInput {
         now: NOW,
         name: name.into(),
         tags: Tags::default(),
-        view: world.view(),
+        config: view.dynamic_config(),
+        view,
         pg,
         agent: AgentState {
             store_ok: true,
@@ -115,6 +117,7 @@ fn input(name: &str, world: &World, pg: PgObservation) -> HaInput {
             last_leader_refresh: None,
             failsafe_confirmed: false,
             failsafe_leader: None,
+            clone_from_leader: false,
         },
         probes: None,
         local_slots: None,
@@ -155,6 +158,11 @@ fn failsafe_confirmed(mut i: HaInput) -> HaInput {
 
 fn failsafe_leader(mut i: HaInput, leader: &str) -> HaInput {
     i.agent.failsafe_leader = Some(leader.into());
+    i
+}
+
+fn from_leader(mut i: HaInput) -> HaInput {
+    i.agent.clone_from_leader = true;
     i
 }
 
@@ -294,6 +302,10 @@ rows! {
         input("n4", &World::healthy().with("members/n3",
             r#"{"state":"running","role":"replica","tags":{"clonefrom":true}}"#), empty_pg())
         => [Action::CreateReplica { source: "n3".into() }], Reason::CloningFrom { source: "n3".into(), is_leader: false };
+    empty_reinit_from_leader_skips_clonefrom_member:
+        from_leader(input("n4", &World::healthy().with("members/n3",
+            r#"{"state":"running","role":"replica","tags":{"clonefrom":true}}"#), empty_pg()))
+        => [Action::CreateReplica { source: "n1".into() }], Reason::CloningFrom { source: "n1".into(), is_leader: true };
     empty_data_dir_releases_leader_key:
         input("n1", &World::healthy(), empty_pg()) => [Action::ReleaseLeader { last_lsn: None }],
         Reason::DataDirEmptyReleasedLock;
@@ -351,7 +363,7 @@ rows! {
         Reason::StartingAsReplica { leader: None };
     stopped_on_old_timeline_checks_divergence:
         input("n2", &World::healthy().with("members/n1", &member_json("primary", 2, 2000)), stopped_pg())
-        => [Action::CheckDivergence { leader: "n1".into(), use_pg_rewind: false }, start_replica(Some("n1"))],
+        => [Action::CheckDivergence { leader: "n1".into(), policy: DivergencePolicy::default() }, start_replica(Some("n1"))],
         Reason::CheckingDivergence { leader: "n1".into() };
     stopped_in_pause_stays_stopped:
         input("n2", &World::healthy().with("config", r#"{"pause":true}"#), stopped_pg()) => [],
@@ -390,7 +402,7 @@ rows! {
     replica_on_old_timeline_checks_divergence_with_rewind:
         input("n2", &World::healthy().with("members/n1", &member_json("primary", 2, 2000))
             .with("config", r#"{"postgresql":{"use_pg_rewind":true}}"#), replica_pg(1000))
-        => [Action::CheckDivergence { leader: "n1".into(), use_pg_rewind: true }, follow("n1")],
+        => [Action::CheckDivergence { leader: "n1".into(), policy: DivergencePolicy { rewind: true, ..Default::default() } }, follow("n1")],
         Reason::CheckingDivergence { leader: "n1".into() };
 
     // The leader race.

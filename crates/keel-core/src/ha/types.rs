@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::divergence::{DivergencePolicy, WipeReason};
+use crate::dynconfig::DynamicConfig;
 use crate::lsn::Lsn;
 use crate::slots::SlotsReadiness;
 use crate::time::Millis;
@@ -112,6 +114,9 @@ pub struct AgentState {
     /// less than `ttl` ago (Patroni's `Failsafe.leader`). While the leader key is missing (it expired during the
     /// outage) this member is still the leader: nobody races it, and it takes the key back itself.
     pub failsafe_leader: Option<String>,
+    /// An operator asked to reinitialize from the leader (`POST /reinitialize` with `from_leader`): the next clone
+    /// takes its base backup from the leader even when a `clonefrom` member runs.
+    pub clone_from_leader: bool,
 }
 
 /// The answer of one peer's `GET /patroni`.
@@ -157,6 +162,9 @@ pub struct HaInput {
     /// This node's configured tags (authoritative over what its member key says).
     pub tags: Tags,
     pub view: ClusterView,
+    /// The effective dynamic configuration ([`crate::dynconfig::effective`]): the one every part of the agent
+    /// uses this cycle.
+    pub config: DynamicConfig,
     pub pg: PgObservation,
     pub agent: AgentState,
     /// Peer probes, `None` until [`Action::ProbePeers`] asked for them in this cycle.
@@ -238,12 +246,15 @@ pub enum Action {
     /// Re-point `primary_conninfo` to `upstream` (the leader, or the member named by our `replicatefrom` tag) by
     /// reload or restart, and stream from it.
     Follow { upstream: String },
-    /// **Guard.** Compare our timeline/LSN with `leader`'s (`IDENTIFY_SYSTEM` + `TIMELINE_HISTORY`, Patroni's
-    /// `_check_timeline_and_lsn`). If diverged and `use_pg_rewind`, stop PostgreSQL cleanly and run `pg_rewind`
-    /// from `leader`; the next action (`Follow` or `StartPostgres`) starts it again as a replica. The guard fails
-    /// when the leader cannot be asked, or the node diverged and could not be rewound (rewind disabled or failed):
-    /// then a reinit is needed and PostgreSQL is left as it is.
-    CheckDivergence { leader: String, use_pg_rewind: bool },
+    /// **Guard.** Compare our timeline/LSN with `leader`'s history (Patroni's `_check_timeline_and_lsn`; the
+    /// verdict and remedy are [`crate::divergence`]'s). If diverged and `policy.rewind`, stop PostgreSQL cleanly and
+    /// run `pg_rewind` from `leader`; the next action (`Follow` or `StartPostgres`) starts it again as a replica.
+    /// The guard fails when the node diverged and could not be rewound (rewind disabled or impossible: then a
+    /// reinit is needed, or the data directory is wiped by a [`Action::WipeDataDir`] when `policy` allows it); it
+    /// errs (unknown, never "diverged") when a fact could not be read.
+    CheckDivergence { leader: String, policy: DivergencePolicy },
+    /// Stop PostgreSQL and empty the data directory, for this reason. The only way a data directory is wiped.
+    WipeDataDir { reason: WipeReason },
     /// Clear the `failover` key (write `{}` guarded by this revision).
     ClearFailover { version: i64 },
     /// Stop the agent with an error (and PostgreSQL unless paused).
@@ -274,6 +285,7 @@ impl Action {
                 | Action::Demote { .. }
                 | Action::Follow { .. }
                 | Action::CheckDivergence { .. }
+                | Action::WipeDataDir { .. }
         )
     }
 }
@@ -498,6 +510,8 @@ pub enum Reason {
     DivergenceUnknown {
         leader: String,
     },
+    /// An operator asked to reinitialize this replica (`POST /reinitialize`).
+    ReinitializeRequested,
     // Leader race.
     AcquiredLockAsLeader,
     PromotedByRace,
@@ -591,6 +605,7 @@ impl fmt::Display for Reason {
             DivergenceUnknown { leader } => {
                 write!(f, "could not check for divergence from leader {leader}; will check again next cycle")
             }
+            ReinitializeRequested => write!(f, "reinitialize requested: removing the data directory to clone it again"),
             AcquiredLockAsLeader => write!(f, "acquired session lock as a leader"),
             PromotedByRace => write!(f, "promoted self to leader by acquiring session lock"),
             PromotedByManualFailover => {

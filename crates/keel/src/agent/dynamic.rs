@@ -4,7 +4,7 @@
 use anyhow::{bail, Result};
 use tracing::{error, info, warn};
 
-use super::{Agent, Fatal};
+use super::runtime::{Agent, Fatal};
 use crate::config;
 use crate::dcs::KvBackend;
 
@@ -20,7 +20,7 @@ impl<B: KvBackend> Agent<B> {
                  FIRST n could lose acknowledged commits). Set synchronous_mode to on or off with keel edit-config"
             );
         }
-        let plan = match (&self.last_obs, self.holds_leader && is_primary) {
+        let plan = match (&self.last_obs, self.exec.holds_leader && is_primary) {
             (Some(obs), true) => {
                 let standbys: Vec<keel_core::sync::StandbyConn> = obs
                     .replication
@@ -59,14 +59,11 @@ impl<B: KvBackend> Agent<B> {
         }
     }
 
-    /// The dynamic configuration: the store's, or `bootstrap.dcs` until the store has one (as Patroni does), with
-    /// the local `postgresql` settings laid over it.
+    /// The effective dynamic configuration (`keel_core::dynconfig::DynamicConfig::effective`: the store's, or
+    /// `bootstrap.dcs` until the store has one, with the local `postgresql` settings laid over it).
     pub(super) fn dynamic_config(&self) -> keel_core::dynconfig::DynamicConfig {
-        match &self.view.config {
-            Some(c) => c.value.clone(),
-            None => keel_core::dynconfig::DynamicConfig::from_value(self.bootstrap_dcs.clone())
-                .with_local_postgresql(&self.local_pg),
-        }
+        let stored = self.view.config.as_ref().map(|c| &c.value);
+        keel_core::dynconfig::DynamicConfig::effective(stored, &self.bootstrap_dcs, &self.local_pg)
     }
 
     /// Checks the store's `config` key against the schema each time it changes: refused settings (written by

@@ -8,17 +8,19 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use keel_core::dynconfig::{DynamicConfig, SynchronousMode};
 use keel_core::ha::{DataDir, DemoteMode, PgObservation, PgRole, PgRunning};
-use keel_core::lsn::Lsn;
 use keel_core::pgconfig::PgSettings;
 use keel_core::time::Millis;
+use keel_core::timeline_history::Promotion;
 use keel_core::view::{ClusterView, Member};
 use tracing::{info, warn};
+
+mod rewind;
 
 use super::pgauth::{pgpass_text, Cred, Pgpass};
 use crate::config::Config;
 use crate::postgres::bins::PgBinaries;
 use crate::postgres::conf::{self, RecoveryConf, ServerConf};
-use crate::postgres::ctl::{InitdbOption, InitdbParams, PgCtl, RewindOutcome, StopMode};
+use crate::postgres::ctl::{InitdbOption, InitdbParams, PgCtl, StopMode};
 use crate::postgres::datadir::{self, DataDirState};
 use crate::postgres::observe::{self, Observation};
 use crate::postgres::process::RunAs;
@@ -428,8 +430,8 @@ impl Local {
     }
 
     /// `pg_ctl promote`, then a CHECKPOINT so that pg_rewind on the old primary sees the new timeline.
-    /// Returns the timeline and LSN the promotion switched at (for `history`).
-    pub async fn promote(&mut self) -> Result<(u32, Lsn)> {
+    /// Returns where the old timeline ended (for `history`), as far as it could be read.
+    pub async fn promote(&mut self) -> Result<Promotion> {
         let before = match self.session().await {
             Ok(s) => s.observe().await.ok(),
             Err(_) => None,
@@ -462,9 +464,13 @@ impl Local {
             },
             None => None,
         };
-        let before_tl = before.as_ref().and_then(|o| o.timeline).unwrap_or(1);
-        let replayed = before.and_then(|o| o.replay_lsn).unwrap_or_default();
-        Ok(switched.unwrap_or((before_tl, replayed)))
+        Ok(match switched {
+            Some((tl, lsn)) => Promotion { old_timeline: Some(tl), switched_at: Some(lsn) },
+            None => Promotion {
+                old_timeline: before.as_ref().and_then(|o| o.timeline),
+                switched_at: before.and_then(|o| o.replay_lsn),
+            },
+        })
     }
 
     /// Steps down. `Graceful`: CHECKPOINT and a fast shutdown (walsenders send the shutdown checkpoint to the
@@ -568,137 +574,6 @@ impl Local {
         self.stop_pg(StopMode::Fast, primary).await
     }
 
-    /// Whether this node's history diverged from `leader`'s timeline; if so and `use_pg_rewind`, rewinds.
-    /// `Ok(true)`: safe to follow the leader now. `Ok(false)`: diverged and not repaired (reinit needed). `Err`: the
-    /// check could not run (leader unreachable or in recovery, our position unknown): unknown, not diverged.
-    pub async fn check_divergence(&mut self, leader: &Member, use_pg_rewind: bool) -> Result<bool> {
-        let su = self.member_params(leader, &self.superuser)?;
-        let remote = observe::connect(&su, QUERY_TIMEOUT).await.context("connecting to the leader")?;
-        let leader_tl: u32 = {
-            let rows = remote
-                .query(
-                    "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int \
-                     WHERE NOT pg_is_in_recovery()",
-                    &[],
-                )
-                .await?;
-            let row = rows.first().ok_or_else(|| anyhow!("the leader {} is still in recovery", leader.name))?;
-            let tl: i32 = row.try_get(0).context("reading the leader's timeline")?;
-            u32::try_from(tl).map_err(|_| anyhow!("the leader {} reported timeline {tl}", leader.name))?
-        };
-        let running = self.ctl.is_running();
-        let (local_tl, local_lsn, clean) = if running {
-            let o = self.session().await?.observe().await?;
-            let lsn = if o.in_recovery { o.replay_lsn } else { o.wal_flush_lsn };
-            let tl =
-                o.timeline.ok_or_else(|| anyhow!("our timeline is unknown: cannot compare it with the leader's"))?;
-            let lsn = lsn.ok_or_else(|| anyhow!("our WAL position is unknown: cannot compare it with the leader's"))?;
-            (tl, lsn, o.in_recovery)
-        } else {
-            let cd = datadir::controldata(&self.data_dir, &self.bins, &self.run_as).await?;
-            let clean = cd.cluster_state.is_clean_shutdown();
-            (cd.timeline, cd.checkpoint_lsn.max(cd.min_recovery_end_lsn), clean)
-        };
-        let diverged = if local_tl == leader_tl {
-            false
-        } else if local_tl > leader_tl {
-            true
-        } else {
-            let switch = Self::switchpoint(&remote, leader_tl, local_tl).await?;
-            match switch {
-                Some(sp) => !clean || local_lsn > sp,
-                None => true,
-            }
-        };
-        if !diverged {
-            return Ok(true);
-        }
-        info!("my timeline {local_tl} at {local_lsn} diverged from the leader's timeline {leader_tl}");
-        if !use_pg_rewind {
-            if self.settings.remove_data_directory_on_diverged_timelines {
-                warn!(
-                    "diverged and postgresql.use_pg_rewind is off: removing the data directory to clone it again \
-                     (remove_data_directory_on_diverged_timelines)"
-                );
-                self.stop(false).await?;
-                self.remove_data().await?;
-            } else {
-                warn!(
-                    "postgresql.use_pg_rewind is off: this node needs a reinit (keel reinit {}), or set \
-                     remove_data_directory_on_diverged_timelines",
-                    self.name
-                );
-            }
-            return Ok(false);
-        }
-        self.rewind(leader).await
-    }
-
-    /// The LSN where `leader_tl`'s history left `our_tl`, from the leader's timeline history file.
-    async fn switchpoint(remote: &observe::Session, leader_tl: u32, our_tl: u32) -> Result<Option<Lsn>> {
-        let lines = Self::history_file(remote, leader_tl).await?;
-        Ok(lines.into_iter().find_map(|(tl, lsn)| (tl == our_tl).then_some(lsn)))
-    }
-
-    /// The (parent timeline, switchpoint) lines of `tl`'s history file on `remote`, oldest first.
-    async fn history_file(remote: &observe::Session, tl: u32) -> Result<Vec<(u32, Lsn)>> {
-        let file = format!("pg_wal/{tl:08X}.history");
-        let rows = remote.query("SELECT convert_from(pg_read_binary_file($1), 'UTF8')", &[&file]).await?;
-        let text: String = rows.first().map(|r| r.get(0)).unwrap_or_default();
-        Ok(text
-            .lines()
-            .filter_map(|line| {
-                let mut parts = line.split_whitespace();
-                Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-            })
-            .collect())
-    }
-
-    async fn rewind(&mut self, leader: &Member) -> Result<bool> {
-        // pg_rewind needs a cleanly shut-down target: finish crash recovery first if needed.
-        if self.ctl.is_running() {
-            self.stop_pg(StopMode::Fast, false).await?;
-        }
-        let cd = datadir::controldata(&self.data_dir, &self.bins, &self.run_as).await?;
-        if !cd.cluster_state.is_clean_shutdown() {
-            info!("running crash recovery before pg_rewind");
-            let recovery = self.recovery_for(None)?;
-            self.write_conf(Some(recovery))?;
-            self.start().await?;
-            self.stop_pg(StopMode::Fast, false).await?;
-        }
-        let params = self.with_pgpass(self.member_params(leader, &self.rewind)?)?;
-        info!("running pg_rewind from {}", leader.name);
-        match self.ctl.rewind(&params, BASEBACKUP_TIMEOUT).await? {
-            RewindOutcome::Done | RewindOutcome::NotNeeded => {
-                // Even "not needed" ran against a diverged timeline: the slots here are from before it.
-                self.rebuilt = Some(keel_core::slots::copycheck::Rebuild::Rewind);
-                // pg_rewind copied the leader's configuration files: write ours back, as a replica of the leader.
-                // The action after this check starts (or re-points) PostgreSQL.
-                let recovery = self.recovery_for(Some(leader))?;
-                self.write_conf(Some(recovery))?;
-                self.following = Some(leader.name.clone());
-                Ok(true)
-            }
-            RewindOutcome::Impossible { reason } => {
-                if self.settings.remove_data_directory_on_rewind_failure {
-                    warn!(
-                        "pg_rewind is not possible: {reason}; removing the data directory to clone it again \
-                         (remove_data_directory_on_rewind_failure)"
-                    );
-                    self.remove_data().await?;
-                } else {
-                    warn!(
-                        "pg_rewind is not possible: {reason}; this node needs a reinit (keel reinit {}), or set \
-                         remove_data_directory_on_rewind_failure",
-                        self.name
-                    );
-                }
-                Ok(false)
-            }
-        }
-    }
-
     /// Creates the physical slots replicas stream through (`use_slots`), reserving WAL immediately. Slots are
     /// only added here; the full slot life cycle (drop, advance, logical slots) is the slots module's job.
     pub async fn ensure_physical_slots(&mut self, names: &[String]) -> Result<()> {
@@ -713,25 +588,6 @@ impl Local {
                 .with_context(|| format!("creating replication slot {name}"))?;
             info!("created physical replication slot {name}");
         }
-        Ok(())
-    }
-
-    /// Wipes the data directory (for reinit).
-    pub async fn remove_data(&mut self) -> Result<()> {
-        if self.ctl.is_running() {
-            self.stop_pg(StopMode::Immediate, false).await?;
-        }
-        if self.data_dir.exists() {
-            for entry in std::fs::read_dir(&self.data_dir)? {
-                let p = entry?.path();
-                if p.is_dir() {
-                    std::fs::remove_dir_all(&p)?;
-                } else {
-                    std::fs::remove_file(&p)?;
-                }
-            }
-        }
-        self.following = None;
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ use keel_core::lsn::Lsn;
 use keel_core::view::{ClusterView, FailoverRequest, Member, Role};
 use serde_json::{Map, Value};
 
-use super::agent::RestartRequest;
+use crate::agent::request_channel::RestartRequest;
 use crate::status::NodeStatus;
 
 /// A refusal: the status code and Patroni's message.

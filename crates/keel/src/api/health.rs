@@ -141,7 +141,7 @@ mod tests {
 
     fn primary() -> NodeStatus {
         NodeStatus {
-            state: "running".into(),
+            state: keel_core::member_state::MemberState::Running,
             role: Some(Role::Primary),
             is_leader: true,
             ttl: 30,
@@ -152,7 +152,7 @@ mod tests {
 
     fn replica(lag: u64) -> NodeStatus {
         NodeStatus {
-            state: "running".into(),
+            state: keel_core::member_state::MemberState::Running,
             role: Some(Role::Replica),
             replication_state: Some("streaming".into()),
             cluster_optime: Some(Lsn(10_000 + lag)),

@@ -87,7 +87,7 @@ pub fn render(st: &NodeStatus) -> Result<String, std::fmt::Error> {
         "Keel's version as Patroni shows its own: semver without periods.",
         padded_semver(&st.version),
     );
-    gauge("patroni_postgres_state", POSTGRES_STATE_HELP, postgres_state(&st.state));
+    gauge("patroni_postgres_state", POSTGRES_STATE_HELP, st.state.metric_value());
     gauge("keel_leader_lock_held", "Value is 1 if this node holds the leader key.", flag(st.is_leader));
     let seconds = |t: Option<std::time::SystemTime>| t.map(unix_seconds).unwrap_or(0.0);
     for (name, help, value) in [
@@ -181,33 +181,9 @@ pub fn render(st: &NodeStatus) -> Result<String, std::fmt::Error> {
     Ok(out)
 }
 
-/// Patroni's PostgreSQL states in the order of their `patroni_postgres_state` values.
-const POSTGRES_STATES: [&str; 15] = [
-    "initializing new cluster",
-    "initdb failed",
-    "running custom bootstrap script",
-    "custom bootstrap failed",
-    "creating replica",
-    "running",
-    "starting",
-    "starting after custom bootstrap",
-    "start failed",
-    "restarting",
-    "restart failed",
-    "stopping",
-    "stopped",
-    "stop failed",
-    "crashed",
-];
-
 const POSTGRES_STATE_HELP: &str = "Numeric representation of PostgreSQL state: 0=initdb, 1=initdb_failed, \
     2=custom_bootstrap, 3=custom_bootstrap_failed, 4=creating_replica, 5=running, 6=starting, 7=bootstrap_starting, \
     8=start_failed, 9=restarting, 10=restart_failed, 11=stopping, 12=stopped, 13=stop_failed, 14=crashed.";
-
-/// `patroni_postgres_state`: the state's index in Patroni's list, -1 for a state Patroni does not have.
-fn postgres_state(state: &str) -> i64 {
-    POSTGRES_STATES.iter().position(|s| *s == state).map_or(-1, |i| i as i64)
-}
 
 /// `patroni_version`: each semver part as two digits (`4.1.5` → 40105), 0 when the version does not parse.
 fn padded_semver(version: &str) -> i64 {
@@ -220,10 +196,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn patroni_state_numbers_and_versions() {
-        assert_eq!(postgres_state("running"), 5);
-        assert_eq!(postgres_state("crashed"), 14);
-        assert_eq!(postgres_state("no such state"), -1);
+    fn patroni_versions() {
         assert_eq!(padded_semver("4.1.5"), 40105);
         assert_eq!(padded_semver("0.1.0-dev"), 100);
         assert_eq!(padded_semver("garbage"), 0);
@@ -234,7 +207,7 @@ mod tests {
         let st = NodeStatus {
             scope: "batman".into(),
             name: "n1".into(),
-            state: "running".into(),
+            state: keel_core::member_state::MemberState::Running,
             role: Some(Role::Primary),
             is_leader: true,
             timeline: Some(3),

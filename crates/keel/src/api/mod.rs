@@ -1,8 +1,6 @@
 //! The REST API (Patroni-compatible paths and status codes).
 
-pub mod agent;
 pub mod control;
-pub mod failsafe;
 pub mod health;
 pub mod metrics;
 pub mod server;

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -21,11 +21,12 @@ use keel_core::view::ClusterView;
 use serde_json::{Map, Value};
 use tracing::{info, warn};
 
-use super::agent::{AgentHandle, AgentReply, AgentRequest};
 use super::control::{self, ManualAction, ManualPlan, Refusal};
-use super::failsafe::{FailsafeAnnouncement, FailsafeState};
 use super::health::{passes, Check};
 use super::metrics;
+use crate::agent::failsafe::{FailsafeAnnouncement, FailsafeState};
+use crate::agent::request_channel::{AgentHandle, AgentReply, AgentRequest};
+use crate::clock::unix_ms;
 use crate::dcs::{ClusterStore, DcsError, KvBackend, WatchKey};
 use crate::status::NodeStatus;
 
@@ -101,11 +102,6 @@ pub(crate) struct AppState<B> {
 }
 
 type St<B> = State<Arc<AppState<B>>>;
-
-/// Unix time in milliseconds.
-pub fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
 
 /// Builds the router for a backend.
 pub fn router<B: ApiBackend>(backend: Arc<B>, options: ApiOptions) -> Router {
@@ -495,7 +491,7 @@ async fn post_reinitialize<B: ApiBackend>(State(s): St<B>, headers: HeaderMap, b
         return r;
     }
     let req = try_refusal!(control::json_object(&body, true));
-    let (force, from_leader) = try_refusal!(control::parse_reinitialize(&req));
+    let (_force, from_leader) = try_refusal!(control::parse_reinitialize(&req));
     if s.backend.node_status().is_leader {
         return text(StatusCode::SERVICE_UNAVAILABLE, "I am the leader, can not reinitialize");
     }
@@ -504,7 +500,7 @@ async fn post_reinitialize<B: ApiBackend>(State(s): St<B>, headers: HeaderMap, b
             return text(StatusCode::SERVICE_UNAVAILABLE, "Cluster has no leader, can not reinitialize");
         }
     }
-    match s.backend.agent().call(|reply| AgentRequest::Reinitialize { force, from_leader, reply }).await {
+    match s.backend.agent().call(|reply| AgentRequest::Reinitialize { from_leader, reply }).await {
         Ok(AgentReply::Done(_)) | Ok(AgentReply::Scheduled(_)) => text(StatusCode::OK, "reinitialize started"),
         Ok(AgentReply::Failed(m)) | Ok(AgentReply::Conflict(m)) => text(StatusCode::SERVICE_UNAVAILABLE, m),
         Err(e) => agent_down(e),
@@ -549,7 +545,7 @@ mod tests {
     use super::*;
     use keel_core::view::Role;
 
-    use crate::api::agent::agent_channel;
+    use crate::agent::request_channel::agent_channel;
     use crate::dcs::MemoryBackend;
 
     struct Fixed {
@@ -590,7 +586,7 @@ mod tests {
         let base = start(NodeStatus {
             scope: "c".into(),
             name: "n1".into(),
-            state: "running".into(),
+            state: keel_core::member_state::MemberState::Running,
             role: Some(Role::Primary),
             is_leader: true,
             ..Default::default()

@@ -216,7 +216,7 @@ fn run_agent(path: &std::path::Path) -> u8 {
             return 1;
         }
     };
-    match runtime.block_on(crate::agent::run(path)) {
+    match runtime.block_on(crate::node::run(path)) {
         Ok(()) => EXIT_OK,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -65,11 +65,12 @@ pub enum AgentRequest {
     /// Re-read the local configuration file and apply it (Patroni's SIGHUP). Reply `Done(..)` once the reload was
     /// queued (the API answers 202 `reload scheduled`), `Failed(reason)` (503) if it cannot be.
     Reload { reply: ReplyTo },
-    /// Wipe the data directory and clone from the leader (or, with `from_leader`, take the base backup from the
-    /// leader even when another member could serve it). `force`: cancel a running asynchronous action first.
+    /// Wipe the data directory and clone again (with `from_leader`, take the base backup from the leader even
+    /// when a `clonefrom` member could serve it). Patroni's `force` (cancel a running asynchronous action first)
+    /// is accepted by the API and has nothing to cancel here: Keel runs every action inside its loop.
     /// Reply `Done(..)` (200 `reinitialize started`) or `Failed(reason)` (503), e.g. `"I am the leader, can not
     /// reinitialize"`, `"Cluster has no leader, can not reinitialize"`, `"<action> already in progress"`.
-    Reinitialize { force: bool, from_leader: bool, reply: ReplyTo },
+    Reinitialize { from_leader: bool, reply: ReplyTo },
     /// Re-create a permanent logical slot despite a continuity break (`keel slots recreate NAME`). Reply
     /// `Done(..)` when the leader will create it in its next cycle, `Failed(reason)` (412) when this node is not
     /// the leader or the slot is not a permanent logical slot.
@@ -149,7 +150,7 @@ mod tests {
             }
         });
         assert_eq!(h.call(|reply| AgentRequest::Reload { reply }).await, Ok(AgentReply::Done("ok".into())));
-        let no_answer = h.call(|reply| AgentRequest::Reinitialize { force: false, from_leader: false, reply }).await;
+        let no_answer = h.call(|reply| AgentRequest::Reinitialize { from_leader: false, reply }).await;
         assert_eq!(no_answer, Err(AgentUnavailable::NoAnswer));
         agent.abort();
         let _ = agent.await;

@@ -1,0 +1,108 @@
+//! Start-up wiring for `keel run`: the one place that puts the pieces together — the configuration, the store
+//! backend, the local PostgreSQL, the REST API and the agent's HA loop.
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use keel_core::member_state::MemberState;
+use tracing::{error, info, warn};
+
+use crate::agent::failsafe::FailsafeState;
+use crate::agent::local::Local;
+use crate::agent::request_channel::{agent_channel, AgentHandle};
+use crate::agent::{Agent, AgentParts};
+use crate::api::server::{router, ApiBackend, ApiOptions, BasicAuth};
+use crate::config::{self, Config};
+use crate::dcs::{ClusterStore, EtcdBackend, EtcdConfig};
+use crate::status::NodeStatus;
+
+/// How long the REST API waits for the HA loop to answer a request (a restart may take a while).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The REST API's view of the running agent.
+struct AgentApi {
+    status: Arc<RwLock<NodeStatus>>,
+    /// The API's own store handle (same backend, no lease): it reads and writes `config` and `failover`.
+    store: ClusterStore<EtcdBackend>,
+    handle: AgentHandle,
+    failsafe: Arc<FailsafeState>,
+}
+
+impl ApiBackend for AgentApi {
+    type Kv = EtcdBackend;
+
+    fn node_status(&self) -> NodeStatus {
+        self.status.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn store(&self) -> &ClusterStore<EtcdBackend> {
+        &self.store
+    }
+
+    fn agent(&self) -> &AgentHandle {
+        &self.handle
+    }
+
+    fn failsafe(&self) -> &FailsafeState {
+        &self.failsafe
+    }
+}
+
+/// Loads CONFIG and runs the agent until SIGTERM or SIGINT.
+pub async fn run(config_path: &Path) -> Result<()> {
+    let loaded = Config::load(config_path, &config::env::from_process())?;
+    for w in &loaded.warnings {
+        warn!("{}: {w}", config_path.display());
+    }
+    let cfg = loaded.config;
+    if crate::postgres::process::current_euid() == 0 {
+        bail!(
+            "keel run must not run as root: PostgreSQL refuses to run as root. Run it as the user that owns the \
+             data directory, e.g. `runuser -u postgres -- keel run {}`",
+            config_path.display()
+        );
+    }
+    let timing = cfg.timing;
+    let etcd = EtcdConfig::from_hosts(&cfg.etcd3_endpoints(), Duration::from_secs(timing.retry_timeout.max(1)));
+    let backend = EtcdBackend::new(etcd)?;
+    let api_store = ClusterStore::new(backend.clone(), &cfg.namespace, &cfg.scope, &cfg.name, timing.ttl);
+    let store = ClusterStore::new(backend, &cfg.namespace, &cfg.scope, &cfg.name, timing.ttl);
+    let local = Local::new(&cfg)?;
+    info!(
+        "keel {} starting: member {} of cluster {}, PostgreSQL {} in {}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.name,
+        cfg.scope,
+        local.bins.version,
+        cfg.postgresql.data_dir
+    );
+    let status = Arc::new(RwLock::new(NodeStatus {
+        scope: cfg.scope.clone(),
+        name: cfg.name.clone(),
+        state: MemberState::Starting,
+        tags: cfg.tags.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ttl: timing.ttl,
+        ..Default::default()
+    }));
+    let listener = tokio::net::TcpListener::bind(&cfg.restapi.listen)
+        .await
+        .with_context(|| format!("cannot listen on restapi.listen {}: is the port in use?", cfg.restapi.listen))?;
+    let auth = cfg.restapi.authentication.as_ref().and_then(|a| match (&a.username, &a.password) {
+        (Some(u), Some(p)) => Some(BasicAuth { username: u.clone(), password: p.clone() }),
+        _ => None,
+    });
+    let (handle, requests) = agent_channel(REPLY_TIMEOUT);
+    let failsafe = Arc::new(FailsafeState::new());
+    let api = AgentApi { status: status.clone(), store: api_store, handle, failsafe: failsafe.clone() };
+    let app = router(Arc::new(api), ApiOptions::with_auth(auth));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            error!("REST API stopped: {e}");
+        }
+    });
+    let mut agent = Agent::new(AgentParts { cfg, store, local, status, requests, failsafe, config_path });
+    agent.main_loop().await
+}
