@@ -163,6 +163,21 @@ impl KeelCluster {
     }
 }
 
+/// The `keel list` table of a local cluster's store view (for progress and failure messages).
+pub fn members_table(c: &LocalCluster) -> String {
+    match c.view() {
+        Ok(view) => keel::cli::list::render(&c.opts.scope, &view, keel::cli::output::Format::Pretty, false, false),
+        Err(e) => format!("(cannot read the store: {e})\n"),
+    }
+}
+
+impl KeelCluster {
+    /// The `keel list` table.
+    pub fn table(&self) -> String {
+        members_table(&self.cluster)
+    }
+}
+
 impl Deref for KeelCluster {
     type Target = LocalCluster;
     fn deref(&self) -> &LocalCluster {
@@ -181,7 +196,7 @@ impl Drop for KeelCluster {
         let keep = std::env::var_os("KEEL_TEST_KEEP").is_some();
         if std::thread::panicking() {
             eprintln!("=== cluster in {} failed; store view and log tails ===", self.dir().display());
-            eprint!("{}", self.cluster.table());
+            eprint!("{}", members_table(&self.cluster));
             eprint!("{}", self.cluster.log_tails(60));
         }
         // Resume a paused etcd so nothing hangs on it while stopping.

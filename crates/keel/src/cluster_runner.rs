@@ -21,8 +21,6 @@ use std::time::{Duration, Instant};
 use keel_core::view::ClusterView;
 use serde_json::Value;
 
-use crate::cli::list::MemberInfo;
-use crate::cli::output::Format;
 use crate::dcs::{ClusterStore, EtcdBackend, EtcdConfig};
 use crate::postgres::process::{current_euid, lookup_user};
 
@@ -777,27 +775,25 @@ impl LocalCluster {
         })
     }
 
-    /// The members as `keel list` shows them, from the store.
-    pub fn members(&self) -> Result<Vec<MemberInfo>, String> {
-        Ok(crate::cli::list::members(&self.view()?))
+    /// The members as `GET /cluster` (and `keel list`) shows them, from the store: Patroni's `cluster_as_json`.
+    pub fn members(&self) -> Result<Vec<serde_json::Value>, String> {
+        let cluster = crate::api::control::cluster_as_json(&self.view()?, &self.opts.scope);
+        Ok(cluster.get("members").and_then(serde_json::Value::as_array).cloned().unwrap_or_default())
     }
 
     /// Whether every node has a member key saying it runs (or streams) on the leader's timeline: what `keel list`
     /// (and a switchover's candidate check) sees once the agents have caught up with PostgreSQL.
     pub fn members_settled(&self) -> Result<bool, String> {
         let rows = self.members()?;
-        let leader_tl = rows.iter().find(|r| r.role == "leader").and_then(|r| r.timeline);
-        Ok(leader_tl.is_some()
+        let field = |r: &serde_json::Value, k: &str| r.get(k).cloned().unwrap_or_default();
+        let leader_tl = rows.iter().find(|r| field(r, "role") == "leader").map(|r| field(r, "timeline"));
+        let settled = |r: &serde_json::Value| {
+            let state = field(r, "state");
+            (state == "running" || state == "streaming") && Some(field(r, "timeline")) == leader_tl
+        };
+        Ok(leader_tl.as_ref().is_some_and(|t| !t.is_null())
             && rows.len() == self.nodes.len()
-            && rows.iter().all(|r| (r.state == "running" || r.state == "streaming") && r.timeline == leader_tl))
-    }
-
-    /// The `keel list` table.
-    pub fn table(&self) -> String {
-        match self.view() {
-            Ok(view) => crate::cli::list::render(&self.opts.scope, &view, Format::Pretty, false, false),
-            Err(e) => format!("(cannot read the store: {e})\n"),
-        }
+            && rows.iter().all(settled))
     }
 
     /// The last `lines` lines of each agent's log, for failure messages.

@@ -189,10 +189,10 @@ fn demo(cluster: &mut LocalCluster, args: &DemoArgs) -> Result<(), Halt> {
     let (leader, _) = wait(cluster, "the cluster", |c| Ok(c.wait_replicas_streaming(replicas, Duration::ZERO).ok()))?;
     // Let every member key catch up, so the table shows the cluster as it is.
     wait(cluster, "member keys", |c| {
-        Ok(c.members()?.iter().all(|m| m.state == "running" || m.state == "streaming").then_some(()))
+        Ok(c.members()?.iter().all(|m| m["state"] == "running" || m["state"] == "streaming").then_some(()))
     })?;
     println!("Cluster up in {:.1}s; leader {leader}.\n", started.elapsed().as_secs_f64());
-    print!("{}", cluster.table());
+    print!("{}", table(cluster));
     println!();
     for n in &cluster.nodes {
         println!("{}: REST {}/patroni   PostgreSQL 127.0.0.1:{}", n.name, n.api_url(), n.pg_port);
@@ -234,7 +234,7 @@ fn failover(cluster: &mut LocalCluster, old: &str) -> Result<(), Halt> {
     cluster.kill9(old);
     let mut shown = String::new();
     let new = wait(cluster, "a new primary", |c| {
-        let table = c.table();
+        let table = table(c);
         if table != shown {
             println!("[{:5.1}s]", t0.elapsed().as_secs_f64());
             print!("{table}");
@@ -247,14 +247,14 @@ fn failover(cluster: &mut LocalCluster, old: &str) -> Result<(), Halt> {
         }
     })?;
     println!("New primary {new} accepts writes {:.1}s after the kill.\n", t0.elapsed().as_secs_f64());
-    print!("{}", cluster.table());
+    print!("{}", table(cluster));
 
     println!("\n=== restarting {old}'s agent: it rejoins as a replica (pg_rewind when needed) ===");
     let t1 = Instant::now();
     cluster.start_agent(old)?;
     let mut shown = String::new();
     wait(cluster, &format!("{old} streaming from {new}"), |c| {
-        let table = c.table();
+        let table = table(c);
         if table != shown {
             println!("[{:5.1}s]", t1.elapsed().as_secs_f64());
             print!("{table}");
@@ -265,6 +265,14 @@ fn failover(cluster: &mut LocalCluster, old: &str) -> Result<(), Halt> {
     })?;
     println!("{old} streams from {new} again {:.1}s after its agent restarted.\n", t1.elapsed().as_secs_f64());
     settle(cluster);
-    print!("{}", cluster.table());
+    print!("{}", table(cluster));
     Ok(())
+}
+
+/// The `keel list` table of the demo cluster.
+fn table(c: &LocalCluster) -> String {
+    match c.view() {
+        Ok(view) => crate::cli::list::render(&c.opts.scope, &view, crate::cli::output::Format::Pretty, false, false),
+        Err(e) => format!("(cannot read the store: {e})\n"),
+    }
 }
