@@ -17,6 +17,11 @@ pub const DEFAULT_PRIMARY_START_TIMEOUT: u64 = 300;
 pub const MIN_TTL: u64 = 20;
 pub const MIN_LOOP_WAIT: u64 = 1;
 pub const MIN_RETRY_TIMEOUT: u64 = 3;
+/// The largest `ttl` Keel accepts (a day): a larger one is a typo, and durations built from it must not overflow
+/// a clock (a crash loop of every agent reading the same `config` key).
+pub const MAX_TTL: u64 = 86_400;
+/// The largest value of any other setting in seconds (a year).
+pub const MAX_SECONDS: u64 = 365 * 86_400;
 
 /// Which replication guarantee the leader maintains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -48,6 +53,16 @@ impl Timing {
     pub fn adjusted(ttl: u64, loop_wait: u64, retry_timeout: u64) -> (Timing, Vec<String>) {
         let mut warnings = Vec::new();
         let mut t = Timing { ttl, loop_wait, retry_timeout };
+        if t.ttl > MAX_TTL {
+            warnings.push(format!("ttl {} is above the maximum {MAX_TTL}; using {MAX_TTL}", t.ttl));
+            t.ttl = MAX_TTL;
+        }
+        for (name, v) in [("loop_wait", &mut t.loop_wait), ("retry_timeout", &mut t.retry_timeout)] {
+            if *v > t.ttl {
+                warnings.push(format!("{name} {v} is above ttl {}; using {}", t.ttl, t.ttl));
+                *v = t.ttl;
+            }
+        }
         if t.ttl < MIN_TTL {
             warnings.push(format!("ttl {} is below the minimum {MIN_TTL}; using {MIN_TTL}", t.ttl));
             t.ttl = MIN_TTL;
@@ -266,6 +281,10 @@ impl Reader<'_> {
         match obj.get(key) {
             None | Some(Value::Null) => default,
             Some(v) => match parse_seconds(v) {
+                Some(n) if n > MAX_SECONDS => {
+                    self.notes.push(format!("{key}: {n} seconds is above the maximum {MAX_SECONDS}; using it"));
+                    MAX_SECONDS
+                }
                 Some(n) => n,
                 None => {
                     self.notes
@@ -437,5 +456,30 @@ mod effective_tests {
         assert_eq!((c.timing.loop_wait, c.use_pg_rewind), (3, true));
         let c = DynamicConfig::effective(None, &Value::Null, &Map::new());
         assert_eq!((c.timing.loop_wait, c.use_pg_rewind), (DEFAULT_LOOP_WAIT, false));
+    }
+}
+
+#[cfg(test)]
+mod range_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn huge_timing_values_are_bounded_not_overflowed() {
+        let c = DynamicConfig::from_value(json!({"ttl": u64::MAX, "loop_wait": u64::MAX, "retry_timeout": u64::MAX}));
+        let t = c.timing;
+        assert!(t.ttl <= MAX_TTL && t.loop_wait + 2 * t.retry_timeout <= t.ttl, "{t:?}");
+        assert!(!c.notes.is_empty());
+        let c = DynamicConfig::from_value(json!({"loop_wait": "99999999999d"}));
+        assert!(c.timing.loop_wait + 2 * c.timing.retry_timeout <= c.timing.ttl, "{:?}", c.timing);
+        let c = DynamicConfig::from_value(json!({"primary_start_timeout": u64::MAX, "member_slots_ttl": "9999999d"}));
+        assert_eq!((c.primary_start_timeout, c.member_slots_ttl), (MAX_SECONDS, MAX_SECONDS));
+    }
+
+    #[test]
+    fn ordinary_values_are_kept() {
+        let c = DynamicConfig::from_value(json!({"ttl": 3600, "loop_wait": 60, "retry_timeout": 30}));
+        assert_eq!((c.timing.ttl, c.timing.loop_wait, c.timing.retry_timeout), (3600, 60, 30));
+        assert!(c.notes.is_empty(), "{:?}", c.notes);
     }
 }

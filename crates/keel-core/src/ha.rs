@@ -453,6 +453,9 @@ impl Ctx<'_> {
             return true;
         }
         match &self.input.view.sync {
+            // Garbage in the key never makes everybody synchronous: only a running primary (it holds every
+            // acknowledged commit) may take the key until the leader writes the key again.
+            Some(s) if s.value.unreadable => name == self.me && self.pg().is_running_primary(),
             Some(s) if s.value.leader.is_some() || !s.value.sync_standby.is_empty() => s.value.matches(name),
             _ => true,
         }

@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::dynconfig::{parse_bool, parse_seconds};
+use crate::dynconfig::{parse_bool, parse_seconds, MAX_SECONDS};
 
 /// Patroni's default for `pg_ctl_timeout`, in seconds.
 pub const DEFAULT_PG_CTL_TIMEOUT: u64 = 60;
@@ -55,7 +55,7 @@ impl PgSettings {
         let remove_data_directory_on_diverged_timelines = flag("remove_data_directory_on_diverged_timelines");
         let pg_ctl_timeout = match pick(local, dynamic, "pg_ctl_timeout") {
             None => DEFAULT_PG_CTL_TIMEOUT,
-            Some(v) => parse_seconds(v).unwrap_or_else(|| {
+            Some(v) => parse_seconds(v).map(|n| n.min(MAX_SECONDS)).unwrap_or_else(|| {
                 notes.push(format!("postgresql.pg_ctl_timeout: expected seconds, got {v}; using 60"));
                 DEFAULT_PG_CTL_TIMEOUT
             }),

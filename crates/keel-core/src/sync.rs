@@ -122,7 +122,8 @@ pub fn plan(
         None => (Vec::new(), None),
     };
     let contains = |list: &[String], n: &str| list.iter().any(|x| x.eq_ignore_ascii_case(n));
-    let key = |names: Vec<String>| SyncState { leader: Some(me.to_string()), sync_standby: names, quorum: None };
+    let key =
+        |names: Vec<String>| SyncState { leader: Some(me.to_string()), sync_standby: names, ..SyncState::default() };
     let key_is_ours = view.sync.as_ref().is_some_and(|v| v.value.leader.as_deref() == Some(me));
 
     // Strict mode with nobody to replace the listed standbys: keep what the key says, block commits otherwise.
@@ -172,7 +173,7 @@ mod tests {
             value: SyncState {
                 leader: Some(l.into()),
                 sync_standby: s.iter().map(|x| x.to_string()).collect(),
-                quorum: None,
+                ..SyncState::default()
             },
             version: 7,
         });

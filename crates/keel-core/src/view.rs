@@ -430,6 +430,9 @@ impl FailoverRequest {
 /// The `sync` key.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SyncState {
+    /// The value was not a JSON object: nobody's membership can be told (in synchronous mode nobody but a running
+    /// primary is eligible until the leader writes it again).
+    pub unreadable: bool,
     pub leader: Option<String>,
     pub sync_standby: Vec<String>,
     pub quorum: Option<u32>,
@@ -439,6 +442,7 @@ impl SyncState {
     pub fn parse(raw: &str, notes: &mut Vec<String>) -> SyncState {
         match serde_json::from_str::<Value>(raw) {
             Ok(Value::Object(m)) => SyncState {
+                unreadable: false,
                 leader: m.get("leader").and_then(Value::as_str).map(str::to_string),
                 sync_standby: m
                     .get("sync_standby")
@@ -448,8 +452,8 @@ impl SyncState {
                 quorum: m.get("quorum").and_then(parse_uint).and_then(|q| u32::try_from(q).ok()),
             },
             _ => {
-                notes.push("sync: value is not a JSON object; ignored".to_string());
-                SyncState::default()
+                notes.push("sync: value is not a JSON object; no member counts as synchronous".to_string());
+                SyncState { unreadable: true, ..SyncState::default() }
             }
         }
     }
@@ -519,6 +523,9 @@ pub struct ClusterView {
     /// The `initialize` key: `Some("")` while the winner has not yet written the system identifier.
     pub initialize: Option<String>,
     pub config: Option<Versioned<DynamicConfig>>,
+    /// The `config` key exists but is not a JSON object: `config` holds defaults, which must not replace a
+    /// configuration read before (see [`ClusterView::readable_config`]).
+    pub config_unreadable: bool,
     pub leader: Option<LeaderKey>,
     pub members: BTreeMap<String, Member>,
     pub status: Status,
@@ -543,9 +550,15 @@ impl ClusterView {
                 Some(ClusterKey::Initialize) => view.initialize = Some(e.value.trim().to_string()),
                 Some(ClusterKey::Config) => {
                     let raw = match serde_json::from_str::<Value>(&e.value) {
-                        Ok(v) => v,
+                        Ok(v @ Value::Object(_)) => v,
+                        Ok(other) => {
+                            notes.push(format!("config: not a JSON object ({other}); keeping the last readable one"));
+                            view.config_unreadable = true;
+                            Value::Object(Map::new())
+                        }
                         Err(err) => {
-                            notes.push(format!("config: invalid JSON ({err}); using defaults"));
+                            notes.push(format!("config: invalid JSON ({err}); keeping the last readable one"));
+                            view.config_unreadable = true;
                             Value::Object(Map::new())
                         }
                     };
@@ -592,6 +605,16 @@ impl ClusterView {
         }
         view.notes = notes;
         view
+    }
+
+    /// The stored configuration to run with: the `config` key when it is readable, else `last_good` (the one read
+    /// before). Garbage in the store never replaces a configuration with defaults, which could be less safe (e.g.
+    /// `synchronous_mode` off).
+    pub fn readable_config<'a>(&'a self, last_good: Option<&'a DynamicConfig>) -> Option<&'a DynamicConfig> {
+        if self.config_unreadable {
+            return last_good;
+        }
+        self.config.as_ref().map(|c| &c.value)
     }
 
     /// The effective dynamic configuration (defaults when the key is missing).
@@ -728,5 +751,20 @@ mod tests {
         let again = Status::parse(&s.to_json().to_string(), &mut notes);
         assert_eq!(s, again);
         assert!(notes.is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_config_key_keeps_the_last_readable_configuration() {
+        let entry = |v: &str| RawEntry { key: "config".into(), value: v.into(), mod_revision: 3, lease: 0 };
+        let good = ClusterView::from_entries(vec![entry(r#"{"synchronous_mode":true}"#)]);
+        assert!(!good.config_unreadable);
+        let last = good.readable_config(None).cloned();
+        assert_eq!(last.as_ref().map(|c| c.synchronous_mode), Some(crate::dynconfig::SynchronousMode::On));
+        for garbage in ["{not json", "[1,2]", "\"on\""] {
+            let bad = ClusterView::from_entries(vec![entry(garbage)]);
+            assert!(bad.config_unreadable, "{garbage}");
+            let kept = bad.readable_config(last.as_ref()).map(|c| c.synchronous_mode);
+            assert_eq!(kept, Some(crate::dynconfig::SynchronousMode::On), "{garbage} must not fall back to defaults");
+        }
     }
 }

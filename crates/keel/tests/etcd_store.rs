@@ -149,7 +149,12 @@ mod cases {
         assert!(view.failover.is_none(), "cleared with {{}}");
         assert!(view.failover_version.is_some());
         // sync
-        let sync = SyncState { leader: Some("a".into()), sync_standby: vec!["b".into()], quorum: Some(1) };
+        let sync = SyncState {
+            leader: Some("a".into()),
+            sync_standby: vec!["b".into()],
+            quorum: Some(1),
+            ..Default::default()
+        };
         assert!(a.set_sync(&sync, None).await.unwrap());
         let sv = a.load().await.unwrap().sync.unwrap();
         assert_eq!(sv.value, sync);

@@ -457,6 +457,14 @@ rows! {
         input("n3", &World::healthy().no_leader().with("config", r#"{"synchronous_mode":true}"#)
             .with("sync", r#"{"leader":"n1","sync_standby":"n2"}"#), replica_pg(1000)) => [],
         Reason::NotHealthiest(Ineligible::NotSynchronous);
+    race_sync_mode_unreadable_sync_key_admits_no_replica:
+        input("n2", &World::healthy().no_leader().with("config", r#"{"synchronous_mode":true}"#)
+            .with("sync", "garbage"), replica_pg(1000)) => [],
+        Reason::NotHealthiest(Ineligible::NotSynchronous);
+    race_sync_mode_unreadable_sync_key_lets_the_running_primary_take_its_key_back:
+        with_probes(input("n1", &World::healthy().no_leader().with("config", r#"{"synchronous_mode":true}"#)
+            .with("sync", "[1,2]"), primary_pg(1000)), vec![peer("n2", true, true, 1000), peer("n3", true, true, 1000)])
+        => [Action::AcquireLeader], Reason::AcquiredLockAsLeader;
     race_sync_mode_admits_sync_standby_and_ignores_async_peer_ahead:
         with_probes(input("n2", &World::healthy().no_leader().with("config", r#"{"synchronous_mode":true}"#)
             .with("sync", r#"{"leader":"n1","sync_standby":"n2"}"#), replica_pg(1000)),

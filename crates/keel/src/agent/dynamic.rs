@@ -62,7 +62,7 @@ impl<B: KvBackend> Agent<B> {
     /// The effective dynamic configuration (`keel_core::dynconfig::DynamicConfig::effective`: the store's, or
     /// `bootstrap.dcs` until the store has one, with the local `postgresql` settings laid over it).
     pub(super) fn dynamic_config(&self) -> keel_core::dynconfig::DynamicConfig {
-        let stored = self.view.config.as_ref().map(|c| &c.value);
+        let stored = self.view.readable_config(self.last_good_config.as_ref());
         keel_core::dynconfig::DynamicConfig::effective(stored, &self.bootstrap_dcs, &self.local_pg)
     }
 

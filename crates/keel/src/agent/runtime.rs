@@ -53,6 +53,8 @@ pub(crate) struct Agent<B: KvBackend> {
     pub(super) http: reqwest::Client,
     /// The last view read from the store.
     pub(super) view: ClusterView,
+    /// The last readable `config` key: garbage written over it never replaces it with defaults.
+    pub(super) last_good_config: Option<DynamicConfig>,
     pub(super) last_lease_ok: Option<Instant>,
     /// Runs the core's decisions; knows whether this node holds the leader key.
     pub(super) exec: Executor,
@@ -98,6 +100,7 @@ impl<B: KvBackend> Agent<B> {
             status: p.status,
             http: reqwest::Client::new(),
             view: ClusterView::default(),
+            last_good_config: None,
             last_lease_ok: None,
             exec: Executor::default(),
             last_obs: None,
@@ -256,6 +259,11 @@ impl<B: KvBackend> Agent<B> {
                 self.last_lease_ok = Some(Instant::now());
                 match self.store.load().await {
                     Ok(view) => {
+                        if view.config_unreadable {
+                            warn!("the store's config key is unreadable: running with the last readable configuration");
+                        } else {
+                            self.last_good_config = view.config.as_ref().map(|c| c.value.clone());
+                        }
                         self.view = view;
                         true
                     }
