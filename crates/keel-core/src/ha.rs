@@ -50,7 +50,10 @@
 
 mod reinit;
 mod schedule;
+mod shutdown;
 mod types;
+
+pub use shutdown::{after_stop, shutdown_start, ShutdownEnd, ShutdownStart};
 
 pub use reinit::{reinitialize, ReinitRefusal};
 

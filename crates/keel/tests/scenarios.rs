@@ -291,6 +291,16 @@ fn pause_prevents_automatic_failover() {
     })
     .unwrap();
 
+    // Stopping an agent in maintenance mode leaves PostgreSQL running and the leader key in place, as Patroni.
+    assert!(c.stop_agent(&leader, Duration::from_secs(90)), "the leader's agent did not stop on SIGTERM");
+    assert!(c.writable(&leader), "PostgreSQL stopped with its agent while paused\n{}", c.table());
+    assert_eq!(c.leader().as_deref(), Some(leader.as_str()), "the leader key was released while paused");
+    c.start_agent(&leader).unwrap();
+    c.wait("the restarted agent answers", Duration::from_secs(60), || {
+        Ok(c.http_get(&leader, "/patroni").ok().filter(|(_, v)| v.get("pause") == Some(&json!(true))).map(|_| ()))
+    })
+    .unwrap();
+
     c.kill9(&leader);
     // Watch for longer than the leader key lives (ttl) plus a few loops: nobody may be promoted.
     let watch = Duration::from_secs(c.opts.ttl + 4 * c.opts.loop_wait + 5);

@@ -574,6 +574,11 @@ impl Local {
         self.stop_pg(StopMode::Fast, primary).await
     }
 
+    /// Stops PostgreSQL immediately (after a fast stop failed, at shutdown).
+    pub async fn stop_immediately(&mut self) -> Result<()> {
+        self.stop_pg(StopMode::Immediate, false).await
+    }
+
     /// Creates the physical slots replicas stream through (`use_slots`), reserving WAL immediately. Slots are
     /// only added here; the full slot life cycle (drop, advance, logical slots) is the slots module's job.
     pub async fn ensure_physical_slots(&mut self, names: &[String]) -> Result<()> {
