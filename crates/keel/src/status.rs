@@ -31,6 +31,9 @@ pub struct NodeStatus {
     pub role: Option<Role>,
     /// This node holds the leader key.
     pub is_leader: bool,
+    /// Unix milliseconds when the leader key, as last refreshed (or confirmed in failsafe mode), expires: after
+    /// that the key may be someone else's, and the write health checks answer 503 (Patroni's `is_leader()`).
+    pub leader_expiry_ms: Option<u64>,
     pub server_version: Option<u32>,
     pub postmaster_start_time: Option<SystemTime>,
     pub timeline: Option<u32>,

@@ -72,6 +72,11 @@ impl<B: KvBackend> Agent<B> {
         let running = self.local.ctl.is_running();
         let mut st = self.status.read().ok()?.clone();
         st.is_leader = self.exec.holds_leader;
+        let ttl_ms = cfg.timing.ttl.saturating_mul(1000);
+        // In failsafe mode a confirmed primary counts as refreshed this cycle (Patroni's `update_failsafe`).
+        let refreshed =
+            if self.failsafe_active && self.exec.holds_leader { Some(now) } else { self.exec.last_leader_refresh };
+        st.leader_expiry_ms = refreshed.filter(|_| self.exec.holds_leader).map(|t| t.0.saturating_add(ttl_ms));
         st.cluster_unlocked = self.view.leader.is_none();
         st.failsafe_mode_is_active = self.failsafe_active;
         st.pause = cfg.pause;

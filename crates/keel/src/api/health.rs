@@ -67,12 +67,15 @@ pub fn parse_lag(s: &str) -> Option<u64> {
 /// Whether `check` answers 200 for this node. `query` holds the request's query parameters; `now_ms` is the
 /// current Unix time in milliseconds (for `/liveness`).
 pub fn passes(check: Check, st: &NodeStatus, query: &BTreeMap<String, String>, now_ms: u64) -> bool {
-    let is_primary = st.is_leader && st.role == Some(Role::Primary);
+    // The key counts only until it expires: an HA loop that stopped refreshing it (wedged, cut off from the store)
+    // may have lost it to another node, so load balancers must stop sending writes here.
+    let is_leader = st.is_leader && st.leader_expiry_ms.is_some_and(|expiry| now_ms < expiry);
+    let is_primary = is_leader && st.role == Some(Role::Primary);
     match check {
         Check::Primary => is_primary,
         // Keel manages no standby clusters yet, so no node is ever a standby leader.
         Check::StandbyLeader => false,
-        Check::Leader => st.is_leader,
+        Check::Leader => is_leader,
         Check::Replica => replica_ok(st, query),
         Check::ReadOnly => is_primary || replica_ok(st, query),
         Check::Sync => replica_ok(st, query) && st.is_sync_standby(),
@@ -86,7 +89,7 @@ pub fn passes(check: Check, st: &NodeStatus, query: &BTreeMap<String, String>, n
             st.pause || st.last_cycle_ms.is_some_and(|t| now_ms.saturating_sub(t) <= limit_ms)
         }
         Check::Readiness => {
-            if st.is_leader {
+            if is_leader {
                 return true;
             }
             let max_lag = match query.get("lag") {
@@ -144,6 +147,7 @@ mod tests {
             state: keel_core::member_state::MemberState::Running,
             role: Some(Role::Primary),
             is_leader: true,
+            leader_expiry_ms: Some(1_000_000),
             ttl: 30,
             maximum_lag_on_failover: 1 << 20,
             ..Default::default()
@@ -242,6 +246,17 @@ mod tests {
         assert!(!passes(Check::Liveness, &p, &q(&[]), 31_001));
         p.pause = true;
         assert!(passes(Check::Liveness, &p, &q(&[]), 31_001));
+    }
+
+    #[test]
+    fn a_leader_key_older_than_ttl_no_longer_counts() {
+        let p = primary();
+        for check in [Check::Primary, Check::Leader, Check::ReadOnly] {
+            assert!(passes(check, &p, &q(&[]), 999_999), "{check:?} before expiry");
+            assert!(!passes(check, &p, &q(&[]), 1_000_000), "{check:?} at expiry");
+        }
+        let unknown = NodeStatus { leader_expiry_ms: None, ..primary() };
+        assert!(!passes(Check::Primary, &unknown, &q(&[]), 0), "no known refresh: not a leader");
     }
 
     #[test]

@@ -589,6 +589,7 @@ mod tests {
             state: keel_core::member_state::MemberState::Running,
             role: Some(Role::Primary),
             is_leader: true,
+            leader_expiry_ms: Some(u64::MAX),
             ..Default::default()
         })
         .await;
