@@ -127,6 +127,19 @@ async fn lifecycle(major: u32, bin_dir: &Path) {
     .await;
     assert_eq!(pending, ["shared_buffers"]);
 
+    // A server that stops answering (its backend frozen) never holds the caller: every call has a client-side
+    // deadline (statement_timeout plus a margin), even though the server never sends its timeout.
+    let frozen = observe::connect(&superuser(port1), Duration::from_secs(1)).await.expect("connect");
+    let rows = frozen.query("SELECT pg_backend_pid()", &[]).await.expect("backend pid");
+    let backend: i32 = rows[0].get(0);
+    unsafe { libc::kill(backend, libc::SIGSTOP) };
+    let started = Instant::now();
+    let err = frozen.observe().await.expect_err("a frozen backend answers nothing");
+    unsafe { libc::kill(backend, libc::SIGCONT) };
+    assert!(matches!(err, observe::PgError::Timeout { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20), "gave up after {:?}", started.elapsed());
+    drop(frozen);
+
     // A replica from a base backup, streaming through the slot.
     let replica = PgCtl::new(bins.clone(), run_as.clone(), root.join("replica"));
     guard.watch(&replica);

@@ -21,6 +21,11 @@ pub enum PgError {
     Query { what: String, source: tokio_postgres::Error },
     #[error("{what}: unexpected value {value:?} from PostgreSQL")]
     BadValue { what: &'static str, value: String },
+    #[error(
+        "{what}: PostgreSQL did not answer within {}s (frozen, overloaded or cut off); the call was abandoned",
+        .timeout.as_secs()
+    )]
+    Timeout { what: String, timeout: Duration },
 }
 
 impl PgError {
@@ -172,7 +177,15 @@ SELECT pg_is_in_recovery(),
 pub struct Session {
     client: Client,
     connection: tokio::task::JoinHandle<()>,
+    /// The client-side deadline of every call: `statement_timeout` plus a margin, so a server that stopped
+    /// answering (SIGSTOP, a stalled disk, a partition) never holds the caller.
+    deadline: Duration,
 }
+
+/// How much longer than `statement_timeout` the client waits for an answer.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(5);
+/// The client-side deadline when the session has no `statement_timeout`.
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
 
 impl Drop for Session {
     fn drop(&mut self) {
@@ -210,7 +223,8 @@ pub async fn connect(params: &ConnParams, statement_timeout: Duration) -> Result
             tracing::debug!("PostgreSQL connection closed: {e}");
         }
     });
-    Ok(Session { client, connection })
+    let deadline = if statement_timeout.is_zero() { DEFAULT_DEADLINE } else { statement_timeout + DEADLINE_MARGIN };
+    Ok(Session { client, connection, deadline })
 }
 
 fn lsn_col(row: &Row, idx: usize, what: &'static str) -> Result<Option<Lsn>, PgError> {
@@ -234,9 +248,21 @@ fn tli(value: Option<i32>) -> Option<u32> {
 }
 
 impl Session {
-    /// The underlying client, for anything this module does not wrap.
+    /// The underlying client, for anything this module does not wrap (run it through [`Session::within`]).
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Runs `call` with this session's client-side deadline.
+    pub async fn within<T>(
+        &self,
+        what: impl Into<String>,
+        call: impl std::future::Future<Output = Result<T, PgError>>,
+    ) -> Result<T, PgError> {
+        match tokio::time::timeout(self.deadline, call).await {
+            Ok(result) => result,
+            Err(_) => Err(PgError::Timeout { what: what.into(), timeout: self.deadline }),
+        }
     }
 
     /// The connection is gone (server stopped or network failure): connect again.
@@ -246,7 +272,11 @@ impl Session {
 
     /// Reads one [`Observation`] in one round trip.
     pub async fn observe(&self) -> Result<Observation, PgError> {
-        let row = self.client.query_one(OBSERVE_SQL, &[]).await.map_err(query_err("observing PostgreSQL"))?;
+        let row = self
+            .within("observing PostgreSQL", async {
+                self.client.query_one(OBSERVE_SQL, &[]).await.map_err(query_err("observing PostgreSQL"))
+            })
+            .await?;
         let get_err = query_err("observing PostgreSQL");
         let in_recovery: bool = row.try_get(0).map_err(get_err)?;
         let replay_paused: Option<bool> = row.try_get(5).map_err(query_err("pg_is_wal_replay_paused"))?;
@@ -297,12 +327,15 @@ impl Session {
 
     /// `CHECKPOINT` (after a promotion, so rewinds of the old primary see the new timeline).
     pub async fn checkpoint(&self) -> Result<(), PgError> {
-        self.client.batch_execute("CHECKPOINT").await.map_err(query_err("CHECKPOINT"))
+        self.within("CHECKPOINT", async {
+            self.client.batch_execute("CHECKPOINT").await.map_err(query_err("CHECKPOINT"))
+        })
+        .await
     }
 
     /// Runs SQL text (one or more statements, no parameters) and returns the affected-row count of the last one.
     pub async fn execute_script(&self, sql: &str) -> Result<u64, PgError> {
-        let messages = self.client.simple_query(sql).await.map_err(query_err(sql))?;
+        let messages = self.within(sql, async { self.client.simple_query(sql).await.map_err(query_err(sql)) }).await?;
         Ok(messages
             .iter()
             .filter_map(|m| match m {
@@ -315,16 +348,17 @@ impl Session {
 
     /// Runs one parameterised query and returns its rows.
     pub async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, PgError> {
-        self.client.query(sql, params).await.map_err(query_err(sql))
+        self.within(sql, async { self.client.query(sql, params).await.map_err(query_err(sql)) }).await
     }
 
     /// Every `pg_settings` row (name, setting, unit, context, pending_restart).
     pub async fn settings(&self) -> Result<Vec<Setting>, PgError> {
+        let sql = "SELECT name, setting, unit, context, pending_restart FROM pg_catalog.pg_settings";
         let rows = self
-            .client
-            .query("SELECT name, setting, unit, context, pending_restart FROM pg_catalog.pg_settings", &[])
-            .await
-            .map_err(query_err("reading pg_settings"))?;
+            .within("reading pg_settings", async {
+                self.client.query(sql, &[]).await.map_err(query_err("reading pg_settings"))
+            })
+            .await?;
         rows.iter()
             .map(|row| {
                 let context: String = row.try_get(3).map_err(query_err("pg_settings.context"))?;

@@ -91,7 +91,7 @@ pub async fn ensure_role(session: &Session, spec: &RoleSpec) -> Result<bool, PgE
 /// [`ensure_role`] for each spec, in order.
 pub async fn ensure_roles(session: &Session, specs: &[RoleSpec]) -> Result<(), PgError> {
     for spec in specs {
-        if ensure_role(session, spec).await? {
+        if session.within(format!("ensuring role {:?}", spec.name), ensure_role(session, spec)).await? {
             tracing::info!(role = %spec.name, kind = ?spec.kind, "created role");
         }
     }
