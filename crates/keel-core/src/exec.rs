@@ -59,6 +59,9 @@ pub trait Host {
     async fn bootstrap(&mut self) -> Result<(), Self::Error>;
     async fn create_replica(&mut self, source: &Member, leader: Option<&Member>) -> Result<(), Self::Error>;
     async fn start_replica(&mut self, upstream: Option<&Member>) -> Result<(), Self::Error>;
+    /// Puts `synchronous_standby_names` in effect (reloaded) while still a replica, so that the promoted server
+    /// holds every commit until a synchronous standby has it (`synchronous_mode_strict`).
+    async fn hold_commits_for_sync(&mut self, names: &str) -> Result<(), Self::Error>;
     /// Promotes PostgreSQL; returns where the old timeline ended, as far as it could be read.
     async fn promote(&mut self, cause: PromoteCause) -> Result<Promotion, Self::Error>;
     async fn demote(&mut self, mode: DemoteMode) -> Result<(), Self::Error>;
@@ -199,6 +202,9 @@ impl Executor {
                 Ok(Outcome::Done)
             }
             Action::Promote { cause } => {
+                if let Some(names) = crate::sync::names_before_promotion(input.config) {
+                    host.hold_commits_for_sync(names).await.map_err(failed)?;
+                }
                 let promotion = host.promote(*cause).await.map_err(failed)?;
                 self.record_promotion(host, input, &promotion).await;
                 Ok(Outcome::Done)

@@ -79,6 +79,10 @@ impl Host for Fake {
         self.calls.push(format!("start {:?}", up.map(|m| m.name.clone())));
         Ok(())
     }
+    async fn hold_commits_for_sync(&mut self, names: &str) -> Result<(), String> {
+        self.calls.push(format!("synchronous_standby_names {names}"));
+        Ok(())
+    }
     async fn promote(&mut self, _: PromoteCause) -> Result<Promotion, String> {
         self.calls.push("promote".into());
         Ok(self.promotion)
@@ -206,6 +210,20 @@ fn a_won_race_records_the_key_and_the_promotion() {
     assert_eq!(ex.last_leader_refresh, Some(Millis(42)));
     let h = host.history.expect("history written");
     assert_eq!((h[0].timeline, h[0].lsn, h[0].new_leader.as_deref()), (2, Lsn(99), Some("n2")));
+}
+
+#[test]
+fn strict_synchronous_mode_holds_commits_before_the_promotion() {
+    let d = decision(vec![Action::Promote { cause: PromoteCause::WonRace }], vec![], vec![]);
+    let strict =
+        DynamicConfig::from_value(serde_json::json!({"synchronous_mode": true, "synchronous_mode_strict": true}));
+    let on = DynamicConfig::from_value(serde_json::json!({"synchronous_mode": true}));
+    for (config, want) in [(strict, vec!["synchronous_standby_names *", "promote"]), (on, vec!["promote"])] {
+        let (mut ex, mut host, mut i) = (Executor::default(), Fake::default(), input());
+        i.config = config;
+        let _ = run(ex.execute(&mut host, (&i).into(), &d));
+        assert_eq!(host.calls, want);
+    }
 }
 
 #[test]

@@ -45,6 +45,13 @@ fn quote(name: &str) -> String {
 }
 
 /// The `synchronous_standby_names` value for these standbys.
+/// `synchronous_standby_names` to put in place *before* promoting (Patroni's `_enforce_primary_role`): with
+/// `synchronous_mode_strict` the new primary must not acknowledge a single commit before a synchronous standby
+/// has it, so it starts with `*` (any standby) until the leader's plan names one. `None`: nothing to do.
+pub fn names_before_promotion(config: &DynamicConfig) -> Option<&'static str> {
+    (config.synchronous_mode == SynchronousMode::On && config.synchronous_mode_strict).then_some(STRICT_PLACEHOLDER)
+}
+
 pub fn standby_names(names: &[String], count: usize, strict: bool) -> String {
     if names.is_empty() {
         return if strict { STRICT_PLACEHOLDER.to_string() } else { String::new() };

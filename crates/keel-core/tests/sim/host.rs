@@ -146,6 +146,10 @@ impl Host for SimHost<'_> {
         Ok(())
     }
 
+    async fn hold_commits_for_sync(&mut self, _names: &str) -> R<()> {
+        Ok(())
+    }
+
     async fn promote(&mut self, _cause: PromoteCause) -> R<Promotion> {
         let pg = self.pg();
         if !pg.running || pg.primary {

@@ -111,6 +111,11 @@ impl<B: KvBackend> Host for AgentHost<'_, B> {
         self.local.start_replica(upstream).await
     }
 
+    async fn hold_commits_for_sync(&mut self, names: &str) -> Result<()> {
+        info!("synchronous_mode_strict: setting synchronous_standby_names to '{names}' before promoting");
+        self.local.set_synchronous_standby_names_now(names).await
+    }
+
     async fn promote(&mut self, cause: PromoteCause) -> Result<Promotion> {
         info!("promoting PostgreSQL ({cause:?})");
         self.failsafe.reset();

@@ -357,6 +357,15 @@ impl Local {
         Ok(())
     }
 
+    /// Sets `synchronous_standby_names` and reloads now (the configuration keeps the current recovery settings).
+    pub async fn set_synchronous_standby_names_now(&mut self, names: &str) -> Result<()> {
+        self.synchronous_standby_names = Some(names.to_string());
+        let recovery = self.written.as_ref().and_then(|w| w.recovery.clone());
+        self.write_conf(recovery)?;
+        self.ctl.reload(QUERY_TIMEOUT).await?;
+        Ok(())
+    }
+
     async fn start(&mut self) -> Result<()> {
         self.session = None;
         self.ctl.start(true, self.pg_ctl_timeout()).await?;
