@@ -7,6 +7,7 @@
 pub mod divergence;
 pub mod dynconfig;
 pub mod exec;
+pub mod fence;
 pub mod ha;
 pub mod lsn;
 pub mod member_state;

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod cluster_runner;
 pub mod config;
 pub mod dcs;
+pub mod fence;
 pub mod node;
 pub mod postgres;
 pub mod slots;

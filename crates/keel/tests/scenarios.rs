@@ -539,3 +539,38 @@ fn old_primary_is_cloned_again_when_pg_rewind_cannot_rewind_it() {
     })
     .unwrap();
 }
+
+/// The leader's agent is frozen (SIGSTOP, its PostgreSQL untouched) for longer than `ttl`: its fence kills
+/// PostgreSQL before the leader key can expire, so when a replica is promoted the old primary no longer accepts
+/// writes. Without the fence the frozen agent's primary stays writable beside the new one.
+#[test]
+fn a_frozen_leader_agent_is_fenced_before_a_replica_is_promoted() {
+    let _serial = serial();
+    let (mut c, leader) = up(options());
+    let agent = c.agent_pid(&leader).expect("the leader's agent runs");
+    let postmaster = c.postmaster_pid(&leader).expect("the leader's postmaster runs");
+    send_signal(agent, libc::SIGSTOP).expect("SIGSTOP the agent");
+    let start = Instant::now();
+    let mut fenced_at = None;
+    let new_leader = loop {
+        if fenced_at.is_none() && !cluster_runner::process_alive(postmaster) {
+            fenced_at = Some(start.elapsed());
+        }
+        if let Some(l) = c.leader().filter(|l| *l != leader) {
+            let promoted_at = start.elapsed();
+            let old_writable = c.writable(&leader);
+            let _ = send_signal(agent, libc::SIGCONT);
+            assert!(!old_writable, "{leader} still accepts writes after {l} took the key\n{}", c.table());
+            let fenced = fenced_at.unwrap_or_else(|| panic!("{leader}'s postmaster was not killed before {l} led"));
+            eprintln!("fenced after {fenced:?}, new leader {l} after {promoted_at:?}");
+            break l;
+        }
+        if start.elapsed() > FAILOVER {
+            let _ = send_signal(agent, libc::SIGCONT);
+            panic!("no new leader within {FAILOVER:?}\n{}", c.table());
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    wait_streaming_from(&c, &new_leader, &leader, FAILOVER);
+    assert_single_primary(&c, &new_leader);
+}

@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 use anyhow::{Error, Result};
 use keel_core::divergence::{DivergenceFacts, WipeReason};
 use keel_core::exec::{Event, Host, RewindResult};
+use keel_core::fence::{self, FenceInput, DEFAULT_SAFETY_MARGIN};
 use keel_core::ha::{DemoteMode, PromoteCause};
 use keel_core::lsn::Lsn;
 use keel_core::member_state::MemberState;
@@ -19,6 +20,7 @@ use super::local::Local;
 use super::publish::write_status;
 use super::slots::SlotManager;
 use crate::dcs::{ClusterStore, KvBackend};
+use crate::fence::Fence;
 use crate::status::NodeStatus;
 
 /// The parts of the agent an executed action touches, borrowed for one execution.
@@ -33,6 +35,10 @@ pub(super) struct AgentHost<'a, B: KvBackend> {
     pub bootstrap_dcs: &'a serde_json::Value,
     /// The `status` this node last published as leader.
     pub last_status: &'a mut Option<Status>,
+    /// Armed as soon as the leader key is acquired or refreshed, before anything else can block.
+    pub fence: &'a mut Fence,
+    pub ttl_secs: u64,
+    pub paused: bool,
 }
 
 impl<B: KvBackend> AgentHost<'_, B> {
@@ -40,6 +46,19 @@ impl<B: KvBackend> AgentHost<'_, B> {
         if let Ok(mut st) = self.status.write() {
             f(&mut st);
         }
+    }
+
+    /// The key was just acquired or refreshed: push the fence's deadline out.
+    fn arm_fence(&mut self) {
+        let input = FenceInput {
+            holds_leader: true,
+            may_write: true,
+            paused: self.paused,
+            refreshed: Some(self.now),
+            ttl_secs: self.ttl_secs,
+            safety_margin_secs: DEFAULT_SAFETY_MARGIN,
+        };
+        self.fence.set(fence::arming(&input));
     }
 }
 
@@ -77,11 +96,19 @@ impl<B: KvBackend> Host for AgentHost<'_, B> {
     }
 
     async fn acquire_leader(&mut self) -> Result<bool> {
-        Ok(self.store.acquire_leader().await?)
+        let won = self.store.acquire_leader().await?;
+        if won {
+            self.arm_fence();
+        }
+        Ok(won)
     }
 
     async fn update_leader(&mut self) -> Result<bool> {
-        Ok(self.store.update_leader().await?)
+        let kept = self.store.update_leader().await?;
+        if kept {
+            self.arm_fence();
+        }
+        Ok(kept)
     }
 
     async fn release_leader(&mut self, last_lsn: Option<Lsn>) -> Result<()> {

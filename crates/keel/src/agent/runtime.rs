@@ -4,13 +4,14 @@
 //! agent's host, then runs the per-cycle duties (synchronous mode, slots, parameters) and publishes.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use keel_core::dynconfig::DynamicConfig;
 use keel_core::exec::{Context, ExecError, Executor};
+use keel_core::fence::{FenceInput, DEFAULT_SAFETY_MARGIN};
 use keel_core::ha::{self, Action, AgentState, Decision, HaInput};
 use keel_core::lsn::Lsn;
 use keel_core::time::Millis;
@@ -28,6 +29,7 @@ use super::slots::{SlotCycle, SlotManager};
 use crate::clock::unix_ms;
 use crate::config::Config;
 use crate::dcs::{ClusterStore, KvBackend};
+use crate::fence::Fence;
 use crate::postgres::observe::Observation;
 use crate::status::NodeStatus;
 
@@ -72,6 +74,8 @@ pub(crate) struct Agent<B: KvBackend> {
     pub(super) scheduled_restart: Option<(Millis, RestartRequest)>,
     /// The next clone takes its base backup from the leader (`POST /reinitialize` with `from_leader`).
     pub(super) clone_from_leader: bool,
+    /// Kills PostgreSQL if the leader key is not refreshed in time (see `keel_core::fence`).
+    pub(super) fence: Fence,
     pub(super) config_path: PathBuf,
 }
 
@@ -94,6 +98,7 @@ impl<B: KvBackend> Agent<B> {
             conn_url: p.cfg.postgres_url(),
             api_url: p.cfg.restapi_url(),
             bootstrap_dcs: p.cfg.bootstrap_dcs().clone(),
+            fence: Fence::new(Path::new(&p.cfg.postgresql.data_dir)),
             cfg: p.cfg,
             store: p.store,
             local: p.local,
@@ -298,7 +303,11 @@ impl<B: KvBackend> Agent<B> {
         context: Context<'_>,
         now: Millis,
     ) -> (&'d Decision, Result<()>) {
+        let config = self.dynamic_config();
         let mut host = AgentHost {
+            fence: &mut self.fence,
+            ttl_secs: config.timing.ttl,
+            paused: config.pause,
             now,
             store: &self.store,
             local: &mut self.local,
@@ -329,6 +338,7 @@ impl<B: KvBackend> Agent<B> {
             self.last_obs = self.local.observe(now).await.1;
         }
         let is_primary = self.last_obs.as_ref().is_some_and(|o| !o.in_recovery);
+        self.update_fence(input, is_primary, now);
         self.manage_sync(is_primary).await;
         let optime = self.exec.pending_optime.take();
         let cycle = SlotCycle {
@@ -367,6 +377,22 @@ impl<B: KvBackend> Agent<B> {
                 warn!("cannot create member replication slots: {e:#}");
             }
         }
+    }
+
+    /// Arms the fence while this node is a writable leader (with the last refresh, or now when failsafe mode
+    /// confirmed it), disarms it otherwise.
+    fn update_fence(&mut self, input: &HaInput, is_primary: bool, now: Millis) {
+        let unobserved_but_running = self.last_obs.is_none() && self.local.ctl.is_running();
+        let failsafe_confirmed = self.failsafe_active && self.exec.holds_leader;
+        let fence_input = FenceInput {
+            holds_leader: self.exec.holds_leader,
+            may_write: is_primary || unobserved_but_running,
+            paused: input.config.pause,
+            refreshed: if failsafe_confirmed { Some(now) } else { self.exec.last_leader_refresh },
+            ttl_secs: input.config.timing.ttl,
+            safety_margin_secs: DEFAULT_SAFETY_MARGIN,
+        };
+        self.fence.set(keel_core::fence::arming(&fence_input));
     }
 
     /// Failsafe mode: with the store down, a primary that was the leader asks every member listed in the

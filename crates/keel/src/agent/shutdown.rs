@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::Result;
+use keel_core::fence::Arming;
 use keel_core::ha::{after_stop, shutdown_start, ShutdownEnd, ShutdownStart};
 use keel_core::time::Millis;
 use tracing::{error, info, warn};
@@ -25,13 +26,18 @@ impl<B: KvBackend> Agent<B> {
             ShutdownStart::StopPostgres => Some(self.stop_postgres().await),
         };
         match after_stop(paused, self.exec.holds_leader, still_running) {
-            ShutdownEnd::KeepAll => {}
+            ShutdownEnd::KeepAll => self.fence.set(Arming::Disarmed),
+            // The fence stays armed: if PostgreSQL is still writable when the key may expire, it is killed.
             ShutdownEnd::KeepLeaderKey => error!(
                 "PostgreSQL may still be running as the primary: not releasing the leader key (it expires with \
                  this node's lease, ttl seconds from the last refresh); stop PostgreSQL by hand"
             ),
-            ShutdownEnd::LeaveStore => self.revoke_lease().await,
+            ShutdownEnd::LeaveStore => {
+                self.fence.set(Arming::Disarmed);
+                self.revoke_lease().await;
+            }
             ShutdownEnd::ReleaseLeader => {
+                self.fence.set(Arming::Disarmed);
                 self.release_leader_key().await;
                 self.revoke_lease().await;
             }

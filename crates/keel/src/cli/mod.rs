@@ -67,8 +67,19 @@ pub enum Command {
     Validate(ConfigArg),
     /// Start a local demonstration cluster: etcd and three nodes on loopback, until Ctrl-C.
     Demo(demo::DemoArgs),
+    /// The fence `keel run` starts beside itself (internal): kills PostgreSQL in DATA_DIR when an armed deadline
+    /// passes.
+    #[command(hide = true)]
+    Fence(FenceArgs),
     #[command(flatten)]
     Ctl(CtlCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct FenceArgs {
+    /// The data directory whose postmaster the fence guards.
+    #[arg(long)]
+    pub data_dir: PathBuf,
 }
 
 /// A positional configuration file.
@@ -162,6 +173,10 @@ pub fn dispatch(cli: &Cli) -> u8 {
         Command::Validate(a) => validate(&a.config),
         Command::Run(a) => run_agent(&a.config),
         Command::Demo(a) => demo::run(a),
+        Command::Fence(a) => {
+            crate::fence::process::run(&a.data_dir);
+            0
+        }
         Command::Ctl(c) => ctl(cli, c),
     }
 }

@@ -10,6 +10,7 @@ pub mod conf;
 pub mod ctl;
 pub mod datadir;
 pub mod observe;
+pub mod postmaster;
 pub mod process;
 pub mod roles;
 pub mod slots;
