@@ -141,6 +141,7 @@ fn input() -> HaInput {
             failsafe_confirmed: false,
             failsafe_leader: None,
             clone_from_leader: false,
+            watchdog_unavailable: false,
         },
         probes: None,
         local_slots: None,

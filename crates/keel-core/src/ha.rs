@@ -598,6 +598,9 @@ impl Ctx<'_> {
         if self.input.tags.no_failover() {
             return Err(Ineligible::NoFailoverTag);
         }
+        if self.input.agent.watchdog_unavailable {
+            return Err(Ineligible::WatchdogUnavailable);
+        }
         if !self.input.agent.lease_valid {
             return Err(Ineligible::NoLease);
         }

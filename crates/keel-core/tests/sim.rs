@@ -532,6 +532,7 @@ impl Sim {
                 failsafe_confirmed: false,
                 failsafe_leader: None,
                 clone_from_leader: false,
+                watchdog_unavailable: false,
             },
             probes: None,
             local_slots: None,

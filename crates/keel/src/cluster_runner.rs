@@ -167,6 +167,11 @@ impl NodeSpec {
     }
 
     /// PostgreSQL's server log (`pg_ctl -l`), beside the data directory.
+    /// The regular file the node's agent uses as its watchdog device.
+    pub fn watchdog_path(&self) -> PathBuf {
+        self.dir.join("watchdog")
+    }
+
     pub fn pg_log_path(&self) -> PathBuf {
         self.dir.join("data.log")
     }
@@ -249,6 +254,11 @@ postgresql:
     shared_buffers: 16MB
     wal_keep_size: 128MB
     max_connections: 30
+
+# A regular file stands in for /dev/watchdog: the leader's agent writes to it as to a device.
+watchdog:
+  mode: automatic
+  device: {dir}/watchdog
 "#
     )
 }
@@ -604,8 +614,10 @@ impl LocalCluster {
             };
             fs::write(&node.config_path, render_config(&opts, &node, etcd_hosts))
                 .map_err(|e| format!("{}: {e}", node.config_path.display()))?;
+            fs::write(node.watchdog_path(), "").map_err(|e| format!("{}: {e}", node.watchdog_path().display()))?;
             if let Some((uid, gid)) = owner {
                 let _ = std::os::unix::fs::chown(&node.config_path, Some(uid), Some(gid));
+                let _ = std::os::unix::fs::chown(node.watchdog_path(), Some(uid), Some(gid));
             }
             nodes.push(node);
         }

@@ -549,7 +549,19 @@ fn a_frozen_leader_agent_is_fenced_before_a_replica_is_promoted() {
     let (mut c, leader) = up(options());
     let agent = c.agent_pid(&leader).expect("the leader's agent runs");
     let postmaster = c.postmaster_pid(&leader).expect("the leader's postmaster runs");
+    // The leader feeds its (stand-in) watchdog device every cycle; the replicas never open theirs.
+    let device = c.node(&leader).watchdog_path();
+    let fed = || std::fs::read_to_string(&device).map(|s| s.len()).unwrap_or(0);
+    let before = fed();
+    c.wait("the leader feeds its watchdog", Duration::from_secs(30), || Ok((fed() > before).then_some(())))
+        .unwrap_or_else(|e| panic!("{e}"));
+    for n in c.names().into_iter().filter(|n| *n != leader) {
+        let other = std::fs::read_to_string(c.node(&n).watchdog_path()).unwrap_or_default();
+        assert!(other.is_empty(), "replica {n} wrote to its watchdog: {other:?}");
+    }
     send_signal(agent, libc::SIGSTOP).expect("SIGSTOP the agent");
+    thread::sleep(Duration::from_millis(200));
+    let frozen_feeds = fed();
     let start = Instant::now();
     let mut fenced_at = None;
     let new_leader = loop {
@@ -559,8 +571,10 @@ fn a_frozen_leader_agent_is_fenced_before_a_replica_is_promoted() {
         if let Some(l) = c.leader().filter(|l| *l != leader) {
             let promoted_at = start.elapsed();
             let old_writable = c.writable(&leader);
+            let feeds_after = fed();
             let _ = send_signal(agent, libc::SIGCONT);
             assert!(!old_writable, "{leader} still accepts writes after {l} took the key\n{}", c.table());
+            assert_eq!(feeds_after, frozen_feeds, "a frozen agent does not feed its watchdog");
             let fenced = fenced_at.unwrap_or_else(|| panic!("{leader}'s postmaster was not killed before {l} led"));
             eprintln!("fenced after {fenced:?}, new leader {l} after {promoted_at:?}");
             break l;

@@ -118,6 +118,7 @@ fn input(name: &str, world: &World, pg: PgObservation) -> HaInput {
             failsafe_confirmed: false,
             failsafe_leader: None,
             clone_from_leader: false,
+            watchdog_unavailable: false,
         },
         probes: None,
         local_slots: None,
@@ -163,6 +164,11 @@ fn failsafe_leader(mut i: HaInput, leader: &str) -> HaInput {
 
 fn from_leader(mut i: HaInput) -> HaInput {
     i.agent.clone_from_leader = true;
+    i
+}
+
+fn watchdog_missing(mut i: HaInput) -> HaInput {
+    i.agent.watchdog_unavailable = true;
     i
 }
 
@@ -449,6 +455,9 @@ rows! {
         with_probes(input("n2", &World::healthy().no_leader(), PgObservation { timeline: Some(2), ..replica_pg(1000) }),
             vec![unreachable("n1"), peer("n3", true, true, 9000)])
         => [Action::AcquireLeader, Action::Promote { cause: PromoteCause::WonRace }], Reason::PromotedByRace;
+    race_required_watchdog_missing_keeps_out:
+        watchdog_missing(input("n2", &World::healthy().no_leader(), replica_pg(1000))) => [],
+        Reason::NotHealthiest(Ineligible::WatchdogUnavailable);
     race_defers_to_live_primary:
         with_probes(input("n2", &World::healthy().no_leader(), replica_pg(1000)),
             vec![peer("n1", true, false, 1000), peer("n3", true, true, 1000)]) => [],

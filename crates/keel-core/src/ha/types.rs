@@ -117,6 +117,8 @@ pub struct AgentState {
     /// An operator asked to reinitialize from the leader (`POST /reinitialize` with `from_leader`): the next clone
     /// takes its base backup from the leader even when a `clonefrom` member runs.
     pub clone_from_leader: bool,
+    /// `watchdog.mode: required` and the device cannot be used: this node must not become the leader.
+    pub watchdog_unavailable: bool,
 }
 
 /// The answer of one peer's `GET /patroni`.
@@ -294,6 +296,8 @@ impl Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ineligible {
     NoFailoverTag,
+    /// `watchdog.mode: required` and the watchdog device cannot be used.
+    WatchdogUnavailable,
     /// The runtime holds no live lease to attach the leader key to.
     NoLease,
     PgStarting,
@@ -346,6 +350,7 @@ impl fmt::Display for Ineligible {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Ineligible::NoFailoverTag => write!(f, "nofailover is set"),
+            Ineligible::WatchdogUnavailable => write!(f, "watchdog.mode is required and the watchdog cannot be used"),
             Ineligible::NoLease => write!(f, "I hold no live store lease"),
             Ineligible::PgStarting => write!(f, "PostgreSQL is still starting"),
             Ineligible::WalPositionUnknown => write!(f, "my WAL position is unknown"),

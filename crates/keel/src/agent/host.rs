@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use anyhow::{Error, Result};
 use keel_core::divergence::{DivergenceFacts, WipeReason};
 use keel_core::exec::{Event, Host, RewindResult};
-use keel_core::fence::{self, FenceInput, DEFAULT_SAFETY_MARGIN};
+use keel_core::fence::{self, FenceInput};
 use keel_core::ha::{DemoteMode, PromoteCause};
 use keel_core::lsn::Lsn;
 use keel_core::member_state::MemberState;
@@ -38,6 +38,7 @@ pub(super) struct AgentHost<'a, B: KvBackend> {
     /// Armed as soon as the leader key is acquired or refreshed, before anything else can block.
     pub fence: &'a mut Fence,
     pub ttl_secs: u64,
+    pub safety_margin_secs: u64,
     pub paused: bool,
 }
 
@@ -56,7 +57,7 @@ impl<B: KvBackend> AgentHost<'_, B> {
             paused: self.paused,
             refreshed: Some(self.now),
             ttl_secs: self.ttl_secs,
-            safety_margin_secs: DEFAULT_SAFETY_MARGIN,
+            safety_margin_secs: self.safety_margin_secs,
         };
         self.fence.set(fence::arming(&input));
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use keel_core::dynconfig::DynamicConfig;
 use keel_core::exec::{Context, ExecError, Executor};
-use keel_core::fence::{FenceInput, DEFAULT_SAFETY_MARGIN};
+use keel_core::fence::{Arming, FenceInput};
 use keel_core::ha::{self, Action, AgentState, Decision, HaInput};
 use keel_core::lsn::Lsn;
 use keel_core::time::Millis;
@@ -29,6 +29,7 @@ use super::slots::{SlotCycle, SlotManager};
 use crate::clock::unix_ms;
 use crate::config::Config;
 use crate::dcs::{ClusterStore, KvBackend};
+use crate::fence::watchdog::{Watchdog, WatchdogMode};
 use crate::fence::Fence;
 use crate::postgres::observe::Observation;
 use crate::status::NodeStatus;
@@ -76,6 +77,8 @@ pub(crate) struct Agent<B: KvBackend> {
     pub(super) clone_from_leader: bool,
     /// Kills PostgreSQL if the leader key is not refreshed in time (see `keel_core::fence`).
     pub(super) fence: Fence,
+    /// Patroni's `watchdog` device, fed while this node is a writable leader.
+    pub(super) watchdog: Watchdog,
     pub(super) config_path: PathBuf,
 }
 
@@ -99,6 +102,7 @@ impl<B: KvBackend> Agent<B> {
             api_url: p.cfg.restapi_url(),
             bootstrap_dcs: p.cfg.bootstrap_dcs().clone(),
             fence: Fence::new(Path::new(&p.cfg.postgresql.data_dir)),
+            watchdog: Watchdog::new(p.cfg.watchdog.clone()),
             cfg: p.cfg,
             store: p.store,
             local: p.local,
@@ -236,6 +240,7 @@ impl<B: KvBackend> Agent<B> {
             failsafe_confirmed,
             failsafe_leader: self.failsafe.active(ttl).map(|a| a.name),
             clone_from_leader: self.clone_from_leader,
+            watchdog_unavailable: self.watchdog_unavailable(),
         };
         let input = HaInput {
             now,
@@ -307,6 +312,7 @@ impl<B: KvBackend> Agent<B> {
         let mut host = AgentHost {
             fence: &mut self.fence,
             ttl_secs: config.timing.ttl,
+            safety_margin_secs: self.watchdog.config().fence_margin_secs(config.timing.ttl),
             paused: config.pause,
             now,
             store: &self.store,
@@ -390,9 +396,20 @@ impl<B: KvBackend> Agent<B> {
             paused: input.config.pause,
             refreshed: if failsafe_confirmed { Some(now) } else { self.exec.last_leader_refresh },
             ttl_secs: input.config.timing.ttl,
-            safety_margin_secs: DEFAULT_SAFETY_MARGIN,
+            safety_margin_secs: self.watchdog.config().fence_margin_secs(input.config.timing.ttl),
         };
-        self.fence.set(keel_core::fence::arming(&fence_input));
+        let arming = keel_core::fence::arming(&fence_input);
+        self.fence.set(arming);
+        match arming {
+            Arming::Armed { .. } => self.watchdog.keepalive(input.config.timing.ttl),
+            Arming::Disarmed => self.watchdog.disable(),
+        }
+    }
+
+    /// `watchdog.mode: required` and the device cannot be used (an open device is in use).
+    fn watchdog_unavailable(&self) -> bool {
+        let w = self.watchdog.config();
+        w.mode == WatchdogMode::Required && !self.watchdog.is_open() && !w.device_usable()
     }
 
     /// Failsafe mode: with the store down, a primary that was the leader asks every member listed in the

@@ -26,18 +26,18 @@ impl<B: KvBackend> Agent<B> {
             ShutdownStart::StopPostgres => Some(self.stop_postgres().await),
         };
         match after_stop(paused, self.exec.holds_leader, still_running) {
-            ShutdownEnd::KeepAll => self.fence.set(Arming::Disarmed),
+            ShutdownEnd::KeepAll => self.disarm(),
             // The fence stays armed: if PostgreSQL is still writable when the key may expire, it is killed.
             ShutdownEnd::KeepLeaderKey => error!(
                 "PostgreSQL may still be running as the primary: not releasing the leader key (it expires with \
                  this node's lease, ttl seconds from the last refresh); stop PostgreSQL by hand"
             ),
             ShutdownEnd::LeaveStore => {
-                self.fence.set(Arming::Disarmed);
+                self.disarm();
                 self.revoke_lease().await;
             }
             ShutdownEnd::ReleaseLeader => {
-                self.fence.set(Arming::Disarmed);
+                self.disarm();
                 self.release_leader_key().await;
                 self.revoke_lease().await;
             }
@@ -70,6 +70,11 @@ impl<B: KvBackend> Agent<B> {
             Ok(_) => info!("released the leader key"),
             Err(e) => warn!("could not release the leader key: {e}"),
         }
+    }
+
+    fn disarm(&mut self) {
+        self.fence.set(Arming::Disarmed);
+        self.watchdog.disable();
     }
 
     async fn revoke_lease(&mut self) {

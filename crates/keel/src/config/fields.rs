@@ -3,8 +3,7 @@
 //! one warning ([`Kind::Ignored`], only where ignoring cannot surprise anyone). `docs/patroni-compatibility.md`
 //! lists the same fates; a test keeps the two in step.
 
-use super::schema::{Field, Kind, Walk};
-use super::yaml::{Node, Value};
+use super::schema::{Field, Kind};
 
 const fn opt(name: &'static str, kind: Kind) -> Field {
     Field { name, kind, required: false }
@@ -35,8 +34,6 @@ const SCRIPT: &str = "Keel does not run user scripts (callbacks, pre_promote, be
      bootstrap or replica methods); remove it";
 const LOG_FILES: &str = "Keel logs to stderr only; capture it with your service manager (journald, docker) and \
      remove the log file settings";
-pub const WATCHDOG: &str = "Keel has no watchdog support yet: set watchdog.mode: off (and drop device and \
-     safety_margin), or keep running Patroni if you rely on the watchdog for fencing";
 const IN_DYNAMIC: &str = "Patroni reads it from the dynamic configuration only: set it under bootstrap.dcs (new \
      cluster) or with keel edit-config";
 const LEGACY_AUTH: &str = "this is the pre-`authentication` spelling: move it under postgresql.authentication";
@@ -102,11 +99,8 @@ const CTL: &[Field] = &[
     refuse("keyfile_password", CTL_TLS),
 ];
 
-const WATCHDOG_FIELDS: &[Field] = &[
-    opt("mode", Kind::Limited(&Kind::Str, &["off", "false"], WATCHDOG)),
-    refuse("device", WATCHDOG),
-    refuse("safety_margin", WATCHDOG),
-];
+/// Checked further by `crate::fence::watchdog::WatchdogMode::parse` (an unknown mode is an error).
+const WATCHDOG_FIELDS: &[Field] = &[opt("mode", Kind::Str), opt("device", Kind::Str), opt("safety_margin", Kind::Int)];
 
 const RESTAPI_AUTH: &[Field] = &[opt("username", Kind::Str), opt("password", Kind::Str)];
 
@@ -329,17 +323,3 @@ pub const TAGS: &[Field] = &[
 
 /// Keel's own settings (none yet).
 const KEEL: &[Field] = &[];
-
-/// A `watchdog` section without `mode` means Patroni's default, `automatic`: refused like an explicit one.
-pub fn check_watchdog(root: &Node, walk: &mut Walk) {
-    if let Some(w) = root.get("watchdog") {
-        let has_mode = matches!(&w.value, Value::Map(entries) if entries.iter().any(|e| e.key == "mode"));
-        if matches!(w.value, Value::Map(_)) && !has_mode {
-            walk.refused.push(super::schema::Refused {
-                path: "watchdog.mode".into(),
-                origin: w.origin.clone(),
-                hint: format!("not set, which means automatic in Patroni. {WATCHDOG}"),
-            });
-        }
-    }
-}

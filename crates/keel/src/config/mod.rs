@@ -24,6 +24,8 @@ use keel_core::view::Tags;
 use serde::Deserialize;
 use serde_json::Value as J;
 
+use crate::fence::watchdog::{WatchdogConfig, WatchdogMode};
+
 pub use yaml::Origin;
 
 /// Where an error or warning points: the file and, when known, the line (or the environment variable).
@@ -147,6 +149,16 @@ struct RawConfig {
     keel: KeelSettings,
     #[serde(default)]
     ctl: CtlSettings,
+    #[serde(default)]
+    watchdog: WatchdogSection,
+}
+
+/// `watchdog` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+struct WatchdogSection {
+    mode: Option<String>,
+    device: Option<String>,
+    safety_margin: Option<i64>,
 }
 
 /// The local configuration, typed.
@@ -163,6 +175,8 @@ pub struct Config {
     pub tags: Tags,
     pub keel: KeelSettings,
     pub ctl: CtlSettings,
+    /// `watchdog` (Patroni's defaults: automatic, `/dev/watchdog`, a safety margin of 5 s).
+    pub watchdog: WatchdogConfig,
     /// `ttl`, `loop_wait`, `retry_timeout` from `bootstrap.dcs` (Patroni's defaults otherwise), adjusted to
     /// Patroni's rules. The store's `config` key overrides this once the cluster exists.
     pub timing: Timing,
@@ -177,6 +191,21 @@ pub struct Loaded {
 
 /// Environment variables, by name. Use [`env::from_process`] for the real environment; tests pass a map.
 pub type Env = BTreeMap<String, String>;
+
+/// The `watchdog` section with Patroni's defaults; an unknown mode is an error, never a silent "off".
+fn watchdog_config(raw: &WatchdogSection) -> Result<WatchdogConfig, String> {
+    let defaults = WatchdogConfig::default();
+    let mode = match &raw.mode {
+        None => defaults.mode,
+        Some(m) => WatchdogMode::parse(m)
+            .ok_or_else(|| format!("{m:?} is not a watchdog mode: use off, automatic or required"))?,
+    };
+    Ok(WatchdogConfig {
+        mode,
+        device: raw.device.as_deref().map_or(defaults.device, Into::into),
+        safety_margin: raw.safety_margin.unwrap_or(defaults.safety_margin),
+    })
+}
 
 impl Config {
     /// Reads and checks the file at `path`.
@@ -207,7 +236,6 @@ impl Config {
         let env_warnings = env::apply(&mut root, env);
         let mut walk = schema::Walk::new(file);
         let json = walk.check(&root, &schema::Kind::Map(fields::ROOT), "")?;
-        fields::check_watchdog(&root, &mut walk);
         if env.get(env::CONFIGURATION_VAR).is_some_and(|v| !v.is_empty()) {
             walk.refused.push(schema::Refused {
                 path: "(the whole configuration)".into(),
@@ -264,6 +292,12 @@ impl Config {
             }
         }
 
+        let watchdog = watchdog_config(&raw.watchdog).map_err(|message| ConfigError::Invalid {
+            file: file.to_string(),
+            path: "watchdog.mode".into(),
+            message,
+            origin: root.get("watchdog").map(|n| n.origin.clone()).unwrap_or(Origin::Unknown),
+        })?;
         let dcs = &raw.bootstrap.dcs;
         let secs =
             |key: &str, default: u64| dcs.get(key).and_then(keel_core::dynconfig::parse_seconds).unwrap_or(default);
@@ -285,6 +319,7 @@ impl Config {
             tags: Tags::from_json(&raw.tags),
             keel: raw.keel,
             ctl: raw.ctl,
+            watchdog,
             timing,
         };
         Ok(Loaded { config, warnings })

@@ -124,8 +124,6 @@ fn refused_values_name_the_setting() {
             "synchronous_mode: on",
         ),
         ("bootstrap:\n  method: wal_g\n  wal_g:\n    command: /bin/x\n", "bootstrap.method", "custom bootstrap"),
-        ("watchdog:\n  mode: automatic\n", "watchdog.mode", "watchdog.mode: off"),
-        ("watchdog:\n  device: /dev/watchdog\n", "watchdog.device", "no watchdog support"),
         ("tags:\n  nostream: true\n", "tags.nostream", "nostream"),
     ];
     for (extra, path, hint) in cases {
@@ -141,9 +139,24 @@ fn refused_values_name_the_setting() {
     let ConfigError::Refused { refused, .. } = err(&yaml) else { panic!() };
     let paths: Vec<&str> = refused.iter().map(|r| r.path.as_str()).collect();
     assert_eq!(paths, ["postgresql.create_replica_methods", "postgresql.pgbackrest"]);
-    // A watchdog section without a mode is Patroni's `automatic`.
-    let e = err(&format!("{MINIMAL}watchdog:\n  safety_margin: 5\n"));
-    assert!(e.to_string().contains("`watchdog.mode`: not set, which means automatic"), "{e}");
+    // An unknown watchdog mode is an error, never a silent "off".
+    let e = err(&format!("{MINIMAL}watchdog:\n  mode: sometimes\n"));
+    assert_eq!(e.path(), Some("watchdog.mode"), "{e}");
+}
+
+#[test]
+fn the_watchdog_section_is_read_as_patroni_reads_it() {
+    use crate::fence::watchdog::WatchdogMode;
+    let c = Config::from_str(MINIMAL, &Env::new()).expect("minimal").config;
+    assert_eq!((c.watchdog.mode, c.watchdog.safety_margin), (WatchdogMode::Automatic, 5));
+    let yaml = format!("{MINIMAL}watchdog:\n  mode: required\n  device: /tmp/wd\n  safety_margin: -1\n");
+    let c = Config::from_str(&yaml, &Env::new()).expect("watchdog").config;
+    assert_eq!(
+        (c.watchdog.mode, c.watchdog.device.to_str(), c.watchdog.timeout_secs(30)),
+        (WatchdogMode::Required, Some("/tmp/wd"), 15)
+    );
+    let off = Config::from_str(&format!("{MINIMAL}watchdog:\n  mode: off\n"), &Env::new()).expect("off").config;
+    assert_eq!(off.watchdog.mode, WatchdogMode::Off);
 }
 
 #[test]

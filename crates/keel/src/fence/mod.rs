@@ -5,5 +5,6 @@
 
 pub mod handle;
 pub mod process;
+pub mod watchdog;
 
 pub use handle::Fence;
