@@ -588,3 +588,35 @@ fn a_frozen_leader_agent_is_fenced_before_a_replica_is_promoted() {
     wait_streaming_from(&c, &new_leader, &leader, FAILOVER);
     assert_single_primary(&c, &new_leader);
 }
+
+/// The leader's PostgreSQL is frozen (SIGSTOP to its whole process group, as a stalled disk): it accepts no
+/// connection, so its agent counts it as not serving; after `primary_start_timeout` the agent kills it (an
+/// immediate stop cannot reach a frozen server) and releases the key, a replica is promoted, and the old server,
+/// thawed, never comes back as a second writable primary.
+#[test]
+fn a_frozen_primary_postgres_is_killed_and_replaced() {
+    let _serial = serial();
+    let opts = KeelOptions { extra_dcs_yaml: "    primary_start_timeout: 10\n".into(), ..options() };
+    let (c, leader) = up(opts);
+    let postmaster = c.postmaster_pid(&leader).expect("the leader's postmaster runs");
+    send_signal_group(postmaster, libc::SIGSTOP);
+    let new_leader = c
+        .wait("a new leader", FAILOVER, || Ok(c.leader().filter(|l| *l != leader).filter(|l| c.writable(l))))
+        .unwrap_or_else(|e| {
+            send_signal_group(postmaster, libc::SIGCONT);
+            panic!("{e}\n{}", c.table())
+        });
+    send_signal_group(postmaster, libc::SIGCONT);
+    assert!(!cluster_runner::process_alive(postmaster), "the frozen postmaster was left alive beside {new_leader}");
+    assert!(!c.writable(&leader), "the thawed old primary accepts writes beside {new_leader}");
+    wait_streaming_from(&c, &new_leader, &leader, FAILOVER);
+    assert_single_primary(&c, &new_leader);
+}
+
+/// Signals the postmaster and every process it started (each PostgreSQL child has its own session).
+fn send_signal_group(postmaster: u32, sig: libc::c_int) {
+    let _ = send_signal(postmaster, sig);
+    for child in cluster_runner::children_of(postmaster) {
+        let _ = send_signal(child, sig);
+    }
+}

@@ -32,6 +32,8 @@ use crate::postgres::ConnParams;
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(120);
 const BASEBACKUP_TIMEOUT: Duration = Duration::from_secs(3600);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an immediate stop may take before the postmaster's process group is killed.
+const IMMEDIATE_STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// The local node's PostgreSQL.
 pub struct Local {
@@ -239,13 +241,13 @@ impl Local {
             }
             return (obs, None);
         }
-        self.down_since = None;
         let observed = match self.session().await {
             Ok(s) => s.observe().await.map_err(anyhow::Error::from),
             Err(e) => Err(e),
         };
         match observed {
             Ok(o) => {
+                self.down_since = None;
                 obs.role = if o.in_recovery { PgRole::Replica } else { PgRole::Primary };
                 obs.timeline = o.timeline;
                 obs.received_lsn = o.receive_lsn;
@@ -261,6 +263,9 @@ impl Local {
                 // The postmaster is up but does not answer: starting, in crash recovery, or shutting down.
                 info!("PostgreSQL is running but not accepting connections yet: {e:#}");
                 obs.starting = true;
+                // Running but not serving counts towards primary_start_timeout like being down: a postmaster that
+                // never becomes ready must not hold the leader key for ever.
+                obs.down_since = Some(*self.down_since.get_or_insert(now));
                 (obs, None)
             }
         }
@@ -497,7 +502,10 @@ impl Local {
                 self.start_replica(None).await
             }
             DemoteMode::ImmediateNoLock => {
-                self.stop_pg(StopMode::Immediate, true).await?;
+                // A server that ignores even an immediate stop (frozen, a stalled disk) is killed: the key is
+                // being given up, and nothing may keep accepting writes here.
+                self.session = None;
+                self.ctl.stop_or_kill(StopMode::Immediate, self.pg_ctl_timeout(), Some(IMMEDIATE_STOP_GRACE)).await?;
                 self.start_replica(None).await
             }
             DemoteMode::Offline => {

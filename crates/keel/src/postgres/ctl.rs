@@ -212,15 +212,8 @@ impl PgCtl {
 
     /// The postmaster's pid from `postmaster.pid`, when that process exists.
     pub fn postmaster_pid(&self) -> Option<u32> {
-        let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
-        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-        if pid <= 0 {
-            return None;
-        }
-        // SAFETY: kill with signal 0 only checks that the process exists and may be signalled.
-        let alive =
-            unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        alive.then_some(pid as u32)
+        // A stale file (a reused pid, another user's process) is not a running server.
+        super::postmaster::find(&self.data_dir).pid()
     }
 
     /// A postmaster runs on this data directory (`postmaster.pid` names a live process).
@@ -294,13 +287,12 @@ impl PgCtl {
         };
         let Some(pid) = self.postmaster_pid() else { return Ok(false) };
         tracing::warn!(
-            "PostgreSQL did not stop within primary_stop_timeout ({}s): sending SIGKILL to the postmaster ({pid}); \
-             pg_ctl said: {err}",
+            "PostgreSQL did not stop within {}s (primary_stop_timeout, or the grace of an immediate stop): sending \
+             SIGKILL to the postmaster ({pid}) and its process group; pg_ctl said: {err}",
             kill_after.as_secs()
         );
-        // SAFETY: kill(2) on the postmaster's pid read from postmaster.pid and checked alive just above.
-        if unsafe { libc::kill(pid as i32, libc::SIGKILL) } != 0 {
-            let source = std::io::Error::last_os_error();
+        // With every child: backends of a frozen server must not keep serving their clients.
+        if let Err(source) = super::postmaster::kill_hard(pid) {
             return Err(CtlError::Io {
                 what: "could not SIGKILL the postmaster of",
                 path: self.data_dir.clone(),

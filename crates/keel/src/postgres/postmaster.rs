@@ -74,17 +74,36 @@ fn same_dir(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// SIGKILL to the postmaster's process group (the postmaster leads it: `pg_ctl` starts it in a new session) and to
-/// the postmaster itself: every backend goes at once, without waiting for a process that may be frozen.
+/// SIGKILL to the postmaster and every process it started (each PostgreSQL child runs in its own session, so a
+/// process-group signal would miss them): every backend goes at once, without waiting for a process that may be
+/// frozen.
 pub fn kill_hard(pid: u32) -> std::io::Result<()> {
-    let pid = i32::try_from(pid).map_err(|_| std::io::Error::other("pid out of range"))?;
-    // SAFETY: plain kill(2) calls on a pid checked by `find`.
-    let group = unsafe { libc::kill(-pid, libc::SIGKILL) };
-    let own = unsafe { libc::kill(pid, libc::SIGKILL) };
-    if group != 0 && own != 0 {
+    let children = children_of(pid);
+    let signed = i32::try_from(pid).map_err(|_| std::io::Error::other("pid out of range"))?;
+    // SAFETY: kill(2) on the postmaster checked by `find`; stopping it first keeps it from starting new children.
+    if unsafe { libc::kill(signed, libc::SIGKILL) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    for child in children.into_iter().filter_map(|c| i32::try_from(c).ok()) {
+        // SAFETY: kill(2) on a process whose parent was the postmaster.
+        unsafe { libc::kill(child, libc::SIGKILL) };
+    }
     Ok(())
+}
+
+/// The processes whose parent is `pid` (from `/proc/*/stat`).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| parent_of(*p) == Some(pid))
+        .collect()
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[cfg(test)]
