@@ -1016,3 +1016,85 @@ mod props {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// The leader's member slots come from the plan alone, and the plan settles.
+
+/// Runs `reconcile` on the leader `n1` for `cycles` cycles, applying each plan to the slot list as the agent does.
+/// Returns every plan and the slots left.
+fn leader_cycles(v: &ClusterView, cycles: usize, start: &[&str]) -> (Vec<Vec<SlotAction>>, Vec<String>) {
+    let c = SlotsConfig::from_dynamic(&v.dynamic_config());
+    let d = desired_for(v, &c, "n1", NodeRole::Primary, 16);
+    let mut have: BTreeMap<String, ActualSlot> =
+        start.iter().map(|n| (n.to_string(), ActualSlot::physical(Some(Lsn(10))))).collect();
+    let (recreate, recopy) = (BTreeSet::new(), BTreeSet::new());
+    let ctx = ReconcileContext {
+        role: NodeRole::Primary,
+        pg_major: 16,
+        config: &c,
+        paused: false,
+        leader: LeaderState::Me,
+        running_primary: true,
+        replay_lsn: None,
+        failsafe_active: false,
+        recreate_requested: &recreate,
+        recopy_requested: &recopy,
+    };
+    let mut plans = Vec::new();
+    for _ in 0..cycles {
+        let plan = reconcile(&d, &ActualSlots::Known(have.clone()), &ctx);
+        for a in &plan {
+            match a {
+                SlotAction::CreatePhysical { slot, .. } => {
+                    have.insert(slot.clone(), ActualSlot::physical(Some(Lsn(10))));
+                }
+                SlotAction::Drop { slot, .. } => {
+                    have.remove(slot);
+                }
+                _ => {}
+            }
+        }
+        plans.push(plan);
+    }
+    (plans, have.into_keys().collect())
+}
+
+/// `member_slots_ttl: 0` with a `replicatefrom` member: the leader keeps no slot for a member that streams from
+/// another member (Patroni's Mode B `leader_filter`), drops one it finds once, and never creates it again (the agent
+/// used to re-create every non-`nostream` member's slot after the plan, so the slot was dropped and re-created
+/// every cycle).
+#[test]
+fn leader_member_slots_settle_with_replicatefrom() {
+    let members = |n3: Value| {
+        [("n1", json!({"role": "primary"})), ("n2", json!({})), ("n3", n3), ("n4", json!({"tags": {"nostream": true}}))]
+    };
+    // ttl, n3's member key, slots the leader starts with → slots it keeps.
+    type Row = (u64, Value, &'static [&'static str], &'static [&'static str]);
+    let table: &[Row] = &[
+        // Mode B: n3 streams from n2, which exists: n2 holds n3's slot, the leader does not.
+        (0, json!({"tags": {"replicatefrom": "n2"}}), &[], &["n2"]),
+        (0, json!({"tags": {"replicatefrom": "n2"}}), &["n2", "n3"], &["n2"]),
+        // Mode B: n3 streams from the leader, or from a member that is gone: the leader holds its slot.
+        (0, json!({"tags": {"replicatefrom": "n1"}}), &[], &["n2", "n3"]),
+        (0, json!({"tags": {"replicatefrom": "gone"}}), &["n3"], &["n2", "n3"]),
+        // Mode A: every member that streams, wherever from.
+        (1800, json!({"tags": {"replicatefrom": "n2"}}), &[], &["n2", "n3"]),
+        (1800, json!({}), &["n4"], &["n2", "n3"]),
+    ];
+    for (ttl, n3, start, want) in table {
+        let config = json!({"member_slots_ttl": ttl});
+        let v = view(&config, &members(n3.clone()), Some("n1"), json!({"optime": 100}));
+        let (plans, have) = leader_cycles(&v, 3, start);
+        let label = format!("ttl={ttl} n3={n3} start={start:?}");
+        assert_eq!(have, want.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "{label}");
+        assert!(plans[1..].iter().all(Vec::is_empty), "{label}: the plan does not settle: {plans:?}");
+        // Nothing is created that the same or a later cycle drops.
+        let created: BTreeSet<&str> = plans
+            .iter()
+            .flatten()
+            .filter(|a| matches!(a, SlotAction::CreatePhysical { .. }))
+            .map(SlotAction::slot)
+            .collect();
+        assert!(created.iter().all(|s| want.contains(s)), "{label}: created {created:?}");
+    }
+}

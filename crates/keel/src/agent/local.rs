@@ -23,7 +23,6 @@ use crate::postgres::datadir::{self, DataDirState};
 use crate::postgres::observe::{self, Observation};
 use crate::postgres::process::RunAs;
 use crate::postgres::roles::{self, RoleKind, RoleSpec};
-use crate::postgres::slots as pg_slots;
 use crate::postgres::ConnParams;
 
 /// Generous limits for the slow PostgreSQL operations (`pg_ctl start`/`stop`/`restart` use `pg_ctl_timeout`).
@@ -697,23 +696,6 @@ impl Local {
                 Ok(false)
             }
         }
-    }
-
-    /// Creates the physical slots replicas stream through (`use_slots`), reserving WAL immediately. Slots are
-    /// only added here; the full slot life cycle (drop, advance, logical slots) is the slots module's job.
-    pub async fn ensure_physical_slots(&mut self, names: &[String]) -> Result<()> {
-        if !self.use_slots || names.is_empty() {
-            return Ok(());
-        }
-        let session = self.session().await?;
-        let existing = pg_slots::list(session).await?;
-        for name in names.iter().filter(|n| !existing.iter().any(|s| &s.name == *n)) {
-            pg_slots::create_physical(session, name)
-                .await
-                .with_context(|| format!("creating replication slot {name}"))?;
-            info!("created physical replication slot {name}");
-        }
-        Ok(())
     }
 
     /// Wipes the data directory (for reinit).

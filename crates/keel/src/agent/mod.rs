@@ -372,18 +372,6 @@ impl<B: KvBackend> Agent<B> {
         if let Err(e) = self.local.apply_parameters(is_primary).await {
             warn!("cannot apply PostgreSQL parameters: {e:#}");
         }
-        if self.holds_leader && self.last_obs.as_ref().is_some_and(|o| !o.in_recovery) {
-            let slots: Vec<String> = self
-                .view
-                .members
-                .values()
-                .filter(|m| m.name != self.cfg.name && !m.tags.nostream)
-                .map(|m| keel_core::slots::slot_name_from_member_name(&m.name))
-                .collect();
-            if let Err(e) = self.local.ensure_physical_slots(&slots).await {
-                warn!("cannot create member replication slots: {e:#}");
-            }
-        }
         info!("{applied}");
         self.publish(store_ok, now).await;
         result
