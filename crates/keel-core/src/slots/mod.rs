@@ -1,5 +1,6 @@
 //! Replication slots: names, the desired set, reconciliation, publishing, and failover readiness.
 //!
+//! - [`advance`]: where a slot is advanced to (the cycle's plan and the agent's follower), `can_advance_slots`.
 //! - [`config`]: the `slots`, `ignore_slots`, `failover_slot_readiness` and `failover_slot_recreate` settings.
 //! - [`desired`]: which slots a node should have ([`desired_slots`]), `hot_standby_feedback` enforcement.
 //! - [`reconcile`]: desired vs. actual → [`SlotAction`]s.
@@ -11,6 +12,7 @@
 //!
 //! See `crates/keel-core/SLOTS.md` for the life cycle of a slot.
 
+pub mod advance;
 pub mod config;
 pub mod copycheck;
 pub mod desired;
@@ -20,6 +22,9 @@ pub mod reconcile;
 pub mod risk;
 pub mod status;
 
+pub use advance::{
+    advance_goal, advance_step, advance_target, can_advance_slots, AdvanceInput, AdvanceStep, SLOT_ADVANCE_MAJOR,
+};
 pub use config::{FailoverSlotReadiness, IgnoreMatcher, PermanentSlot, SlotKind, SlotNote, SlotsConfig};
 pub use desired::{
     desired_slots, enforce_hot_standby_feedback, has_permanent_slots, should_query_slots, slot_name_on_primary,

@@ -543,13 +543,18 @@ fn advances_are_capped_and_skip_active_and_expected_active() {
         ("lg", ActualSlot::logical("db", "p", Some(Lsn(500)))),
     ]);
     let plan = reconcile(&d, &actual, &c.ctx(NodeRole::Replica));
-    assert_eq!(
-        plan,
-        vec![
-            SlotAction::AdvanceLogical { slot: "lg".into(), database: "db".into(), to: Lsn(1000) },
-            SlotAction::AdvancePhysical { slot: "n_a".into(), to: Lsn(1000) },
-        ]
-    );
+    assert_eq!(plan, vec![SlotAction::AdvancePhysical { slot: "n_a".into(), to: Lsn(1000) }]);
+    // The logical copy is the follower's, with the same rule: the published 1500 capped at replay 1000.
+    let lg = AdvanceInput {
+        role: NodeRole::Replica,
+        leader: None,
+        published: Some(Lsn(1500)),
+        replay: Some(Lsn(1000)),
+        current: Some(Lsn(500)),
+        unproven: false,
+    };
+    assert_eq!(advance_step(&lg), AdvanceStep::To(Lsn(1000)));
+    assert_eq!(advance_step(&AdvanceInput { replay: None, ..lg }), AdvanceStep::Unknown);
     // On the primary: physical not capped, logical never advanced (consumers move it).
     let plan = reconcile(&d, &actual, &c.ctx(NodeRole::Primary));
     assert_eq!(plan, vec![SlotAction::AdvancePhysical { slot: "n_a".into(), to: Lsn(2000) }]);
@@ -664,7 +669,7 @@ fn published_status_lists_managed_slots_and_own_flush() {
         desired: &d,
         actual: &actual,
         flush_lsn: Lsn(1000),
-        can_advance: true,
+        pg_major: 16,
     };
     let mut clock = RetainClock::on_promotion(&v.status.retain_slots, Millis(0));
     let (st, notes) = published_status(&input, &mut clock, Millis(1000));
@@ -682,7 +687,7 @@ fn published_status_lists_managed_slots_and_own_flush() {
     // Unknown slot list: keep the published positions of desired slots.
     let blind = PublishInput { actual: &ActualSlots::Unknown, ..input };
     assert!(published_slots(&blind).contains_key("ph_any"));
-    assert!(published_slots(&PublishInput { can_advance: false, ..input }).is_empty());
+    assert!(published_slots(&PublishInput { pg_major: 10, ..input }).is_empty());
 }
 
 #[test]
@@ -704,7 +709,7 @@ fn ttl_zero_publishes_only_permanent_slots() {
         desired: &d,
         actual: &actual,
         flush_lsn: Lsn(1000),
-        can_advance: true,
+        pg_major: 16,
     };
     let want: BTreeMap<String, Lsn> =
         [("lg", 940), ("node1", 1000), ("perm_ph", 950)].map(|(k, l)| (k.to_string(), Lsn(l))).into();

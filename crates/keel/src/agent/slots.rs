@@ -276,7 +276,7 @@ impl SlotManager {
                 desired: &desired,
                 actual: &actual,
                 flush_lsn: c.flush_lsn.unwrap_or_default(),
-                can_advance: local.bins.major >= 11,
+                pg_major: local.bins.major,
             };
             let (status, notes) = published_status(&publish, clock, c.now);
             for n in notes {
@@ -388,8 +388,6 @@ impl SlotManager {
                     }
                     .await
                 }
-                // Logical copies on replicas are advanced by the follower task.
-                SlotAction::AdvanceLogical { .. } => Ok(()),
                 SlotAction::Drop { slot, reason } => {
                     async {
                         match pg_slots::drop(local.local_session().await?, slot).await {
@@ -457,7 +455,7 @@ impl SlotManager {
             return;
         };
         let mut slots = BTreeMap::new();
-        let mut fallback = BTreeMap::new();
+        let mut published = BTreeMap::new();
         for (name, want) in &desired.slots {
             if want.expected_active || !have.contains_key(name) {
                 continue;
@@ -468,11 +466,11 @@ impl SlotManager {
             };
             slots.insert(name.clone(), database);
             if let Some(lsn) = want.lsn {
-                fallback.insert(name.clone(), lsn);
+                published.insert(name.clone(), lsn);
             }
         }
         let pg_major = local.bins.major;
-        let plan = FollowPlan { leader: leader_params, local: local.local_params(), slots, fallback, pg_major };
+        let plan = FollowPlan { leader: leader_params, local: local.local_params(), slots, published, pg_major };
         self.follow(Some(plan));
     }
 }
