@@ -8,6 +8,7 @@
 //! - [`status`]: what the leader publishes in `status`, the retention clock.
 //! - [`promotion`]: at promotion, each logical copy against what its consumers may have seen.
 //! - [`readiness`]: whether a copied logical slot is safe to use after promoting this replica.
+//! - [`recopy`]: the re-copy backoff, whether to re-copy a checked copy, whether the leader's slot may be copied.
 //! - [`copycheck`]: typed advance failures (by SQLSTATE), stale copies, copies needing missing WAL, re-copy backoff.
 //!
 //! See `crates/keel-core/SLOTS.md` for the life cycle of a slot.
@@ -19,6 +20,7 @@ pub mod desired;
 pub mod promotion;
 pub mod readiness;
 pub mod reconcile;
+pub mod recopy;
 pub mod risk;
 pub mod status;
 
