@@ -8,6 +8,7 @@ pub mod dynconfig;
 pub mod ha;
 pub mod lsn;
 pub mod pgconfig;
+pub mod pgcontrol;
 pub mod slotfile;
 pub mod slots;
 pub mod store;

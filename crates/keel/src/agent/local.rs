@@ -18,7 +18,7 @@ use super::pgauth::{pgpass_text, Cred, Pgpass};
 use crate::config::Config;
 use crate::postgres::bins::PgBinaries;
 use crate::postgres::conf::{self, RecoveryConf, ServerConf};
-use crate::postgres::ctl::{InitdbOption, InitdbParams, PgCtl, RewindOutcome, StopMode};
+use crate::postgres::ctl::{InitdbOption, InitdbParams, PgCtl, PostmasterState, RewindOutcome, StopMode};
 use crate::postgres::datadir::{self, DataDirState};
 use crate::postgres::observe::{self, Observation};
 use crate::postgres::process::RunAs;
@@ -204,14 +204,23 @@ impl Local {
             Ok(DataDirState::Initialized(info)) => {
                 DataDir::Initialized { sysid: info.control.system_identifier.to_string() }
             }
+            Ok(DataDirState::Invalid(why)) => {
+                warn!("the data directory is not usable: {why}");
+                DataDir::Invalid
+            }
             Err(e) => {
                 warn!("cannot inspect the data directory: {e}");
                 DataDir::Unknown
             }
         };
-        let running = self.ctl.is_running();
+        let state = self.ctl.postmaster_state();
+        let running = matches!(state, PostmasterState::Running { .. });
         let mut obs = PgObservation {
-            running: if running { PgRunning::Running } else { PgRunning::Stopped },
+            running: match state {
+                PostmasterState::Running { .. } => PgRunning::Running,
+                PostmasterState::Stopped => PgRunning::Stopped,
+                PostmasterState::Unknown { .. } => PgRunning::Unknown,
+            },
             starting: false,
             role: PgRole::Unknown,
             timeline: None,
@@ -222,6 +231,12 @@ impl Local {
             following: self.following.clone(),
             down_since: None,
         };
+        if let PostmasterState::Unknown { why } = &state {
+            // Neither stopped nor running: nothing is started, stopped or decided from it this cycle.
+            warn!("cannot tell whether PostgreSQL runs: {why}");
+            self.session = None;
+            return (obs, None);
+        }
         if !running {
             self.session = None;
             if self.down_since.is_none() {

@@ -212,20 +212,20 @@ impl PgCtl {
 
     /// The postmaster's pid from `postmaster.pid`, when that process exists.
     pub fn postmaster_pid(&self) -> Option<u32> {
-        let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
-        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-        if pid <= 0 {
-            return None;
+        match self.postmaster_state() {
+            PostmasterState::Running { pid } => Some(pid),
+            PostmasterState::Stopped | PostmasterState::Unknown { .. } => None,
         }
-        // SAFETY: kill with signal 0 only checks that the process exists and may be signalled.
-        let alive =
-            unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        alive.then_some(pid as u32)
     }
 
     /// A postmaster runs on this data directory (`postmaster.pid` names a live process).
     pub fn is_running(&self) -> bool {
         self.postmaster_pid().is_some()
+    }
+
+    /// Whether a postmaster runs on this data directory, or why that cannot be told.
+    pub fn postmaster_state(&self) -> PostmasterState {
+        postmaster_state(&self.data_dir.join("postmaster.pid"))
     }
 
     /// `pg_ctl start -l <log_file>`, waiting (`-w`) up to `timeout` until it accepts connections when `wait`.
@@ -429,9 +429,70 @@ fn last_lines(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
+/// What `postmaster.pid` says about the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PostmasterState {
+    /// The file names a live process.
+    Running { pid: u32 },
+    /// No file, or it names a process that no longer exists (left behind by a crash).
+    Stopped,
+    /// The file cannot be read, holds no valid pid (PostgreSQL refuses to start on it too: "bogus data in lock
+    /// file"), or the process check failed: whether PostgreSQL runs is unknown.
+    Unknown { why: String },
+}
+
+/// Reads `postmaster.pid` at `path` and checks its process (signal 0).
+pub fn postmaster_state(path: &Path) -> PostmasterState {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return PostmasterState::Stopped,
+        Err(e) => return PostmasterState::Unknown { why: format!("cannot read {}: {e}", path.display()) },
+    };
+    let first = text.lines().next().unwrap_or("").trim();
+    let pid = match first.parse::<i32>() {
+        Ok(pid) if pid > 0 => pid,
+        _ => {
+            let why = format!("{} holds {first:?}, not a process id (starting, or left by a crash)", path.display());
+            return PostmasterState::Unknown { why };
+        }
+    };
+    // SAFETY: kill with signal 0 only checks that the process exists and may be signalled.
+    if unsafe { libc::kill(pid, 0) } == 0 {
+        return PostmasterState::Running { pid: pid as u32 };
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EPERM) => PostmasterState::Running { pid: pid as u32 },
+        Some(libc::ESRCH) => PostmasterState::Stopped,
+        _ => PostmasterState::Unknown { why: format!("cannot check process {pid} of {}: {err}", path.display()) },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn postmaster_pid_file_is_running_stopped_or_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("postmaster.pid");
+        assert_eq!(postmaster_state(&pid_file), PostmasterState::Stopped, "no file");
+        std::fs::write(&pid_file, format!("{}\n/data\n", std::process::id())).unwrap();
+        assert_eq!(postmaster_state(&pid_file), PostmasterState::Running { pid: std::process::id() });
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        std::fs::write(&pid_file, format!("{gone}\n")).unwrap();
+        assert_eq!(postmaster_state(&pid_file), PostmasterState::Stopped, "left by a crash");
+        for garbled in ["", "\n", "abc\n", "0\n", "-5\n"] {
+            std::fs::write(&pid_file, garbled).unwrap();
+            let state = postmaster_state(&pid_file);
+            assert!(matches!(state, PostmasterState::Unknown { .. }), "{garbled:?}: {state:?}");
+        }
+        std::fs::remove_file(&pid_file).unwrap();
+        std::fs::create_dir(&pid_file).unwrap();
+        assert!(matches!(postmaster_state(&pid_file), PostmasterState::Unknown { .. }), "unreadable");
+    }
     use serde_json::json;
 
     #[test]
