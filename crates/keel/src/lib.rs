@@ -8,5 +8,4 @@ pub mod cluster_runner;
 pub mod config;
 pub mod dcs;
 pub mod postgres;
-pub mod slots;
 pub mod status;

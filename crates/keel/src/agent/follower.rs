@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::postgres::observe::{self, PgError, Session};
-use crate::postgres::slots as pg_slots;
+use crate::postgres::replication_slots as pg_slots;
 use crate::postgres::ConnParams;
 
 /// How often positions are compared.

@@ -18,9 +18,9 @@ use super::pgauth::{pgpass_text, Cred, Pgpass};
 use crate::config::Config;
 use crate::postgres::bins::PgBinaries;
 use crate::postgres::conf::{self, RecoveryConf, ServerConf};
-use crate::postgres::ctl::{InitdbOption, InitdbParams, PgCtl, PostmasterState, RewindOutcome, StopMode};
 use crate::postgres::datadir::{self, DataDirState};
 use crate::postgres::observe::{self, Observation};
+use crate::postgres::pg_ctl::{InitdbOption, InitdbParams, PgCtl, PostmasterState, RewindOutcome, StopMode};
 use crate::postgres::process::RunAs;
 use crate::postgres::roles::{self, RoleKind, RoleSpec};
 use crate::postgres::ConnParams;
@@ -551,7 +551,9 @@ impl Local {
         self.stop_pg(StopMode::Fast, false).await?;
         let mut result = Ok(());
         for (name, bytes, expectation) in files {
-            if let Err(e) = crate::slots::copy::write_slot_file(&self.data_dir, name, bytes, expectation, owner, true) {
+            if let Err(e) =
+                crate::postgres::slot_file::write_slot_file(&self.data_dir, name, bytes, expectation, owner, true)
+            {
                 result = Err(anyhow!(e).context(format!("installing logical slot {name}")));
                 break;
             }

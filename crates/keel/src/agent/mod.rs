@@ -8,7 +8,7 @@ pub mod follower;
 pub mod local;
 pub mod pgauth;
 pub mod probe;
-pub mod slots;
+pub mod slot_manager;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,7 +32,7 @@ use crate::dcs::{ClusterStore, EtcdBackend, EtcdConfig, KvBackend};
 use crate::postgres::observe::{Observation, ReplicationState};
 use crate::status::{iso8601, NodeStatus, ReplicationRow};
 use local::{member, Local};
-use slots::{SlotCycle, SlotManager};
+use slot_manager::{SlotCycle, SlotManager};
 
 /// How soon the loop runs again while the cluster has no leader.
 const UNLOCKED_RETRY: Duration = Duration::from_millis(500);

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use super::{SlotCycle, SlotManager};
 use crate::agent::follower::SlotProgress;
 use crate::agent::local::Local;
-use crate::postgres::slots::{self as pg_slots, PgSlot};
+use crate::postgres::replication_slots::{self as pg_slots, PgSlot};
 
 const LEADER_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -2,7 +2,7 @@
 //! (`pg_read_binary_file`, over the `postgres` database where the rewind role may run it), validated for this
 //! node's major
 //! (`keel_core::slotfile`), and all copies of a cycle are installed in one stop/start of PostgreSQL
-//! (`crate::slots::copy`). A slot whose `restart_lsn` on the leader needs WAL this node no longer has is not copied:
+//! (`crate::postgres::slot_file`). A slot whose `restart_lsn` on the leader needs WAL this node no longer has is not copied:
 //! such a copy could never advance, and copying it again and again would restart PostgreSQL in a loop.
 
 use anyhow::{anyhow, Context, Result};
@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use super::{checks, SlotManager, COPY_QUERY_TIMEOUT};
 use crate::agent::local::Local;
 use crate::postgres::observe;
-use crate::postgres::slots::{self as pg_slots, PgSlot};
+use crate::postgres::replication_slots::{self as pg_slots, PgSlot};
 
 impl SlotManager {
     /// Reads every slot's state file from the leader over a connection to the slot's database, validates them for
