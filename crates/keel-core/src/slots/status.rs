@@ -78,8 +78,9 @@ pub struct PublishInput<'a> {
     /// The leader's desired slots (computed as [`super::NodeRole::Primary`]).
     pub desired: &'a DesiredSlots,
     pub actual: &'a ActualSlots,
-    /// `pg_current_wal_flush_lsn()`.
-    pub flush_lsn: Lsn,
+    /// `pg_current_wal_flush_lsn()`; `None` when it could not be read (then neither `optime` nor the own slot is
+    /// published: an unknown position is never published as 0).
+    pub flush_lsn: Option<Lsn>,
     /// The PostgreSQL major version: slot positions are published from 11 on
     /// ([`super::advance::can_advance_slots`]).
     pub pg_major: u32,
@@ -121,7 +122,9 @@ pub fn published_slots(input: &PublishInput) -> BTreeMap<String, Lsn> {
             }
         }
     }
-    out.insert(own, input.flush_lsn);
+    if let Some(flush) = input.flush_lsn {
+        out.insert(own, flush);
+    }
     if input.config.member_slots_ttl == 0 {
         let member_slots: BTreeSet<String> = input.view.members.keys().map(|m| slot_name_from_member_name(m)).collect();
         out.retain(|name, _| match input.config.permanent.get(name) {
@@ -151,5 +154,5 @@ pub fn published_status(input: &PublishInput, clock: &mut RetainClock, now: Mill
     } else {
         (Vec::new(), Vec::new())
     };
-    (Status { optime: Some(input.flush_lsn), slots, retain_slots }, notes)
+    (Status { optime: input.flush_lsn, slots, retain_slots }, notes)
 }

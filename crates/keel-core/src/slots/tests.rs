@@ -668,7 +668,7 @@ fn published_status_lists_managed_slots_and_own_flush() {
         config: &c,
         desired: &d,
         actual: &actual,
-        flush_lsn: Lsn(1000),
+        flush_lsn: Some(Lsn(1000)),
         pg_major: 16,
     };
     let mut clock = RetainClock::on_promotion(&v.status.retain_slots, Millis(0));
@@ -688,6 +688,10 @@ fn published_status_lists_managed_slots_and_own_flush() {
     let blind = PublishInput { actual: &ActualSlots::Unknown, ..input };
     assert!(published_slots(&blind).contains_key("ph_any"));
     assert!(published_slots(&PublishInput { pg_major: 10, ..input }).is_empty());
+    // Unknown flush position: no optime and no own slot, never 0.
+    let unknown_flush = PublishInput { flush_lsn: None, ..input };
+    assert!(!published_slots(&unknown_flush).contains_key("node_a"));
+    assert_eq!(published_status(&unknown_flush, &mut clock, Millis(1_800_001)).0.optime, None);
 }
 
 #[test]
@@ -708,7 +712,7 @@ fn ttl_zero_publishes_only_permanent_slots() {
         config: &c,
         desired: &d,
         actual: &actual,
-        flush_lsn: Lsn(1000),
+        flush_lsn: Some(Lsn(1000)),
         pg_major: 16,
     };
     let want: BTreeMap<String, Lsn> =

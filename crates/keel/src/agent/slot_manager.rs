@@ -251,7 +251,7 @@ impl SlotManager {
                 config: &config,
                 desired: &desired,
                 actual: &actual,
-                flush_lsn: c.flush_lsn.unwrap_or_default(),
+                flush_lsn: c.flush_lsn,
                 pg_major: local.bins.major,
             };
             let (status, notes) = published_status(&publish, clock, c.now);
