@@ -12,6 +12,7 @@ pub mod ha;
 pub mod lsn;
 pub mod member_state;
 pub mod pgconfig;
+pub mod pgcontrol;
 pub mod slotfile;
 pub mod slots;
 pub mod store;

@@ -11,5 +11,4 @@ pub mod dcs;
 pub mod fence;
 pub mod node;
 pub mod postgres;
-pub mod slots;
 pub mod status;

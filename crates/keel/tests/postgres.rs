@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use keel::postgres::bins::PgBinaries;
 use keel::postgres::conf::{self, ChangeKind, RecoveryConf};
-use keel::postgres::ctl::{CtlError, InitdbOption, InitdbParams, PgCtl, RewindOutcome, StopMode};
 use keel::postgres::datadir::{self, ClusterState, DataDirError, DataDirState};
 use keel::postgres::observe::{self, Observation, ReplicationState, Session};
+use keel::postgres::pg_ctl::{CtlError, InitdbOption, InitdbParams, PgCtl, RewindOutcome, StopMode};
 use keel::postgres::process::RunAs;
 use keel::postgres::roles::{self, RoleKind, RoleSpec};
 use keel::postgres::ConnParams;

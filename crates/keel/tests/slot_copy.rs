@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use keel::postgres::bins::PgBinaries;
 use keel::postgres::conf::{self, RecoveryConf, ServerConf, WalLevel};
-use keel::postgres::ctl::{InitdbOption, InitdbParams, PgCtl, StopMode};
 use keel::postgres::observe::{self, Session};
+use keel::postgres::pg_ctl::{InitdbOption, InitdbParams, PgCtl, StopMode};
 use keel::postgres::roles::{self, RoleKind, RoleSpec};
+use keel::postgres::slot_file::{write_slot_file, CopyError};
 use keel::postgres::ConnParams;
-use keel::slots::copy::{write_slot_file, CopyError};
 use keel_core::lsn::Lsn;
 use keel_core::slotfile::Expectation;
 

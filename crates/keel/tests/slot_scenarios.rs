@@ -536,3 +536,41 @@ fn failsafe_keeps_the_primary_and_slot_copies_follow_during_a_store_outage() {
         .unwrap();
     }
 }
+
+/// `member_slots_ttl: 0` with a cascading member (`replicatefrom`): the leader keeps no slot for a member that
+/// streams from another member (Patroni's pre-4.0 rule), the upstream replica does, and the leader never creates
+/// the slot again (the agent used to re-create it after every cycle's plan had dropped it).
+#[test]
+fn cascading_member_has_no_slot_on_the_leader_with_member_slots_ttl_0() {
+    let _serial = serial();
+    let opts = KeelOptions {
+        keel_bin: Some(env!("CARGO_BIN_EXE_keel").into()),
+        extra_dcs_yaml: "    member_slots_ttl: 0\n".into(),
+        ..KeelOptions::default()
+    };
+    let (mut c, leader) = cluster::up(opts, UP);
+    let reps = replicas(&c, &leader);
+    let (upstream, cascade) = (reps[0].clone(), reps[1].clone());
+    wait_slot(&c, &leader, &cascade, true, SLOTS);
+
+    // Restart the cascade's agent with `replicatefrom: <upstream>`.
+    assert!(c.stop_agent(&cascade, Duration::from_secs(60)), "the agent of {cascade} did not stop");
+    let path = c.node(&cascade).config_path.clone();
+    let mut text = std::fs::read_to_string(&path).expect("read the config");
+    text.push_str(&format!("tags:\n  replicatefrom: {upstream}\n"));
+    std::fs::write(&path, text).expect("write the config");
+    c.start_agent(&cascade).expect("start the agent");
+    wait_streaming_from(&c, &upstream, &cascade, FAILOVER);
+    wait_slot(&c, &upstream, &cascade, true, SLOTS);
+    wait_slot(&c, &leader, &cascade, false, SLOTS);
+
+    // Several HA cycles (loop_wait 2 s): the slot stays gone on the leader, the upstream's member slot stays.
+    let until = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < until {
+        let names = slot_names(&c, &leader).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!names.contains(&cascade), "{leader} re-created {cascade}'s slot: {names:?}\n{}", c.logs(30));
+        assert!(names.contains(&upstream), "{leader} lost {upstream}'s slot: {names:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(has_slot(&c, &upstream, &cascade), "{upstream} keeps the slot {cascade} streams through");
+}

@@ -6,7 +6,7 @@
 //!   (a re-copy cannot help yet), each with a typed [`CopyProblem`] that keeps the copy out of `Ready`.
 //! - [`copyable`]: whether copying the primary's slot now would give a usable copy (its `restart_lsn` must be in
 //!   WAL this replica still has).
-//! - [`recopy_due`]: the re-copy backoff, so that a copy that keeps failing never restarts PostgreSQL in a loop.
+//! - the re-copy backoff and what to copy from the leader are in [`super::recopy`].
 //!
 //! The stale-copy rule (postgresql-slots.md H3, H10): a copy must never be ahead of the primary's slot. A copy is
 //! stale when this node's data directory was rewound or rebuilt since the copy was made (pg_rewind keeps
@@ -20,7 +20,6 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::lsn::Lsn;
-use crate::time::Millis;
 
 /// Why a slot statement failed, from its SQLSTATE.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -412,33 +411,7 @@ fn problem_of(i: &CopyCheckInput<'_>, copy: SlotPositions) -> Option<CopyProblem
     }
 }
 
-/// Re-copies of one slot so far (reset when its copy becomes ready).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RecopyHistory {
-    pub attempts: u32,
-    pub last: Option<Millis>,
-}
-
-/// The first re-copy waits this long after the last one; each further one twice as long, up to [`RECOPY_MAX_WAIT`].
-pub const RECOPY_FIRST_WAIT: Millis = Millis::from_secs(10);
-pub const RECOPY_MAX_WAIT: Millis = Millis::from_secs(600);
-
-/// The wait before the next re-copy after `attempts` of them.
-pub fn recopy_wait(attempts: u32) -> Millis {
-    if attempts == 0 {
-        return Millis(0);
-    }
-    let factor = 1u64 << (attempts - 1).min(16);
-    Millis(RECOPY_FIRST_WAIT.0.saturating_mul(factor).min(RECOPY_MAX_WAIT.0))
-}
-
-/// Whether a re-copy may run now. Pure.
-pub fn recopy_due(h: &RecopyHistory, now: Millis) -> bool {
-    match h.last {
-        None => true,
-        Some(last) => now.since(last) >= recopy_wait(h.attempts).0,
-    }
-}
+pub use super::recopy::{recopy_due, recopy_wait, RecopyHistory, RECOPY_FIRST_WAIT, RECOPY_MAX_WAIT};
 
 #[cfg(test)]
 #[path = "copycheck_tests.rs"]

@@ -1,4 +1,5 @@
 use super::*;
+use crate::time::Millis;
 
 fn ctx<'a>(code: Option<&'a str>, connected: &'a str, major: u32, target: u64, position: u64) -> FailureContext<'a> {
     FailureContext {

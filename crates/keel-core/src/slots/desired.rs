@@ -8,10 +8,6 @@ use super::slot_name_from_member_name;
 use crate::lsn::Lsn;
 use crate::view::{ClusterView, Member, Tags};
 
-/// `pg_replication_slot_advance` exists from PostgreSQL 11 on; so do member slots on replicas, permanent logical
-/// slots and `member_slots_ttl`.
-pub const SLOT_ADVANCE_MAJOR: u32 = 11;
-
 /// The role this node's slots are computed for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeRole {
@@ -76,7 +72,7 @@ pub struct DesiredInput<'a> {
 
 impl DesiredInput<'_> {
     fn can_advance(&self) -> bool {
-        self.pg_major >= SLOT_ADVANCE_MAJOR
+        super::advance::can_advance_slots(self.pg_major)
     }
 }
 

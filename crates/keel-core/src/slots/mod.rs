@@ -1,5 +1,6 @@
 //! Replication slots: names, the desired set, reconciliation, publishing, and failover readiness.
 //!
+//! - [`advance`]: where a slot is advanced to (the cycle's plan and the agent's follower), `can_advance_slots`.
 //! - [`config`]: the `slots`, `ignore_slots`, `failover_slot_readiness` and `failover_slot_recreate` settings.
 //! - [`desired`]: which slots a node should have ([`desired_slots`]), `hot_standby_feedback` enforcement.
 //! - [`reconcile`]: desired vs. actual → [`SlotAction`]s.
@@ -7,19 +8,25 @@
 //! - [`status`]: what the leader publishes in `status`, the retention clock.
 //! - [`promotion`]: at promotion, each logical copy against what its consumers may have seen.
 //! - [`readiness`]: whether a copied logical slot is safe to use after promoting this replica.
+//! - [`recopy`]: the re-copy backoff, whether to re-copy a checked copy, whether the leader's slot may be copied.
 //! - [`copycheck`]: typed advance failures (by SQLSTATE), stale copies, copies needing missing WAL, re-copy backoff.
 //!
 //! See `crates/keel-core/SLOTS.md` for the life cycle of a slot.
 
+pub mod advance;
 pub mod config;
 pub mod copycheck;
 pub mod desired;
 pub mod promotion;
 pub mod readiness;
 pub mod reconcile;
+pub mod recopy;
 pub mod risk;
 pub mod status;
 
+pub use advance::{
+    advance_goal, advance_step, advance_target, can_advance_slots, AdvanceInput, AdvanceStep, SLOT_ADVANCE_MAJOR,
+};
 pub use config::{FailoverSlotReadiness, IgnoreMatcher, PermanentSlot, SlotKind, SlotNote, SlotsConfig};
 pub use desired::{
     desired_slots, enforce_hot_standby_feedback, has_permanent_slots, should_query_slots, slot_name_on_primary,

@@ -12,8 +12,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use super::advance::{advance_step, can_advance_slots, AdvanceInput, AdvanceStep};
 use super::config::{SlotKind, SlotsConfig};
-use super::desired::{DesiredSlot, DesiredSlots, NodeRole, SlotOrigin, SLOT_ADVANCE_MAJOR};
+use super::desired::{DesiredSlot, DesiredSlots, NodeRole, SlotOrigin};
 use super::readiness::Xid;
 use crate::lsn::Lsn;
 
@@ -198,10 +199,6 @@ pub enum SlotAction {
     CopyLogical { slot: String, database: String, plugin: String, leader: String, reason: CreateReason },
     /// `pg_replication_slot_advance(slot, to)` on a physical slot. Errors are logged, not retried.
     AdvancePhysical { slot: String, to: Lsn },
-    /// `pg_replication_slot_advance(slot, to)` over a connection to `database` (PostgreSQL 16 and older refuse
-    /// another database's slot), bounded in time, in the background. Report success or failure to readiness; a
-    /// failure is classified by SQLSTATE ([`super::copycheck::classify`]) and may lead to a re-copy.
-    AdvanceLogical { slot: String, database: String, to: Lsn },
     /// Drop the slot unless it is active (Patroni's drop-if-not-active statement). If it turns out to be active,
     /// skip the following create/copy of the same slot this cycle.
     Drop { slot: String, reason: DropReason },
@@ -218,7 +215,6 @@ impl SlotAction {
             | SlotAction::CreateLogical { slot, .. }
             | SlotAction::CopyLogical { slot, .. }
             | SlotAction::AdvancePhysical { slot, .. }
-            | SlotAction::AdvanceLogical { slot, .. }
             | SlotAction::Drop { slot, .. }
             | SlotAction::ContinuityBreak { slot, .. } => slot,
         }
@@ -291,7 +287,7 @@ fn drop_reason(
                 return Some(DropReason::Xmin { xmin });
             }
         }
-        if have.restart_lsn.is_none() && ctx.pg_major >= SLOT_ADVANCE_MAJOR {
+        if have.restart_lsn.is_none() && can_advance_slots(ctx.pg_major) {
             return Some(DropReason::NoRestartLsn);
         }
     }
@@ -346,39 +342,25 @@ fn plan_missing(
     }
 }
 
-/// Plans a desired slot that exists and matches: advance it.
+/// Plans a desired slot that exists and matches: advance a physical slot ([`super::advance::advance_step`] with
+/// the published position). Logical copies on replicas are advanced by the agent's follower with the same rule
+/// (it reads the leader's positions every 100 ms); on the primary their consumers move them.
 fn plan_existing(name: &str, want: &DesiredSlot, have: &ActualSlot, ctx: &ReconcileContext, out: &mut Vec<SlotAction>) {
-    if ctx.pg_major < SLOT_ADVANCE_MAJOR || have.active || have.natively_managed() {
+    if !can_advance_slots(ctx.pg_major) || have.active || have.natively_managed() {
         return;
     }
-    let Some(target) = want.lsn else { return };
-    match &want.kind {
-        SlotKind::Physical => {
-            if want.expected_active || have.xmin.is_some() {
-                return;
-            }
-            // On a replica PostgreSQL cannot advance past replay; cap it ourselves (unknown replay: no advance).
-            let to = match ctx.role {
-                NodeRole::Primary => target,
-                NodeRole::Replica => match ctx.replay_lsn {
-                    Some(replay) => target.min(replay),
-                    None => return,
-                },
-            };
-            if have.restart_lsn.is_some_and(|r| r < to) {
-                out.push(SlotAction::AdvancePhysical { slot: name.to_string(), to });
-            }
-        }
-        SlotKind::Logical { database, .. } => {
-            // On the primary its consumers move it.
-            if ctx.role != NodeRole::Replica {
-                return;
-            }
-            let Some(replay) = ctx.replay_lsn else { return };
-            let to = target.min(replay);
-            if have.confirmed_flush_lsn.is_some_and(|c| c < to) {
-                out.push(SlotAction::AdvanceLogical { slot: name.to_string(), database: database.clone(), to });
-            }
-        }
+    if want.kind != SlotKind::Physical || want.expected_active || have.xmin.is_some() {
+        return;
+    }
+    let step = advance_step(&AdvanceInput {
+        role: ctx.role,
+        leader: None,
+        published: want.lsn,
+        replay: ctx.replay_lsn,
+        current: have.restart_lsn,
+        unproven: false,
+    });
+    if let AdvanceStep::To(to) = step {
+        out.push(SlotAction::AdvancePhysical { slot: name.to_string(), to });
     }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::advance::can_advance_slots;
 use super::config::{SlotNote, SlotsConfig};
 use super::desired::{DesiredSlots, SlotOrigin};
 use super::reconcile::{ActualSlot, ActualSlots};
@@ -77,10 +78,12 @@ pub struct PublishInput<'a> {
     /// The leader's desired slots (computed as [`super::NodeRole::Primary`]).
     pub desired: &'a DesiredSlots,
     pub actual: &'a ActualSlots,
-    /// `pg_current_wal_flush_lsn()`.
-    pub flush_lsn: Lsn,
-    /// PostgreSQL 11+: slot positions are published at all.
-    pub can_advance: bool,
+    /// `pg_current_wal_flush_lsn()`; `None` when it could not be read (then neither `optime` nor the own slot is
+    /// published: an unknown position is never published as 0).
+    pub flush_lsn: Option<Lsn>,
+    /// The PostgreSQL major version: slot positions are published from 11 on
+    /// ([`super::advance::can_advance_slots`]).
+    pub pg_major: u32,
 }
 
 /// The slot positions the leader publishes: managed slots it has (physical `restart_lsn`, logical
@@ -90,7 +93,7 @@ pub struct PublishInput<'a> {
 /// are published (Patroni's `maybe_filter_permanent_slots`).
 pub fn published_slots(input: &PublishInput) -> BTreeMap<String, Lsn> {
     let mut out = BTreeMap::new();
-    if !input.can_advance {
+    if !can_advance_slots(input.pg_major) {
         return out;
     }
     let own = slot_name_from_member_name(input.me);
@@ -119,7 +122,9 @@ pub fn published_slots(input: &PublishInput) -> BTreeMap<String, Lsn> {
             }
         }
     }
-    out.insert(own, input.flush_lsn);
+    if let Some(flush) = input.flush_lsn {
+        out.insert(own, flush);
+    }
     if input.config.member_slots_ttl == 0 {
         let member_slots: BTreeSet<String> = input.view.members.keys().map(|m| slot_name_from_member_name(m)).collect();
         out.retain(|name, _| match input.config.permanent.get(name) {
@@ -144,10 +149,10 @@ fn position(s: &ActualSlot) -> Option<Lsn> {
 /// `retain_slots` from the retention clock (which this call advances).
 pub fn published_status(input: &PublishInput, clock: &mut RetainClock, now: Millis) -> (Status, Vec<SlotNote>) {
     let slots = published_slots(input);
-    let (retain_slots, notes) = if input.config.member_slots_ttl > 0 && input.can_advance {
+    let (retain_slots, notes) = if input.config.member_slots_ttl > 0 && can_advance_slots(input.pg_major) {
         clock.update(input.me, input.view, input.config, &slots, now)
     } else {
         (Vec::new(), Vec::new())
     };
-    (Status { optime: Some(input.flush_lsn), slots, retain_slots }, notes)
+    (Status { optime: input.flush_lsn, slots, retain_slots }, notes)
 }

@@ -543,13 +543,18 @@ fn advances_are_capped_and_skip_active_and_expected_active() {
         ("lg", ActualSlot::logical("db", "p", Some(Lsn(500)))),
     ]);
     let plan = reconcile(&d, &actual, &c.ctx(NodeRole::Replica));
-    assert_eq!(
-        plan,
-        vec![
-            SlotAction::AdvanceLogical { slot: "lg".into(), database: "db".into(), to: Lsn(1000) },
-            SlotAction::AdvancePhysical { slot: "n_a".into(), to: Lsn(1000) },
-        ]
-    );
+    assert_eq!(plan, vec![SlotAction::AdvancePhysical { slot: "n_a".into(), to: Lsn(1000) }]);
+    // The logical copy is the follower's, with the same rule: the published 1500 capped at replay 1000.
+    let lg = AdvanceInput {
+        role: NodeRole::Replica,
+        leader: None,
+        published: Some(Lsn(1500)),
+        replay: Some(Lsn(1000)),
+        current: Some(Lsn(500)),
+        unproven: false,
+    };
+    assert_eq!(advance_step(&lg), AdvanceStep::To(Lsn(1000)));
+    assert_eq!(advance_step(&AdvanceInput { replay: None, ..lg }), AdvanceStep::Unknown);
     // On the primary: physical not capped, logical never advanced (consumers move it).
     let plan = reconcile(&d, &actual, &c.ctx(NodeRole::Primary));
     assert_eq!(plan, vec![SlotAction::AdvancePhysical { slot: "n_a".into(), to: Lsn(2000) }]);
@@ -663,8 +668,8 @@ fn published_status_lists_managed_slots_and_own_flush() {
         config: &c,
         desired: &d,
         actual: &actual,
-        flush_lsn: Lsn(1000),
-        can_advance: true,
+        flush_lsn: Some(Lsn(1000)),
+        pg_major: 16,
     };
     let mut clock = RetainClock::on_promotion(&v.status.retain_slots, Millis(0));
     let (st, notes) = published_status(&input, &mut clock, Millis(1000));
@@ -682,7 +687,11 @@ fn published_status_lists_managed_slots_and_own_flush() {
     // Unknown slot list: keep the published positions of desired slots.
     let blind = PublishInput { actual: &ActualSlots::Unknown, ..input };
     assert!(published_slots(&blind).contains_key("ph_any"));
-    assert!(published_slots(&PublishInput { can_advance: false, ..input }).is_empty());
+    assert!(published_slots(&PublishInput { pg_major: 10, ..input }).is_empty());
+    // Unknown flush position: no optime and no own slot, never 0.
+    let unknown_flush = PublishInput { flush_lsn: None, ..input };
+    assert!(!published_slots(&unknown_flush).contains_key("node_a"));
+    assert_eq!(published_status(&unknown_flush, &mut clock, Millis(1_800_001)).0.optime, None);
 }
 
 #[test]
@@ -703,8 +712,8 @@ fn ttl_zero_publishes_only_permanent_slots() {
         config: &c,
         desired: &d,
         actual: &actual,
-        flush_lsn: Lsn(1000),
-        can_advance: true,
+        flush_lsn: Some(Lsn(1000)),
+        pg_major: 16,
     };
     let want: BTreeMap<String, Lsn> =
         [("lg", 940), ("node1", 1000), ("perm_ph", 950)].map(|(k, l)| (k.to_string(), Lsn(l))).into();
@@ -1014,5 +1023,87 @@ mod props {
                 st = next;
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The leader's member slots come from the plan alone, and the plan settles.
+
+/// Runs `reconcile` on the leader `n1` for `cycles` cycles, applying each plan to the slot list as the agent does.
+/// Returns every plan and the slots left.
+fn leader_cycles(v: &ClusterView, cycles: usize, start: &[&str]) -> (Vec<Vec<SlotAction>>, Vec<String>) {
+    let c = SlotsConfig::from_dynamic(&v.dynamic_config());
+    let d = desired_for(v, &c, "n1", NodeRole::Primary, 16);
+    let mut have: BTreeMap<String, ActualSlot> =
+        start.iter().map(|n| (n.to_string(), ActualSlot::physical(Some(Lsn(10))))).collect();
+    let (recreate, recopy) = (BTreeSet::new(), BTreeSet::new());
+    let ctx = ReconcileContext {
+        role: NodeRole::Primary,
+        pg_major: 16,
+        config: &c,
+        paused: false,
+        leader: LeaderState::Me,
+        running_primary: true,
+        replay_lsn: None,
+        failsafe_active: false,
+        recreate_requested: &recreate,
+        recopy_requested: &recopy,
+    };
+    let mut plans = Vec::new();
+    for _ in 0..cycles {
+        let plan = reconcile(&d, &ActualSlots::Known(have.clone()), &ctx);
+        for a in &plan {
+            match a {
+                SlotAction::CreatePhysical { slot, .. } => {
+                    have.insert(slot.clone(), ActualSlot::physical(Some(Lsn(10))));
+                }
+                SlotAction::Drop { slot, .. } => {
+                    have.remove(slot);
+                }
+                _ => {}
+            }
+        }
+        plans.push(plan);
+    }
+    (plans, have.into_keys().collect())
+}
+
+/// `member_slots_ttl: 0` with a `replicatefrom` member: the leader keeps no slot for a member that streams from
+/// another member (Patroni's Mode B `leader_filter`), drops one it finds once, and never creates it again (the agent
+/// used to re-create every non-`nostream` member's slot after the plan, so the slot was dropped and re-created
+/// every cycle).
+#[test]
+fn leader_member_slots_settle_with_replicatefrom() {
+    let members = |n3: Value| {
+        [("n1", json!({"role": "primary"})), ("n2", json!({})), ("n3", n3), ("n4", json!({"tags": {"nostream": true}}))]
+    };
+    // ttl, n3's member key, slots the leader starts with → slots it keeps.
+    type Row = (u64, Value, &'static [&'static str], &'static [&'static str]);
+    let table: &[Row] = &[
+        // Mode B: n3 streams from n2, which exists: n2 holds n3's slot, the leader does not.
+        (0, json!({"tags": {"replicatefrom": "n2"}}), &[], &["n2"]),
+        (0, json!({"tags": {"replicatefrom": "n2"}}), &["n2", "n3"], &["n2"]),
+        // Mode B: n3 streams from the leader, or from a member that is gone: the leader holds its slot.
+        (0, json!({"tags": {"replicatefrom": "n1"}}), &[], &["n2", "n3"]),
+        (0, json!({"tags": {"replicatefrom": "gone"}}), &["n3"], &["n2", "n3"]),
+        // Mode A: every member that streams, wherever from.
+        (1800, json!({"tags": {"replicatefrom": "n2"}}), &[], &["n2", "n3"]),
+        (1800, json!({}), &["n4"], &["n2", "n3"]),
+    ];
+    for (ttl, n3, start, want) in table {
+        let config = json!({"member_slots_ttl": ttl});
+        let v = view(&config, &members(n3.clone()), Some("n1"), json!({"optime": 100}));
+        let (plans, have) = leader_cycles(&v, 3, start);
+        let label = format!("ttl={ttl} n3={n3} start={start:?}");
+        assert_eq!(have, want.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "{label}");
+        assert!(plans[1..].iter().all(Vec::is_empty), "{label}: the plan does not settle: {plans:?}");
+        // Nothing is created that the same or a later cycle drops.
+        let created: BTreeSet<&str> = plans
+            .iter()
+            .flatten()
+            .filter(|a| matches!(a, SlotAction::CreatePhysical { .. }))
+            .map(SlotAction::slot)
+            .collect();
+        assert!(created.iter().all(|s| want.contains(s)), "{label}: created {created:?}");
     }
 }

@@ -2,8 +2,9 @@
 //! between HA cycles and independently of them.
 //!
 //! Every [`TICK`] it reads the managed slots' positions on the leader (`restart_lsn` for physical slots,
-//! `confirmed_flush_lsn` for logical ones) and the local replay position, and advances each local slot to
-//! `min(leader position, local replay)`. Each slot advances in its own task on its own connection, bounded by
+//! `confirmed_flush_lsn` for logical ones) and the local replay position, and advances each local slot where the
+//! core's rule says (`keel_core::slots::advance_step`: the leader's position, else the published one, capped at
+//! replay; the HA cycle's plan uses the same rule). Each slot advances in its own task on its own connection, bounded by
 //! [`ADVANCE_TIMEOUT`]: a slow or stuck advance delays neither the HA loop nor the other slots. A logical slot's
 //! connection goes to the slot's own database (PostgreSQL 16 and older refuse to advance another database's
 //! slot); at most [`MAX_IN_FLIGHT`] advances run at once. The outcome of each attempt, a failure classified by
@@ -15,12 +16,13 @@ use std::time::{Duration, Instant};
 
 use keel_core::lsn::Lsn;
 use keel_core::slots::copycheck::{self, CopyFailure, FailureContext};
+use keel_core::slots::{advance_step, advance_target, AdvanceInput, AdvanceStep, NodeRole};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::postgres::observe::{self, PgError, Session};
-use crate::postgres::slots as pg_slots;
+use crate::postgres::replication_slots as pg_slots;
 use crate::postgres::ConnParams;
 
 /// How often positions are compared.
@@ -39,9 +41,9 @@ pub struct FollowPlan {
     /// Managed slots present on this replica: name → the logical slot's database (`None`: physical).
     pub slots: BTreeMap<String, Option<String>>,
     pub pg_major: u32,
-    /// Targets from the `status` key for slots the leader does not have itself (e.g. the slot named after the
-    /// leader, which the leader publishes at its flush position).
-    pub fallback: BTreeMap<String, Lsn>,
+    /// The positions the leader published in `status` (the desired slots' `lsn`): the target of slots the leader
+    /// does not have itself (e.g. the slot named after the leader, published at its flush position).
+    pub published: BTreeMap<String, Lsn>,
 }
 
 /// The last known state of one followed slot.
@@ -128,32 +130,33 @@ async fn run(mut plans: watch::Receiver<Option<FollowPlan>>, progress: Progress)
             }
         };
         for (name, database) in &plan.slots {
-            let leader_lsn = targets.get(name).copied().flatten().or_else(|| plan.fallback.get(name).copied());
-            let local_lsn = locals.get(name).copied().flatten();
-            {
+            let input = {
                 let mut table = lock(&progress);
                 let entry = table.entry(name.clone()).or_default();
-                entry.leader_lsn = leader_lsn;
-                entry.highest_leader_lsn = entry.highest_leader_lsn.max(leader_lsn);
+                let local_lsn = locals.get(name).copied().flatten();
+                let input = AdvanceInput {
+                    role: NodeRole::Replica,
+                    leader: targets.get(name).copied().flatten(),
+                    published: plan.published.get(name).copied(),
+                    replay,
+                    current: local_lsn,
+                    unproven: entry.advances == 0 && entry.last_error.is_none(),
+                };
+                entry.leader_lsn = advance_target(input.leader, input.published);
+                entry.highest_leader_lsn = entry.highest_leader_lsn.max(entry.leader_lsn);
                 if entry.local_lsn.is_none() || local_lsn > entry.local_lsn {
                     entry.local_lsn = local_lsn;
                 }
-            }
-            let (Some(target), Some(replay)) = (leader_lsn, replay) else { continue };
-            let goal = target.min(replay);
-            let mut goal = goal;
-            if let Some(l) = local_lsn.filter(|l| *l >= goal) {
-                let mut table = lock(&progress);
-                let Some(entry) = table.get_mut(name) else { continue };
-                entry.caught_up_at = Some(Instant::now());
-                // A copy that never needed to move has not yet shown that it can be advanced (readiness asks for
-                // one successful advance): advance it to where it already is, once.
-                if entry.advances > 0 || entry.last_error.is_some() {
-                    continue;
+                input
+            };
+            let step = advance_step(&input);
+            if matches!(step, AdvanceStep::CaughtUp | AdvanceStep::Prove(_)) {
+                if let Some(entry) = lock(&progress).get_mut(name) {
+                    entry.caught_up_at = Some(Instant::now());
                 }
-                goal = l;
             }
-            if local_lsn.is_none() || in_flight.contains_key(name) || in_flight.len() >= MAX_IN_FLIGHT {
+            let (AdvanceStep::To(goal) | AdvanceStep::Prove(goal)) = step else { continue };
+            if in_flight.contains_key(name) || in_flight.len() >= MAX_IN_FLIGHT {
                 continue;
             }
             let session = sessions.entry(name.clone()).or_default().clone();
@@ -167,7 +170,7 @@ async fn run(mut plans: watch::Receiver<Option<FollowPlan>>, progress: Progress)
                 database: database.clone(),
                 pg_major: plan.pg_major,
                 goal,
-                position: local_lsn,
+                position: input.current,
             };
             in_flight.insert(name.clone(), tokio::spawn(advance_task(attempt, progress.clone(), session)));
         }

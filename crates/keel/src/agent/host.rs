@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use super::failsafe::FailsafeState;
 use super::local::Local;
 use super::publish::write_status;
-use super::slots::SlotManager;
+use super::slot_manager::SlotManager;
 use crate::dcs::{ClusterStore, KvBackend};
 use crate::fence::Fence;
 use crate::status::NodeStatus;

@@ -20,12 +20,11 @@ use super::pgauth::{pgpass_text, Cred, Pgpass};
 use crate::config::Config;
 use crate::postgres::bins::PgBinaries;
 use crate::postgres::conf::{self, RecoveryConf, ServerConf};
-use crate::postgres::ctl::{InitdbOption, InitdbParams, PgCtl, StopMode};
 use crate::postgres::datadir::{self, DataDirState};
 use crate::postgres::observe::{self, Observation};
+use crate::postgres::pg_ctl::{InitdbOption, InitdbParams, PgCtl, PostmasterState, StopMode};
 use crate::postgres::process::RunAs;
 use crate::postgres::roles::{self, RoleKind, RoleSpec};
-use crate::postgres::slots as pg_slots;
 use crate::postgres::ConnParams;
 
 /// Generous limits for the slow PostgreSQL operations (`pg_ctl start`/`stop`/`restart` use `pg_ctl_timeout`).
@@ -209,14 +208,23 @@ impl Local {
             Ok(DataDirState::Initialized(info)) => {
                 DataDir::Initialized { sysid: info.control.system_identifier.to_string() }
             }
+            Ok(DataDirState::Invalid(why)) => {
+                warn!("the data directory is not usable: {why}");
+                DataDir::Invalid
+            }
             Err(e) => {
                 warn!("cannot inspect the data directory: {e}");
                 DataDir::Unknown
             }
         };
-        let running = self.ctl.is_running();
+        let state = self.ctl.postmaster_state();
+        let running = matches!(state, PostmasterState::Running { .. });
         let mut obs = PgObservation {
-            running: if running { PgRunning::Running } else { PgRunning::Stopped },
+            running: match state {
+                PostmasterState::Running { .. } => PgRunning::Running,
+                PostmasterState::Stopped => PgRunning::Stopped,
+                PostmasterState::Unknown { .. } => PgRunning::Unknown,
+            },
             starting: false,
             role: PgRole::Unknown,
             timeline: None,
@@ -227,6 +235,12 @@ impl Local {
             following: self.following.clone(),
             down_since: None,
         };
+        if let PostmasterState::Unknown { why } = &state {
+            // Neither stopped nor running: nothing is started, stopped or decided from it this cycle.
+            warn!("cannot tell whether PostgreSQL runs: {why}");
+            self.session = None;
+            return (obs, None);
+        }
         if !running {
             self.session = None;
             if self.down_since.is_none() {
@@ -560,7 +574,9 @@ impl Local {
         self.stop_pg(StopMode::Fast, false).await?;
         let mut result = Ok(());
         for (name, bytes, expectation) in files {
-            if let Err(e) = crate::slots::copy::write_slot_file(&self.data_dir, name, bytes, expectation, owner, true) {
+            if let Err(e) =
+                crate::postgres::slot_file::write_slot_file(&self.data_dir, name, bytes, expectation, owner, true)
+            {
                 result = Err(anyhow!(e).context(format!("installing logical slot {name}")));
                 break;
             }
@@ -594,23 +610,6 @@ impl Local {
     /// Stops PostgreSQL immediately (after a fast stop failed, at shutdown).
     pub async fn stop_immediately(&mut self) -> Result<()> {
         self.stop_pg(StopMode::Immediate, false).await
-    }
-
-    /// Creates the physical slots replicas stream through (`use_slots`), reserving WAL immediately. Slots are
-    /// only added here; the full slot life cycle (drop, advance, logical slots) is the slots module's job.
-    pub async fn ensure_physical_slots(&mut self, names: &[String]) -> Result<()> {
-        if !self.use_slots || names.is_empty() {
-            return Ok(());
-        }
-        let session = self.session().await?;
-        let existing = pg_slots::list(session).await?;
-        for name in names.iter().filter(|n| !existing.iter().any(|s| &s.name == *n)) {
-            pg_slots::create_physical(session, name)
-                .await
-                .with_context(|| format!("creating replication slot {name}"))?;
-            info!("created physical replication slot {name}");
-        }
-        Ok(())
     }
 }
 

@@ -15,6 +15,6 @@ pub mod request_channel;
 mod requests;
 mod runtime;
 mod shutdown;
-pub mod slots;
+pub mod slot_manager;
 
 pub(crate) use runtime::{Agent, AgentParts};

@@ -25,7 +25,7 @@ use super::host::AgentHost;
 use super::local::Local;
 use super::probe;
 use super::request_channel::{AgentRequest, RestartRequest};
-use super::slots::{SlotCycle, SlotManager};
+use super::slot_manager::{SlotCycle, SlotManager};
 use crate::clock::unix_ms;
 use crate::config::Config;
 use crate::dcs::{ClusterStore, KvBackend};
@@ -370,18 +370,6 @@ impl<B: KvBackend> Agent<B> {
         }
         if let Err(e) = self.local.apply_parameters(is_primary).await {
             warn!("cannot apply PostgreSQL parameters: {e:#}");
-        }
-        if self.exec.holds_leader && is_primary {
-            let slots: Vec<String> = self
-                .view
-                .members
-                .values()
-                .filter(|m| m.name != self.cfg.name && !m.tags.nostream)
-                .map(|m| keel_core::slots::slot_name_from_member_name(&m.name))
-                .collect();
-            if let Err(e) = self.local.ensure_physical_slots(&slots).await {
-                warn!("cannot create member replication slots: {e:#}");
-            }
         }
     }
 

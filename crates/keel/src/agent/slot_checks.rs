@@ -7,13 +7,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use keel_core::lsn::Lsn;
-use keel_core::slots::copycheck::{
-    check_copy, recopy_due, CopyCheckInput, CopyFailure, CopyVerdict, PrimarySlot, SlotPositions,
-};
+use keel_core::slots::copycheck::{check_copy, CopyCheckInput, CopyFailure, PrimarySlot, SlotPositions};
 use keel_core::slots::readiness::{
     self, LocalLogicalSlot, PrimaryPhysicalSlot, ReadinessEvent, ReadinessObservation, ReadinessReason, SlotReadiness,
     Xid,
 };
+use keel_core::slots::recopy::{advance_event, recopy_wanted};
 use keel_core::slots::{self, ActualSlots, DesiredSlots, SlotKind, SlotsReadiness, WalStatus};
 use keel_core::view::Member;
 use tracing::{info, warn};
@@ -21,7 +20,7 @@ use tracing::{info, warn};
 use super::{SlotCycle, SlotManager};
 use crate::agent::follower::SlotProgress;
 use crate::agent::local::Local;
-use crate::postgres::slots::{self as pg_slots, PgSlot};
+use crate::postgres::replication_slots::{self as pg_slots, PgSlot};
 
 const LEADER_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -83,10 +82,9 @@ impl SlotManager {
         let Some(p) = p else { return (None, None) };
         let before = self.last_advances.insert(name.to_string(), p.advances).unwrap_or(0);
         let failure = p.last_error.as_ref().map(|e| e.failure.clone());
-        if p.advances > before {
-            (Some(ReadinessEvent::AdvanceSucceeded), None)
-        } else {
-            (failure.clone().map(ReadinessEvent::AdvanceFailed), failure)
+        match advance_event(before, p.advances, failure.as_ref()) {
+            Some(ReadinessEvent::AdvanceSucceeded) => (Some(ReadinessEvent::AdvanceSucceeded), None),
+            event => (event, failure),
         }
     }
 
@@ -136,8 +134,7 @@ impl SlotManager {
                 rebuilt: self.rebuilt.get(name).copied(),
                 failure,
             });
-            let recopy = matches!(verdict, CopyVerdict::Recopy(_) | CopyVerdict::Blocked { drop: true, .. });
-            if recopy && recopy_due(&self.recopies.get(name).copied().unwrap_or_default(), c.now) {
+            if recopy_wanted(&verdict, &self.recopies.get(name).copied().unwrap_or_default(), c.now) {
                 self.recopy.insert(name.clone());
             }
             let problem = verdict.problem().cloned();

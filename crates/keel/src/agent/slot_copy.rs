@@ -2,14 +2,15 @@
 //! (`pg_read_binary_file`, over the `postgres` database where the rewind role may run it), validated for this
 //! node's major
 //! (`keel_core::slotfile`), and all copies of a cycle are installed in one stop/start of PostgreSQL
-//! (`crate::slots::copy`). A slot whose `restart_lsn` on the leader needs WAL this node no longer has is not copied:
+//! (`crate::postgres::slot_file`). A slot whose `restart_lsn` on the leader needs WAL this node no longer has is not copied:
 //! such a copy could never advance, and copying it again and again would restart PostgreSQL in a loop.
 
 use anyhow::{anyhow, Context, Result};
 use keel_core::lsn::Lsn;
 use keel_core::slotfile::Expectation;
-use keel_core::slots::copycheck::{copyable, Copyable, PrimarySlot, SlotPositions};
+use keel_core::slots::copycheck::SlotPositions;
 use keel_core::slots::readiness::{ReadinessEvent, SlotReadiness};
+use keel_core::slots::recopy::{copy_source, CopySource, SourceSlot};
 use keel_core::time::Millis;
 use keel_core::view::Member;
 use tracing::{info, warn};
@@ -17,7 +18,7 @@ use tracing::{info, warn};
 use super::{checks, SlotManager, COPY_QUERY_TIMEOUT};
 use crate::agent::local::Local;
 use crate::postgres::observe;
-use crate::postgres::slots::{self as pg_slots, PgSlot};
+use crate::postgres::replication_slots::{self as pg_slots, PgSlot};
 
 impl SlotManager {
     /// Reads every slot's state file from the leader over a connection to the slot's database, validates them for
@@ -37,12 +38,9 @@ impl SlotManager {
         let session = observe::connect(&params, COPY_QUERY_TIMEOUT).await?;
         let on_leader = pg_slots::list(&session).await?;
         let mut files = Vec::new();
-        for (slot, database, plugin) in copies {
-            let Some(src) = on_leader.iter().find(|s| &s.name == slot) else {
-                warn!("logical slot {slot} does not exist on the leader yet; will copy it later");
-                continue;
-            };
-            if let Some(f) = self.source_file(&session, src, database, plugin, local.bins.major, oldest).await? {
+        for want in copies {
+            let src = on_leader.iter().find(|s| s.name == want.0);
+            if let Some(f) = self.source_file(&session, want, src, local.bins.major, oldest).await? {
                 files.push(f);
             }
         }
@@ -78,38 +76,42 @@ impl SlotManager {
         Ok(())
     }
 
-    /// The validated state file of the leader's slot `src`, or `None` (logged) when it must not be copied.
+    /// The validated state file of the leader's slot `src`, or `None` (logged) when it must not be copied
+    /// (`keel_core::slots::recopy::copy_source` decides).
     async fn source_file(
         &self,
         session: &observe::Session,
-        src: &PgSlot,
-        database: &str,
-        plugin: &str,
+        (slot, database, plugin): &(String, String, String),
+        src: Option<&PgSlot>,
         major: u32,
         oldest: Option<Lsn>,
     ) -> Result<Option<(String, Vec<u8>, Expectation)>> {
-        let slot = src.name.as_str();
-        if src.database.as_deref() != Some(database) || src.plugin.as_deref() != Some(plugin) {
-            warn!("logical slot {slot} on the leader does not match the configuration; not copying it");
-            return Ok(None);
-        }
-        let primary = PrimarySlot::Known(SlotPositions {
-            restart_lsn: src.restart_lsn,
-            confirmed_flush_lsn: src.confirmed_flush_lsn,
+        let source = src.map(|s| SourceSlot {
+            database: s.database.as_deref(),
+            plugin: s.plugin.as_deref(),
+            positions: SlotPositions { restart_lsn: s.restart_lsn, confirmed_flush_lsn: s.confirmed_flush_lsn },
         });
-        match copyable(&primary, oldest) {
-            Copyable::Yes | Copyable::Unknown => {}
-            Copyable::No(problem) => {
+        let src = match (copy_source(source.as_ref(), database, plugin, oldest), src) {
+            (CopySource::Copy, Some(src)) => src,
+            (CopySource::Copy | CopySource::NotOnLeader, _) => {
+                warn!("logical slot {slot} does not exist on the leader yet; will copy it later");
+                return Ok(None);
+            }
+            (CopySource::Mismatch, _) => {
+                warn!("logical slot {slot} on the leader does not match the configuration; not copying it");
+                return Ok(None);
+            }
+            (CopySource::Blocked(problem), _) => {
                 if self.problems.get(slot) != Some(&problem) {
                     warn!("not copying logical slot {slot}: {problem}");
                 }
                 return Ok(None);
             }
-            Copyable::NothingToCopy => {
+            (CopySource::NothingToCopy, _) => {
                 warn!("logical slot {slot} on the leader has no restart_lsn; not copying it");
                 return Ok(None);
             }
-        }
+        };
         let oid = src.datoid.ok_or_else(|| anyhow!("slot {slot} has no database oid on the leader"))?;
         let bytes = pg_slots::read_state_file(session, slot).await.with_context(|| format!("reading {slot}"))?;
         let expectation =

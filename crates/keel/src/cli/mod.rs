@@ -29,7 +29,7 @@ pub mod reload;
 pub mod remove;
 pub mod rest;
 pub mod restart;
-pub mod slots;
+pub mod slots_cmd;
 pub mod switchover;
 pub mod timefmt;
 pub mod version;
@@ -134,7 +134,7 @@ pub enum CtlCommand {
     Version(version::VersionArgs),
     /// Replication slots on every member (positions, lag, readiness); `slots recreate NAME` after a
     /// continuity break.
-    Slots(slots::SlotsArgs),
+    Slots(slots_cmd::SlotsArgs),
 }
 
 impl CtlCommand {
@@ -213,7 +213,7 @@ async fn run_ctl(path: PathBuf, command: &CtlCommand) -> ctl::CtlResult {
         CtlCommand::Remove(a) => remove::remove(&open(&None)?, a).await,
         CtlCommand::Flush(a) => flush::flush(&open(&None)?, a).await,
         CtlCommand::Version(a) => version::version(&open(&None)?, a).await,
-        CtlCommand::Slots(a) => slots::slots(&open(&None)?, a).await,
+        CtlCommand::Slots(a) => slots_cmd::slots(&open(&None)?, a).await,
     }
 }
 

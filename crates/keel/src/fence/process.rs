@@ -91,6 +91,7 @@ fn fire(data_dir: &Path) {
         Postmaster::Stale { pid } => {
             eprintln!("keel fence: deadline passed; postmaster.pid names {pid}, which is not this server's postmaster")
         }
+        Postmaster::Unknown { why } => eprintln!("keel fence: deadline passed, but cannot tell the postmaster: {why}"),
         Postmaster::NotRunning => {}
     }
 }

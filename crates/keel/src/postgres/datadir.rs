@@ -19,6 +19,27 @@ pub enum DataDirState {
     Empty,
     /// A PostgreSQL data directory.
     Initialized(DataDirInfo),
+    /// Present and not empty, but not a usable data directory: PostgreSQL could not start on it either.
+    Invalid(InvalidDataDir),
+}
+
+/// Why a present, non-empty directory is not a usable data directory.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidDataDir {
+    #[error(
+        "{path} is neither empty nor a PostgreSQL data directory (no PG_VERSION): empty it or point postgresql.data_dir elsewhere"
+    )]
+    NoPgVersion { path: PathBuf },
+    #[error("{path} cannot be read ({kind:?}): the data directory is damaged")]
+    Unreadable { path: PathBuf, kind: std::io::ErrorKind },
+    #[error("{path} holds {text:?}, not a PostgreSQL major version: the data directory is damaged")]
+    BadPgVersion { path: PathBuf, text: String },
+    #[error("{path} is missing: the data directory is damaged; reinitialize this member (keel reinit)")]
+    NoControlFile { path: PathBuf },
+    #[error("{path} is damaged ({problem}); reinitialize this member (keel reinit)")]
+    BadControlFile { path: PathBuf, problem: keel_core::pgcontrol::ControlFileProblem },
+    #[error("pg_controldata on {path}: {problem}; the control file is damaged")]
+    BadControldata { path: PathBuf, problem: String },
 }
 
 /// An initialised data directory.
@@ -101,16 +122,11 @@ pub enum DataDirError {
     WrongMode { path: PathBuf, mode: u32 },
     #[error("{path} is not a directory: point postgresql.data_dir at a directory")]
     NotADirectory { path: PathBuf },
-    #[error(
-        "{path} is neither empty nor a PostgreSQL data directory (no PG_VERSION): empty it or point postgresql.data_dir elsewhere"
-    )]
-    NotADataDirectory { path: PathBuf },
     #[error("could not read {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{path} holds {text:?}, not a PostgreSQL major version: the data directory is damaged")]
-    BadPgVersion { path: PathBuf, text: String },
     #[error("pg_controldata on {path} failed: {source}")]
     Controldata { path: PathBuf, source: CommandError },
+    /// Its output could not be read (see [`InvalidDataDir::BadControldata`] where [`inspect`] decides).
     #[error("pg_controldata on {path}: {problem}")]
     BadControldata { path: PathBuf, problem: String },
     #[error(transparent)]
@@ -146,8 +162,9 @@ pub fn check_permissions(data_dir: &Path, uid: u32) -> Result<(), DataDirError> 
     Ok(())
 }
 
-/// Looks at `data_dir`: absent, empty, or initialised (then checks owner and mode against `run_as` and runs
-/// `pg_controldata`).
+/// Looks at `data_dir`: absent, empty, initialised (then checks owner and mode against `run_as`, the control
+/// file's checksum, and runs `pg_controldata`), or invalid (present but not a usable data directory). An error
+/// means the inspection itself failed (or owner and mode are wrong): nothing is known about the directory.
 pub async fn inspect(data_dir: &Path, bins: &PgBinaries, run_as: &RunAs) -> Result<DataDirState, DataDirError> {
     let meta = match std::fs::metadata(data_dir) {
         Ok(meta) => meta,
@@ -170,16 +187,36 @@ pub async fn inspect(data_dir: &Path, bins: &PgBinaries, run_as: &RunAs) -> Resu
     }
     let version_file = data_dir.join("PG_VERSION");
     if !version_file.exists() {
-        return Err(DataDirError::NotADataDirectory { path: data_dir.to_path_buf() });
+        return Ok(DataDirState::Invalid(InvalidDataDir::NoPgVersion { path: data_dir.to_path_buf() }));
     }
     let (uid, _) = run_as.owner()?;
     check_permissions(data_dir, uid)?;
-    let text = std::fs::read_to_string(&version_file).map_err(io(&version_file))?;
-    let pg_version = text
-        .trim()
-        .parse()
-        .map_err(|_| DataDirError::BadPgVersion { path: version_file.clone(), text: text.clone() })?;
-    let control = controldata(data_dir, bins, run_as).await?;
+    let text = match read_file(&version_file)? {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(invalid) => return Ok(DataDirState::Invalid(invalid)),
+    };
+    let Ok(pg_version) = text.trim().parse() else {
+        return Ok(DataDirState::Invalid(InvalidDataDir::BadPgVersion { path: version_file, text }));
+    };
+    let control_file = data_dir.join("global").join("pg_control");
+    match read_file(&control_file)? {
+        Ok(bytes) => {
+            if let Err(problem) = keel_core::pgcontrol::check(&bytes) {
+                return Ok(DataDirState::Invalid(InvalidDataDir::BadControlFile { path: control_file, problem }));
+            }
+        }
+        Err(InvalidDataDir::Unreadable { kind: std::io::ErrorKind::NotFound, .. }) => {
+            return Ok(DataDirState::Invalid(InvalidDataDir::NoControlFile { path: control_file }));
+        }
+        Err(invalid) => return Ok(DataDirState::Invalid(invalid)),
+    }
+    let control = match controldata(data_dir, bins, run_as).await {
+        Ok(c) => c,
+        Err(DataDirError::BadControldata { path, problem }) => {
+            return Ok(DataDirState::Invalid(InvalidDataDir::BadControldata { path, problem }));
+        }
+        Err(e) => return Err(e),
+    };
     Ok(DataDirState::Initialized(DataDirInfo {
         pg_version,
         standby_signal: data_dir.join("standby.signal").exists(),
@@ -187,6 +224,20 @@ pub async fn inspect(data_dir: &Path, bins: &PgBinaries, run_as: &RunAs) -> Resu
         postmaster_pid: data_dir.join("postmaster.pid").exists(),
         control,
     }))
+}
+
+/// Reads a file of the data directory. `Ok(Err(..))`: the file is missing or cannot be read for a reason that
+/// PostgreSQL would meet too (not there, no permission, not valid data), so the directory is not usable;
+/// `Err(..)`: the read itself failed for another reason (nothing is concluded about the directory).
+fn read_file(path: &Path) -> Result<Result<Vec<u8>, InvalidDataDir>, DataDirError> {
+    use std::io::ErrorKind::{InvalidData, IsADirectory, NotFound, PermissionDenied, UnexpectedEof};
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Ok(bytes)),
+        Err(e) if matches!(e.kind(), NotFound | PermissionDenied | InvalidData | UnexpectedEof | IsADirectory) => {
+            Ok(Err(InvalidDataDir::Unreadable { path: path.to_path_buf(), kind: e.kind() }))
+        }
+        Err(e) => Err(io(path)(e)),
+    }
 }
 
 /// Runs `pg_controldata` on `data_dir` and reads its output.
@@ -299,7 +350,85 @@ Data page checksum version:           0
         assert_eq!(inspect(&absent, &bins, &run_as).await.unwrap(), DataDirState::Absent);
         assert_eq!(inspect(dir.path(), &bins, &run_as).await.unwrap(), DataDirState::Empty);
         std::fs::write(dir.path().join("junk"), "x").unwrap();
+        let state = inspect(dir.path(), &bins, &run_as).await.unwrap();
+        assert!(matches!(state, DataDirState::Invalid(InvalidDataDir::NoPgVersion { .. })), "{state:?}");
+    }
+
+    /// A control file whose CRC-32C (at offset 296, as on 15) matches.
+    fn control_file() -> Vec<u8> {
+        let mut bytes = vec![0u8; keel_core::pgcontrol::PG_CONTROL_FILE_SIZE];
+        bytes[..8].copy_from_slice(&7412345678901234567u64.to_ne_bytes());
+        let crc = crc_of(&bytes[..296]);
+        bytes[296..300].copy_from_slice(&crc.to_ne_bytes());
+        bytes
+    }
+
+    /// CRC-32C (Castagnoli), bit by bit: the test's own reference.
+    fn crc_of(data: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for b in data {
+            crc ^= u32::from(*b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+
+    /// Directory contents → what `inspect` concludes. Every case but the last is a directory PostgreSQL could not
+    /// start on (`Invalid`); the last one is a good directory whose inspection failed (`pg_controldata` missing).
+    #[tokio::test]
+    async fn invalid_data_directories_are_told_from_failed_inspections() {
+        let bins = PgBinaries { dir: "/nonexistent".into(), major: 15, version: "15".into() };
+        let run_as = RunAs::current();
+        let garbled = {
+            let mut c = control_file();
+            c[3] ^= 0x55;
+            c
+        };
+        type Case = (&'static str, Option<&'static [u8]>, Option<Vec<u8>>, bool, fn(&InvalidDataDir) -> bool);
+        let cases: Vec<Case> = vec![
+            ("garbled PG_VERSION", Some(b"fifteen\n"), Some(control_file()), false, |i| {
+                matches!(i, InvalidDataDir::BadPgVersion { .. })
+            }),
+            ("PG_VERSION is a directory", None, Some(control_file()), true, |i| {
+                matches!(i, InvalidDataDir::Unreadable { .. })
+            }),
+            ("no pg_control", Some(b"15\n"), None, false, |i| matches!(i, InvalidDataDir::NoControlFile { .. })),
+            ("short pg_control", Some(b"15\n"), Some(vec![1; 100]), false, |i| {
+                matches!(i, InvalidDataDir::BadControlFile { .. })
+            }),
+            ("garbled pg_control", Some(b"15\n"), Some(garbled), false, |i| {
+                matches!(i, InvalidDataDir::BadControlFile { .. })
+            }),
+        ];
+        let data_dir = || {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+            dir
+        };
+        for (label, version, control, version_dir, want) in cases {
+            let dir = data_dir();
+            match version {
+                Some(v) => std::fs::write(dir.path().join("PG_VERSION"), v).unwrap(),
+                None if version_dir => std::fs::create_dir(dir.path().join("PG_VERSION")).unwrap(),
+                None => {}
+            }
+            std::fs::create_dir(dir.path().join("global")).unwrap();
+            if let Some(c) = control {
+                std::fs::write(dir.path().join("global/pg_control"), c).unwrap();
+            }
+            match inspect(dir.path(), &bins, &run_as).await {
+                Ok(DataDirState::Invalid(i)) => assert!(want(&i), "{label}: {i}"),
+                other => panic!("{label}: {other:?}"),
+            }
+        }
+        // An intact directory whose pg_controldata cannot run: the inspection failed, nothing is concluded.
+        let dir = data_dir();
+        std::fs::write(dir.path().join("PG_VERSION"), "15\n").unwrap();
+        std::fs::create_dir(dir.path().join("global")).unwrap();
+        std::fs::write(dir.path().join("global/pg_control"), control_file()).unwrap();
         let err = inspect(dir.path(), &bins, &run_as).await.unwrap_err();
-        assert!(matches!(err, DataDirError::NotADataDirectory { .. }), "{err}");
+        assert!(matches!(err, DataDirError::Controldata { .. }), "{err}");
     }
 }

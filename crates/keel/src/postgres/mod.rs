@@ -7,13 +7,14 @@
 
 pub mod bins;
 pub mod conf;
-pub mod ctl;
 pub mod datadir;
 pub mod observe;
+pub mod pg_ctl;
 pub mod postmaster;
 pub mod process;
+pub mod replication_slots;
 pub mod roles;
-pub mod slots;
+pub mod slot_file;
 
 use std::path::PathBuf;
 use std::time::Duration;

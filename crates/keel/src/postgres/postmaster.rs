@@ -10,10 +10,13 @@ use std::path::{Path, PathBuf};
 pub enum Postmaster {
     /// The pid names a live process working in this data directory.
     Running(u32),
-    /// No file, an unreadable one, or no such process.
+    /// No file, or no such process (left behind by a crash).
     NotRunning,
     /// The pid names a process that is not this data directory's postmaster (reused pid, another user's).
     Stale { pid: u32 },
+    /// The file cannot be read or holds no valid pid (PostgreSQL refuses to start on it too: "bogus data in lock
+    /// file"), or the process check failed: whether PostgreSQL runs is unknown.
+    Unknown { why: String },
 }
 
 impl Postmaster {
@@ -27,17 +30,26 @@ impl Postmaster {
 
 /// Reads `<data_dir>/postmaster.pid` and checks the process it names.
 pub fn find(data_dir: &Path) -> Postmaster {
-    let Ok(text) = std::fs::read_to_string(data_dir.join("postmaster.pid")) else { return Postmaster::NotRunning };
-    let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()).filter(|p| *p > 0) else {
-        return Postmaster::NotRunning;
+    let path = data_dir.join("postmaster.pid");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Postmaster::NotRunning,
+        Err(e) => return Postmaster::Unknown { why: format!("cannot read {}: {e}", path.display()) },
+    };
+    let first = text.lines().next().unwrap_or("").trim();
+    let Some(pid) = first.parse::<i32>().ok().filter(|p| *p > 0) else {
+        let why = format!("{} holds {first:?}, not a process id (starting, or left by a crash)", path.display());
+        return Postmaster::Unknown { why };
     };
     let pid_u = pid.unsigned_abs();
     // SAFETY: signal 0 only checks that the process exists and may be signalled.
     if unsafe { libc::kill(pid, 0) } != 0 {
-        return match std::io::Error::last_os_error().raw_os_error() {
+        let err = std::io::Error::last_os_error();
+        return match err.raw_os_error() {
             // Exists but belongs to someone else: not a postmaster we (its data directory's owner) started.
             Some(libc::EPERM) => Postmaster::Stale { pid: pid_u },
-            _ => Postmaster::NotRunning,
+            Some(libc::ESRCH) => Postmaster::NotRunning,
+            _ => Postmaster::Unknown { why: format!("cannot check process {pid} of {}: {err}", path.display()) },
         };
     }
     match process_cwd(pid_u) {
@@ -130,12 +142,21 @@ mod tests {
     }
 
     #[test]
-    fn no_file_garbage_or_a_dead_pid_is_not_running() {
+    fn no_file_or_a_dead_pid_is_not_running_and_garbage_is_unknown() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(find(dir.path()), Postmaster::NotRunning);
-        std::fs::write(dir.path().join("postmaster.pid"), "garbage\n").expect("write");
-        assert_eq!(find(dir.path()), Postmaster::NotRunning);
-        assert_eq!(find(dir_with_pid(i32::MAX as u32 - 7).path()), Postmaster::NotRunning);
+        let mut child = std::process::Command::new("true").spawn().expect("true");
+        let gone = child.id();
+        child.wait().expect("wait");
+        assert_eq!(find(dir_with_pid(gone).path()), Postmaster::NotRunning, "left by a crash");
+        let pid_file = dir.path().join("postmaster.pid");
+        for garbled in ["", "\n", "abc\n", "0\n", "-5\n"] {
+            std::fs::write(&pid_file, garbled).expect("write");
+            assert!(matches!(find(dir.path()), Postmaster::Unknown { .. }), "{garbled:?}");
+        }
+        std::fs::remove_file(&pid_file).expect("remove");
+        std::fs::create_dir(&pid_file).expect("mkdir");
+        assert!(matches!(find(dir.path()), Postmaster::Unknown { .. }), "unreadable");
     }
 
     #[test]

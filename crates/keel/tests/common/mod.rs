@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use keel::postgres::bins::Tool;
 use keel::postgres::conf::{RecoveryConf, ServerConf};
-use keel::postgres::ctl::PgCtl;
+use keel::postgres::pg_ctl::PgCtl;
 use keel::postgres::process::RunAs;
 
 /// The PostgreSQL versions to test: `KEEL_TEST_PG_VERSIONS=15,16,17,18`, else 15 plus 16 and 18 when installed

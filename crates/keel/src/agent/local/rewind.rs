@@ -10,9 +10,9 @@ use keel_core::view::Member;
 use tracing::info;
 
 use super::{Local, BASEBACKUP_TIMEOUT, QUERY_TIMEOUT};
-use crate::postgres::ctl::{RewindOutcome, StopMode};
 use crate::postgres::datadir;
 use crate::postgres::observe;
+use crate::postgres::pg_ctl::{RewindOutcome, StopMode};
 
 impl Local {
     /// Reads our end of WAL and the leader's timeline and history. An error: the leader cannot be asked at all.

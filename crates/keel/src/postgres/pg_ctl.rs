@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::bins::{PgBinaries, Tool};
 use super::datadir::{self, DataDirError};
+use super::postmaster::Postmaster;
 use super::process::{self, CommandError, Finished, RunAs};
 use super::ConnParams;
 
@@ -212,13 +213,20 @@ impl PgCtl {
 
     /// The postmaster's pid from `postmaster.pid`, when that process exists.
     pub fn postmaster_pid(&self) -> Option<u32> {
-        // A stale file (a reused pid, another user's process) is not a running server.
-        super::postmaster::find(&self.data_dir).pid()
+        match self.postmaster_state() {
+            PostmasterState::Running { pid } => Some(pid),
+            PostmasterState::Stopped | PostmasterState::Unknown { .. } => None,
+        }
     }
 
     /// A postmaster runs on this data directory (`postmaster.pid` names a live process).
     pub fn is_running(&self) -> bool {
         self.postmaster_pid().is_some()
+    }
+
+    /// Whether a postmaster runs on this data directory, or why that cannot be told.
+    pub fn postmaster_state(&self) -> PostmasterState {
+        postmaster_state(&self.data_dir)
     }
 
     /// `pg_ctl start -l <log_file>`, waiting (`-w`) up to `timeout` until it accepts connections when `wait`.
@@ -421,9 +429,32 @@ fn last_lines(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
+/// What `postmaster.pid` says about the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PostmasterState {
+    /// The file names a live process.
+    Running { pid: u32 },
+    /// No file, or it names a process that no longer exists (left behind by a crash).
+    Stopped,
+    /// The file cannot be read, holds no valid pid (PostgreSQL refuses to start on it too: "bogus data in lock
+    /// file"), or the process check failed: whether PostgreSQL runs is unknown.
+    Unknown { why: String },
+}
+
+/// Reads `<data_dir>/postmaster.pid` and checks its process ([`super::postmaster::find`]): a stale file (a reused
+/// pid, another user's process) is a stopped server.
+pub fn postmaster_state(data_dir: &Path) -> PostmasterState {
+    match super::postmaster::find(data_dir) {
+        Postmaster::Running(pid) => PostmasterState::Running { pid },
+        Postmaster::NotRunning | Postmaster::Stale { .. } => PostmasterState::Stopped,
+        Postmaster::Unknown { why } => PostmasterState::Unknown { why },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use serde_json::json;
 
     #[test]

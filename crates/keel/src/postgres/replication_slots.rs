@@ -52,7 +52,8 @@ impl PgSlot {
             plugin: s("plugin"),
             database: s("database"),
             datoid: xid("datoid"),
-            active: v.get("active").and_then(Value::as_bool).unwrap_or(false),
+            // A row that does not say whether the slot is in use counts as in use: never dropped or advanced.
+            active: v.get("active").and_then(Value::as_bool).unwrap_or(true),
             xmin: xid("xmin"),
             catalog_xmin: xid("catalog_xmin"),
             restart_lsn: lsn("restart_lsn"),
@@ -166,5 +167,8 @@ mod tests {
         assert_eq!((s.catalog_xmin, s.datoid, s.failover), (Some(745), Some(5), true));
         assert_eq!(s.wal_status.as_deref(), Some("lost"));
         assert!(PgSlot::from_json(&json!({"slot_type":"logical"})).is_none());
+        // Without an `active` the slot may be in use: it counts as active (never dropped or advanced).
+        let unsure = PgSlot::from_json(&json!({"slot_name":"x","slot_type":"physical"})).unwrap();
+        assert!(unsure.active && !unsure.failover && !unsure.synced);
     }
 }

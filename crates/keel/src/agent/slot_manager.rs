@@ -2,7 +2,8 @@
 //! pointed at the leader, tracks the readiness of copied logical slots, and builds what the leader publishes.
 //!
 //! Division of work:
-//! - creates, drops, copies and continuity breaks run here, once per cycle;
+//! - the plan (creates, drops, physical advances, copies, continuity breaks) runs once per cycle in
+//!   `slot_exec.rs`, logical copies in `slot_copy.rs`;
 //! - advancing slot copies on a replica is the follower's job (`follower.rs`, every 100 ms, per-slot tasks with
 //!   time limits), so this module never waits on an advance;
 //! - on the leader, physical slots of cascading members are advanced here, bounded by a short timeout;
@@ -14,32 +15,32 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
 use keel_core::lsn::Lsn;
-use keel_core::slots::copycheck::{self, recopy_due, CopyFailure, CopyProblem, FailureContext, Rebuild, RecopyHistory};
-use keel_core::slots::readiness::{ReadinessEvent, ReadinessReason, SlotReadiness, Xid};
+use keel_core::slots::copycheck::{CopyProblem, Rebuild, RecopyHistory};
+use keel_core::slots::readiness::{ReadinessEvent, ReadinessReason, SlotReadiness};
 use keel_core::slots::{
-    self, desired_slots, enforce_hot_standby_feedback, published_status, reconcile, ActualSlot, ActualSlots,
-    DesiredInput, DesiredSlots, LeaderState, NodeRole, ReconcileContext, RetainClock, SlotAction, SlotKind,
-    SlotsConfig, SlotsReadiness, WalStatus,
+    self, desired_slots, enforce_hot_standby_feedback, published_status, reconcile, ActualSlots, DesiredInput,
+    DesiredSlots, LeaderState, NodeRole, ReconcileContext, RetainClock, SlotKind, SlotsConfig, SlotsReadiness,
 };
 use keel_core::time::Millis;
 use keel_core::view::{ClusterView, Member, Status, Tags};
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use super::follower::{self, FollowPlan, Progress};
 use super::local::Local;
-use crate::postgres::observe::PgError;
-use crate::postgres::slots::{self as pg_slots, PgSlot};
+use crate::postgres::replication_slots::{self as pg_slots, PgSlot};
 
 #[path = "slot_checks.rs"]
 mod checks;
 #[path = "slot_copy.rs"]
 mod copy;
+#[path = "slot_exec.rs"]
+mod exec;
 #[path = "slot_report.rs"]
 mod report;
 
+use exec::SlotError;
 pub use report::PromotionReport;
 
 const COPY_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -112,31 +113,6 @@ struct PendingPromotion {
     followed: BTreeMap<String, Lsn>,
     /// Copies that were unusable at promotion: slot → why.
     unusable: BTreeMap<String, String>,
-}
-
-/// A logical slot the leader could not create.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlotError {
-    pub database: String,
-    pub failure: CopyFailure,
-    pub message: String,
-}
-
-impl SlotError {
-    /// One line naming the slot, what failed and what to do.
-    pub fn describe(&self, slot: &str) -> String {
-        match self.failure {
-            CopyFailure::DatabaseMissing => format!(
-                "cannot create permanent logical slot {slot}: database {:?} does not exist on the primary; create it \
-                 or change the slot's database in the configuration",
-                self.database
-            ),
-            _ => format!(
-                "cannot create permanent logical slot {slot} in database {:?}: {} ({})",
-                self.database, self.failure, self.message
-            ),
-        }
-    }
 }
 
 impl SlotManager {
@@ -219,7 +195,7 @@ impl SlotManager {
             Ok(s) => match pg_slots::list(s).await {
                 Ok(list) => {
                     self.last_actual = list.clone();
-                    ActualSlots::Known(list.iter().map(|s| (s.name.clone(), to_actual(s))).collect())
+                    ActualSlots::Known(list.iter().map(|s| (s.name.clone(), exec::to_actual(s))).collect())
                 }
                 Err(e) => {
                     warn!("cannot list replication slots: {e}");
@@ -275,8 +251,8 @@ impl SlotManager {
                 config: &config,
                 desired: &desired,
                 actual: &actual,
-                flush_lsn: c.flush_lsn.unwrap_or_default(),
-                can_advance: local.bins.major >= 11,
+                flush_lsn: c.flush_lsn,
+                pg_major: local.bins.major,
             };
             let (status, notes) = published_status(&publish, clock, c.now);
             for n in notes {
@@ -314,128 +290,6 @@ impl SlotManager {
         }
     }
 
-    /// Records a failure to create a logical slot on the leader (logged once per change of cause).
-    fn create_failed(&mut self, slot: &str, database: &str, e: &anyhow::Error) {
-        let pg = e.downcast_ref::<PgError>();
-        let failure = copycheck::classify(&FailureContext {
-            sqlstate: pg.and_then(PgError::sqlstate),
-            timed_out: false,
-            connected_database: database,
-            slot_database: Some(database),
-            pg_major: 0,
-            target: None,
-            position: None,
-        });
-        let error = SlotError {
-            database: database.to_string(),
-            failure,
-            message: pg.map_or_else(|| format!("{e:#}"), PgError::message),
-        };
-        if self.slot_errors.get(slot).map(|e| &e.failure) != Some(&error.failure) {
-            error!("{}", error.describe(slot));
-        }
-        self.slot_errors.insert(slot.to_string(), error);
-    }
-
-    async fn execute(&mut self, plan: &[SlotAction], local: &mut Local, leader: Option<&Member>, now: Millis) {
-        let mut skip: BTreeSet<String> = BTreeSet::new();
-        let mut copies: Vec<(String, String, String)> = Vec::new();
-        for action in plan {
-            if skip.contains(action.slot()) {
-                continue;
-            }
-            let result: Result<()> = match action {
-                SlotAction::CreatePhysical { slot, reason } => {
-                    async {
-                        pg_slots::create_physical(local.local_session().await?, slot).await?;
-                        info!("created physical replication slot {slot} ({reason:?})");
-                        Ok(())
-                    }
-                    .await
-                }
-                SlotAction::CreateLogical { slot, database, plugin, reason } => {
-                    let created: Result<Lsn> = async {
-                        let s = local.session_on(database).await?;
-                        Ok(pg_slots::create_logical(&s, slot, plugin).await?)
-                    }
-                    .await;
-                    match created {
-                        Ok(lsn) => {
-                            self.slot_errors.remove(slot);
-                            info!(
-                                "created logical replication slot {slot} in {database} with {plugin} at {lsn} \
-                                 ({reason:?})"
-                            );
-                        }
-                        Err(e) => self.create_failed(slot, database, &e),
-                    }
-                    Ok(())
-                }
-                SlotAction::CopyLogical { slot, database, plugin, .. } => {
-                    // Every copy restarts PostgreSQL: repeated ones back off.
-                    if recopy_due(&self.recopies.get(slot).copied().unwrap_or_default(), now) {
-                        copies.push((slot.clone(), database.clone(), plugin.clone()));
-                    }
-                    Ok(())
-                }
-                SlotAction::AdvancePhysical { slot, to } => {
-                    async {
-                        let s = local.local_session().await?;
-                        tokio::time::timeout(Duration::from_secs(5), pg_slots::advance(s, slot, *to))
-                            .await
-                            .map_err(|_| anyhow!("advance did not finish within 5 s"))??;
-                        Ok(())
-                    }
-                    .await
-                }
-                // Logical copies on replicas are advanced by the follower task.
-                SlotAction::AdvanceLogical { .. } => Ok(()),
-                SlotAction::Drop { slot, reason } => {
-                    async {
-                        match pg_slots::drop(local.local_session().await?, slot).await {
-                            Ok(()) => {
-                                info!("dropped replication slot {slot} ({reason})");
-                                self.readiness.remove(slot);
-                                self.made_here.remove(slot);
-                                self.rebuilt.remove(slot);
-                                Ok(())
-                            }
-                            Err(e) => {
-                                skip.insert(slot.clone());
-                                Err(anyhow!(e))
-                            }
-                        }
-                    }
-                    .await
-                }
-                SlotAction::ContinuityBreak { slot, last_published } => {
-                    if self.breaks.insert(slot.clone(), *last_published).is_none() {
-                        error!(
-                            "CONTINUITY BREAK: permanent logical slot {slot} was at {last_published} on the old \
-                             primary but does not exist here. Keel will not re-create it silently, because its \
-                             consumers would skip changes. Re-create it on purpose with `keel slots recreate \
-                             {slot}` (consumers must resynchronise), or remove it from the configuration."
-                        );
-                    }
-                    Ok(())
-                }
-            };
-            if let Err(e) = result {
-                warn!("slot action {action:?} failed: {e:#}");
-            }
-        }
-        if !copies.is_empty() {
-            match leader {
-                Some(l) => {
-                    if let Err(e) = self.copy_logical(&copies, local, l, now).await {
-                        warn!("copying logical slots from {} failed: {e:#}", l.name);
-                    }
-                }
-                None => warn!("cannot copy logical slots: no leader"),
-            }
-        }
-    }
-
     fn follow(&self, plan: Option<FollowPlan>) {
         self.plan_tx.send_if_modified(|cur| {
             if *cur != plan {
@@ -457,7 +311,7 @@ impl SlotManager {
             return;
         };
         let mut slots = BTreeMap::new();
-        let mut fallback = BTreeMap::new();
+        let mut published = BTreeMap::new();
         for (name, want) in &desired.slots {
             if want.expected_active || !have.contains_key(name) {
                 continue;
@@ -468,11 +322,11 @@ impl SlotManager {
             };
             slots.insert(name.clone(), database);
             if let Some(lsn) = want.lsn {
-                fallback.insert(name.clone(), lsn);
+                published.insert(name.clone(), lsn);
             }
         }
         let pg_major = local.bins.major;
-        let plan = FollowPlan { leader: leader_params, local: local.local_params(), slots, fallback, pg_major };
+        let plan = FollowPlan { leader: leader_params, local: local.local_params(), slots, published, pg_major };
         self.follow(Some(plan));
     }
 }
@@ -480,27 +334,5 @@ impl SlotManager {
 impl Default for SlotManager {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-fn to_actual(s: &PgSlot) -> ActualSlot {
-    let kind = if s.is_logical() {
-        SlotKind::Logical {
-            database: s.database.clone().unwrap_or_default(),
-            plugin: s.plugin.clone().unwrap_or_default(),
-        }
-    } else {
-        SlotKind::Physical
-    };
-    ActualSlot {
-        kind,
-        active: s.active,
-        xmin: s.xmin.map(Xid),
-        catalog_xmin: s.catalog_xmin.map(Xid),
-        restart_lsn: s.restart_lsn,
-        confirmed_flush_lsn: s.confirmed_flush_lsn,
-        wal_status: s.wal_status.as_deref().and_then(WalStatus::parse),
-        failover: s.failover,
-        synced: s.synced,
     }
 }

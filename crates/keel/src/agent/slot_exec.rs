@@ -1,0 +1,195 @@
+//! Executing the core's slot plan (`keel_core::slots::reconcile`) on this node: creates, drops, physical
+//! advances and continuity breaks run here once per cycle; logical copies are collected and made in one
+//! PostgreSQL restart (`slot_copy.rs`). What the plan is and when a copy may run are the core's decisions.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use keel_core::lsn::Lsn;
+use keel_core::slots::copycheck::{self, recopy_due, CopyFailure, FailureContext};
+use keel_core::slots::readiness::Xid;
+use keel_core::slots::{ActualSlot, SlotAction, SlotKind, WalStatus};
+use keel_core::time::Millis;
+use keel_core::view::Member;
+use tracing::{error, info, warn};
+
+use super::SlotManager;
+use crate::agent::local::Local;
+use crate::postgres::observe::PgError;
+use crate::postgres::replication_slots::{self as pg_slots, PgSlot};
+
+/// A logical slot the leader could not create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotError {
+    pub database: String,
+    pub failure: CopyFailure,
+    pub message: String,
+}
+
+impl SlotError {
+    /// One line naming the slot, what failed and what to do.
+    pub fn describe(&self, slot: &str) -> String {
+        match self.failure {
+            CopyFailure::DatabaseMissing => format!(
+                "cannot create permanent logical slot {slot}: database {:?} does not exist on the primary; create it \
+                 or change the slot's database in the configuration",
+                self.database
+            ),
+            _ => format!(
+                "cannot create permanent logical slot {slot} in database {:?}: {} ({})",
+                self.database, self.failure, self.message
+            ),
+        }
+    }
+}
+
+impl SlotManager {
+    /// Records a failure to create a logical slot on the leader (logged once per change of cause).
+    fn create_failed(&mut self, slot: &str, database: &str, e: &anyhow::Error) {
+        let pg = e.downcast_ref::<PgError>();
+        let failure = copycheck::classify(&FailureContext {
+            sqlstate: pg.and_then(PgError::sqlstate),
+            timed_out: false,
+            connected_database: database,
+            slot_database: Some(database),
+            pg_major: 0,
+            target: None,
+            position: None,
+        });
+        let error = SlotError {
+            database: database.to_string(),
+            failure,
+            message: pg.map_or_else(|| format!("{e:#}"), PgError::message),
+        };
+        if self.slot_errors.get(slot).map(|e| &e.failure) != Some(&error.failure) {
+            error!("{}", error.describe(slot));
+        }
+        self.slot_errors.insert(slot.to_string(), error);
+    }
+
+    pub(super) async fn execute(
+        &mut self,
+        plan: &[SlotAction],
+        local: &mut Local,
+        leader: Option<&Member>,
+        now: Millis,
+    ) {
+        let mut skip: BTreeSet<String> = BTreeSet::new();
+        let mut copies: Vec<(String, String, String)> = Vec::new();
+        for action in plan {
+            if skip.contains(action.slot()) {
+                continue;
+            }
+            let result: Result<()> = match action {
+                SlotAction::CreatePhysical { slot, reason } => {
+                    async {
+                        pg_slots::create_physical(local.local_session().await?, slot).await?;
+                        info!("created physical replication slot {slot} ({reason:?})");
+                        Ok(())
+                    }
+                    .await
+                }
+                SlotAction::CreateLogical { slot, database, plugin, reason } => {
+                    let created: Result<Lsn> = async {
+                        let s = local.session_on(database).await?;
+                        Ok(pg_slots::create_logical(&s, slot, plugin).await?)
+                    }
+                    .await;
+                    match created {
+                        Ok(lsn) => {
+                            self.slot_errors.remove(slot);
+                            info!(
+                                "created logical replication slot {slot} in {database} with {plugin} at {lsn} \
+                                 ({reason:?})"
+                            );
+                        }
+                        Err(e) => self.create_failed(slot, database, &e),
+                    }
+                    Ok(())
+                }
+                SlotAction::CopyLogical { slot, database, plugin, .. } => {
+                    // Every copy restarts PostgreSQL: repeated ones back off.
+                    if recopy_due(&self.recopies.get(slot).copied().unwrap_or_default(), now) {
+                        copies.push((slot.clone(), database.clone(), plugin.clone()));
+                    }
+                    Ok(())
+                }
+                SlotAction::AdvancePhysical { slot, to } => {
+                    async {
+                        let s = local.local_session().await?;
+                        tokio::time::timeout(Duration::from_secs(5), pg_slots::advance(s, slot, *to))
+                            .await
+                            .map_err(|_| anyhow!("advance did not finish within 5 s"))??;
+                        Ok(())
+                    }
+                    .await
+                }
+                SlotAction::Drop { slot, reason } => {
+                    async {
+                        match pg_slots::drop(local.local_session().await?, slot).await {
+                            Ok(()) => {
+                                info!("dropped replication slot {slot} ({reason})");
+                                self.readiness.remove(slot);
+                                self.made_here.remove(slot);
+                                self.rebuilt.remove(slot);
+                                Ok(())
+                            }
+                            Err(e) => {
+                                skip.insert(slot.clone());
+                                Err(anyhow!(e))
+                            }
+                        }
+                    }
+                    .await
+                }
+                SlotAction::ContinuityBreak { slot, last_published } => {
+                    if self.breaks.insert(slot.clone(), *last_published).is_none() {
+                        error!(
+                            "CONTINUITY BREAK: permanent logical slot {slot} was at {last_published} on the old \
+                             primary but does not exist here. Keel will not re-create it silently, because its \
+                             consumers would skip changes. Re-create it on purpose with `keel slots recreate \
+                             {slot}` (consumers must resynchronise), or remove it from the configuration."
+                        );
+                    }
+                    Ok(())
+                }
+            };
+            if let Err(e) = result {
+                warn!("slot action {action:?} failed: {e:#}");
+            }
+        }
+        if !copies.is_empty() {
+            match leader {
+                Some(l) => {
+                    if let Err(e) = self.copy_logical(&copies, local, l, now).await {
+                        warn!("copying logical slots from {} failed: {e:#}", l.name);
+                    }
+                }
+                None => warn!("cannot copy logical slots: no leader"),
+            }
+        }
+    }
+}
+
+pub(super) fn to_actual(s: &PgSlot) -> ActualSlot {
+    let kind = if s.is_logical() {
+        SlotKind::Logical {
+            database: s.database.clone().unwrap_or_default(),
+            plugin: s.plugin.clone().unwrap_or_default(),
+        }
+    } else {
+        SlotKind::Physical
+    };
+    ActualSlot {
+        kind,
+        active: s.active,
+        xmin: s.xmin.map(Xid),
+        catalog_xmin: s.catalog_xmin.map(Xid),
+        restart_lsn: s.restart_lsn,
+        confirmed_flush_lsn: s.confirmed_flush_lsn,
+        wal_status: s.wal_status.as_deref().and_then(WalStatus::parse),
+        failover: s.failover,
+        synced: s.synced,
+    }
+}

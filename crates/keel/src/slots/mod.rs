@@ -1,3 +1,0 @@
-//! Replication slots on the agent's side: copying a logical slot's state file to a standby.
-
-pub mod copy;
