@@ -1,31 +1,30 @@
 //! The local PostgreSQL as the agent drives it: observation for the core, and the PostgreSQL half of each action
 //! (bootstrap, clone, start, promote, demote, follow, rewind).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use keel_core::dynconfig::{DynamicConfig, SynchronousMode};
-use keel_core::ha::{DataDir, DemoteMode, PgObservation, PgRole, PgRunning};
+use keel_core::ha::DemoteMode;
 use keel_core::pgconfig::PgSettings;
 use keel_core::time::Millis;
 use keel_core::timeline_history::Promotion;
 use keel_core::view::{ClusterView, Member};
 use tracing::{info, warn};
 
+mod config_files;
 mod rewind;
+mod sessions;
 
 use super::pgauth::{pgpass_text, Cred, Pgpass};
 use crate::config::Config;
 use crate::postgres::bins::PgBinaries;
-use crate::postgres::conf::{self, RecoveryConf, ServerConf};
-use crate::postgres::datadir::{self, DataDirState};
-use crate::postgres::observe::{self, Observation};
-use crate::postgres::pg_ctl::{InitdbOption, InitdbParams, PgCtl, PostmasterState, StopMode};
+use crate::postgres::conf::{self, ServerConf};
+use crate::postgres::observe;
+use crate::postgres::pg_ctl::{InitdbOption, InitdbParams, PgCtl, StopMode};
 use crate::postgres::process::RunAs;
 use crate::postgres::roles::{self, RoleKind, RoleSpec};
-use crate::postgres::ConnParams;
 
 /// Generous limits for the slow PostgreSQL operations (`pg_ctl start`/`stop`/`restart` use `pg_ctl_timeout`).
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -187,204 +186,6 @@ impl Local {
         &self.database
     }
 
-    fn local_conn(&self) -> ConnParams {
-        self.superuser.params(&self.listen_host, self.port, &self.database).with_application_name("keel")
-    }
-
-    async fn session(&mut self) -> Result<&observe::Session> {
-        let stale = self.session.as_ref().is_none_or(|s| s.is_closed());
-        if stale {
-            self.session = None;
-            let s = observe::connect(&self.local_conn(), QUERY_TIMEOUT).await?;
-            self.session = Some(s);
-        }
-        self.session.as_ref().ok_or_else(|| anyhow!("no session"))
-    }
-
-    /// Observes PostgreSQL for the core. Never fails: what cannot be known is reported as unknown.
-    pub async fn observe(&mut self, now: Millis) -> (PgObservation, Option<Observation>) {
-        let data_dir = match datadir::inspect(&self.data_dir, &self.bins, &self.run_as).await {
-            Ok(DataDirState::Absent) | Ok(DataDirState::Empty) => DataDir::Empty,
-            Ok(DataDirState::Initialized(info)) => {
-                DataDir::Initialized { sysid: info.control.system_identifier.to_string() }
-            }
-            Ok(DataDirState::Invalid(why)) => {
-                warn!("the data directory is not usable: {why}");
-                DataDir::Invalid
-            }
-            Err(e) => {
-                warn!("cannot inspect the data directory: {e}");
-                DataDir::Unknown
-            }
-        };
-        let state = self.ctl.postmaster_state();
-        let running = matches!(state, PostmasterState::Running { .. });
-        let mut obs = PgObservation {
-            running: match state {
-                PostmasterState::Running { .. } => PgRunning::Running,
-                PostmasterState::Stopped => PgRunning::Stopped,
-                PostmasterState::Unknown { .. } => PgRunning::Unknown,
-            },
-            starting: false,
-            role: PgRole::Unknown,
-            timeline: None,
-            received_lsn: None,
-            replayed_lsn: None,
-            current_lsn: None,
-            data_dir,
-            following: self.following.clone(),
-            down_since: None,
-        };
-        if let PostmasterState::Unknown { why } = &state {
-            // Neither stopped nor running: nothing is started, stopped or decided from it this cycle.
-            warn!("cannot tell whether PostgreSQL runs: {why}");
-            self.session = None;
-            return (obs, None);
-        }
-        if !running {
-            self.session = None;
-            if self.down_since.is_none() {
-                self.down_since = Some(now);
-            }
-            obs.down_since = self.down_since;
-            if let DataDir::Initialized { .. } = obs.data_dir {
-                if let Ok(cd) = datadir::controldata(&self.data_dir, &self.bins, &self.run_as).await {
-                    obs.timeline = Some(cd.timeline);
-                    obs.current_lsn = Some(cd.checkpoint_lsn);
-                }
-            }
-            return (obs, None);
-        }
-        let observed = match self.session().await {
-            Ok(s) => s.observe().await.map_err(anyhow::Error::from),
-            Err(e) => Err(e),
-        };
-        match observed {
-            Ok(o) => {
-                self.down_since = None;
-                obs.role = if o.in_recovery { PgRole::Replica } else { PgRole::Primary };
-                obs.timeline = o.timeline;
-                obs.received_lsn = o.receive_lsn;
-                obs.replayed_lsn = o.replay_lsn;
-                obs.current_lsn = o.wal_flush_lsn;
-                if obs.data_dir == DataDir::Unknown {
-                    obs.data_dir = DataDir::Initialized { sysid: o.system_identifier.to_string() };
-                }
-                (obs, Some(o))
-            }
-            Err(e) => {
-                self.session = None;
-                // The postmaster is up but does not answer: starting, in crash recovery, or shutting down.
-                info!("PostgreSQL is running but not accepting connections yet: {e:#}");
-                obs.starting = true;
-                // Running but not serving counts towards primary_start_timeout like being down: a postmaster that
-                // never becomes ready must not hold the leader key for ever.
-                obs.down_since = Some(*self.down_since.get_or_insert(now));
-                (obs, None)
-            }
-        }
-    }
-
-    fn server_conf(&self, recovery: Option<RecoveryConf>) -> ServerConf {
-        let mut sc = ServerConf::new(self.listen_addresses.clone(), self.port);
-        let mut params: BTreeMap<String, String> = BTreeMap::new();
-        for (k, v) in self.dynamic_params.iter().chain(self.local_params.iter()) {
-            params.insert(k.clone(), to_string_param(v));
-        }
-        if let Some(wl) = params.remove("wal_level") {
-            if wl == "logical" {
-                sc.wal_level = conf::WalLevel::Logical;
-            }
-        }
-        if let Some(n) = params.remove("max_wal_senders").and_then(|v| v.parse().ok()) {
-            sc.max_wal_senders = n;
-        }
-        if let Some(n) = params.remove("max_replication_slots").and_then(|v| v.parse().ok()) {
-            sc.max_replication_slots = n;
-        }
-        if let Some(v) = params.remove("hot_standby_feedback") {
-            sc.hot_standby_feedback = matches!(v.as_str(), "on" | "true" | "1" | "yes");
-        }
-        sc.hot_standby_feedback |= self.force_hsf;
-        if let Some(ssn) = &self.synchronous_standby_names {
-            params.insert("synchronous_standby_names".into(), ssn.clone());
-        }
-        sc.parameters = params;
-        sc.recovery = recovery;
-        sc
-    }
-
-    /// Connection to another member, from its `conn_url`, with the given credentials.
-    fn member_params(&self, member: &Member, cred: &Cred) -> Result<ConnParams> {
-        let url = member.conn_url.as_deref().ok_or_else(|| anyhow!("member {} has no conn_url", member.name))?;
-        let (host, port) =
-            host_port(url).ok_or_else(|| anyhow!("member {}: cannot read host and port from {url}", member.name))?;
-        Ok(cred.params(&host, port, &self.database).with_application_name(self.name.clone()))
-    }
-
-    /// `params` reading their password from `postgresql.pgpass` when it is configured.
-    fn with_pgpass(&self, params: ConnParams) -> Result<ConnParams> {
-        match &self.pgpass {
-            Some(p) => p.apply(params, &self.run_as),
-            None => Ok(params),
-        }
-    }
-
-    fn recovery_for(&self, upstream: Option<&Member>) -> Result<RecoveryConf> {
-        let primary = match upstream {
-            Some(m) => Some(self.with_pgpass(self.member_params(m, &self.replication)?)?),
-            None => None,
-        };
-        let slot =
-            (self.use_slots && upstream.is_some()).then(|| keel_core::slots::slot_name_from_member_name(&self.name));
-        Ok(RecoveryConf { primary, primary_slot_name: slot })
-    }
-
-    fn write_conf(&mut self, recovery: Option<RecoveryConf>) -> Result<()> {
-        let sc = self.server_conf(recovery);
-        let hba = self.settings.pg_hba.as_deref();
-        conf::write_config(&self.data_dir, &sc, hba, &self.run_as).context("writing postgresql.conf")?;
-        if let Some(lines) = &self.settings.pg_ident {
-            conf::write_pg_ident(&self.data_dir, lines, &self.run_as).context("writing pg_ident.conf")?;
-        }
-        self.written = Some(sc);
-        Ok(())
-    }
-
-    /// Re-writes `postgresql.conf` when the parameters changed (dynamic or local), reloads PostgreSQL, and
-    /// records which changed parameters wait for a restart (`pending_restart`).
-    /// `is_primary`: PostgreSQL runs out of recovery (a primary's configuration has no recovery settings, so
-    /// it can be written even when this agent has not written one yet).
-    pub async fn apply_parameters(&mut self, is_primary: bool) -> Result<()> {
-        if !self.ctl.is_running() {
-            return Ok(());
-        }
-        let (recovery, changed) = match &self.written {
-            Some(w) => (w.recovery.clone(), self.rewrite_conf || self.server_conf(w.recovery.clone()) != *w),
-            // Nothing written by this agent yet: a primary's configuration can be written without knowing more.
-            None if is_primary => (None, true),
-            None => return Ok(()),
-        };
-        if changed {
-            self.rewrite_conf = false;
-            info!("PostgreSQL parameters changed: rewriting postgresql.conf and reloading");
-            self.write_conf(recovery)?;
-            self.ctl.reload(QUERY_TIMEOUT).await?;
-        }
-        let session = self.session().await?;
-        self.pending_restart = conf::pending_restart(&session.settings().await?);
-        Ok(())
-    }
-
-    /// Sets `synchronous_standby_names` and reloads now (the configuration keeps the current recovery settings).
-    pub async fn set_synchronous_standby_names_now(&mut self, names: &str) -> Result<()> {
-        self.synchronous_standby_names = Some(names.to_string());
-        let recovery = self.written.as_ref().and_then(|w| w.recovery.clone());
-        self.write_conf(recovery)?;
-        self.ctl.reload(QUERY_TIMEOUT).await?;
-        Ok(())
-    }
-
     async fn start(&mut self) -> Result<()> {
         self.session = None;
         self.ctl.start(true, self.pg_ctl_timeout()).await?;
@@ -529,41 +330,6 @@ impl Local {
         }
     }
 
-    /// The session to the local PostgreSQL (reconnecting when needed).
-    pub async fn local_session(&mut self) -> Result<&observe::Session> {
-        self.session().await
-    }
-
-    /// Connection parameters for the local PostgreSQL (superuser).
-    pub fn local_params(&self) -> ConnParams {
-        self.local_conn()
-    }
-
-    /// A new session to the local PostgreSQL in `database` (logical slots are created per database).
-    pub async fn session_on(&self, database: &str) -> Result<observe::Session> {
-        let mut p = self.local_conn();
-        p.dbname = database.to_string();
-        Ok(observe::connect(&p, QUERY_TIMEOUT).await?)
-    }
-
-    /// Connection parameters for `leader` with the rewind credentials (which may read slot files), in `database`.
-    pub fn leader_params(&self, leader: &Member, database: &str) -> Result<ConnParams> {
-        let mut p = self.member_params(leader, &self.rewind)?;
-        p.dbname = database.to_string();
-        Ok(p)
-    }
-
-    /// A new session to `leader` with the rewind credentials.
-    pub async fn leader_session(&self, leader: &Member, database: &str) -> Result<observe::Session> {
-        Ok(observe::connect(&self.leader_params(leader, database)?, QUERY_TIMEOUT).await?)
-    }
-
-    /// `hot_standby_feedback` forced on (where this node or a cascade from it keeps logical slots), or left to the
-    /// configuration.
-    pub fn force_hot_standby_feedback(&mut self, force: bool) {
-        self.force_hsf = force;
-    }
-
     /// Installs validated logical slot state files: stops PostgreSQL (fast), writes every file atomically, starts
     /// PostgreSQL again with the same configuration.
     pub async fn install_slot_files(
@@ -583,15 +349,6 @@ impl Local {
         }
         self.start().await?;
         result
-    }
-
-    /// Takes the run-time changeable parts of a re-read configuration file; `apply_parameters` writes them.
-    pub fn reload_local(&mut self, cfg: &Config) {
-        // pg_hba and pg_ident arrive through `set_dynamic` (the agent lays the re-read local section over the
-        // dynamic configuration).
-        self.local_params = cfg.postgresql.parameters.clone();
-        // Rewrite (and reload) on the next cycle even if only pg_hba changed.
-        self.rewrite_conf = true;
     }
 
     /// Restarts PostgreSQL with a fast shutdown, keeping its current configuration.
