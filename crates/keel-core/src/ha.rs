@@ -49,9 +49,11 @@
 //! expires and another node can acquire the key.
 
 mod schedule;
+mod settle;
 mod types;
 
 pub use schedule::parse_iso8601;
+pub use settle::next_cycle_soon;
 pub use types::*;
 
 use crate::dynconfig::{DynamicConfig, SynchronousMode};
