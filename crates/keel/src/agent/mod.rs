@@ -2,6 +2,7 @@
 //! (`keel_core::ha::decide`), executes the actions, publishes its member key, and logs one line saying what was
 //! decided and why.
 
+mod cost;
 mod dynamic;
 pub mod failsafe;
 pub mod follower;
@@ -28,7 +29,7 @@ use crate::api::agent::{agent_channel, AgentHandle, AgentReply, AgentRequest, Re
 use crate::api::failsafe::FailsafeState;
 use crate::api::server::{router, unix_ms, ApiBackend, ApiOptions, BasicAuth};
 use crate::config::{self, Config};
-use crate::dcs::{ClusterStore, EtcdBackend, EtcdConfig, KvBackend};
+use crate::dcs::{self, Backend, ClusterStore, KvBackend, Store};
 use crate::postgres::observe::{Observation, ReplicationState};
 use crate::status::{iso8601, NodeStatus, ReplicationRow};
 use local::{member, Local};
@@ -36,6 +37,10 @@ use slots::{SlotCycle, SlotManager};
 
 /// How soon the loop runs again while the cluster has no leader.
 const UNLOCKED_RETRY: Duration = Duration::from_millis(500);
+
+/// How soon the loop runs again after a cycle that left PostgreSQL short of its final role
+/// (`keel_core::ha::next_cycle_soon`).
+const SETTLE_RETRY: Duration = Duration::from_millis(500);
 
 /// While the store is unreachable: how often the loop looks whether it answers again.
 const STORE_POLL: Duration = Duration::from_secs(1);
@@ -47,19 +52,19 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct AgentApi {
     status: Arc<RwLock<NodeStatus>>,
     /// The API's own store handle (same etcd, no lease): it reads and writes `config` and `failover`.
-    store: ClusterStore<EtcdBackend>,
+    store: Store,
     handle: AgentHandle,
     failsafe: Arc<FailsafeState>,
 }
 
 impl ApiBackend for AgentApi {
-    type Kv = EtcdBackend;
+    type Kv = Backend;
 
     fn node_status(&self) -> NodeStatus {
         self.status.read().map(|s| s.clone()).unwrap_or_default()
     }
 
-    fn store(&self) -> &ClusterStore<EtcdBackend> {
+    fn store(&self) -> &Store {
         &self.store
     }
 
@@ -87,10 +92,11 @@ pub async fn run(config_path: &Path) -> Result<()> {
         );
     }
     let timing = cfg.timing;
-    let etcd = EtcdConfig::from_hosts(&cfg.etcd3_endpoints(), Duration::from_secs(timing.retry_timeout.max(1)));
-    let backend = EtcdBackend::new(etcd)?;
+    let backend = dcs::backend_from_config(&cfg, Duration::from_secs(timing.retry_timeout.max(1)))?;
     let api_store = ClusterStore::new(backend.clone(), &cfg.namespace, &cfg.scope, &cfg.name, timing.ttl);
     let store = ClusterStore::new(backend, &cfg.namespace, &cfg.scope, &cfg.name, timing.ttl);
+    // One watch on the cluster for the agent's lifetime: cycles read its cache, the loop wakes on it.
+    store.follow();
     let local = Local::new(&cfg)?;
     info!(
         "keel {} starting: member {} of cluster {}, PostgreSQL {} in {}",
@@ -148,6 +154,8 @@ pub async fn run(config_path: &Path) -> Result<()> {
         slots: SlotManager::new(),
         pending_optime: None,
         last_status: None,
+        next_soon: false,
+        after_quick: false,
         scheduled_restart: None,
         config_path: config_path.to_path_buf(),
     };
@@ -184,6 +192,10 @@ struct Agent<B: KvBackend> {
     pending_optime: Option<Lsn>,
     /// The `status` this node last published as leader.
     last_status: Option<Status>,
+    /// The last cycle asked for the next one soon (`ha::next_cycle_soon`).
+    next_soon: bool,
+    /// The running cycle is such an early one.
+    after_quick: bool,
     /// A restart requested for later (`POST /restart` with `schedule`), as Unix epoch milliseconds.
     scheduled_restart: Option<(Millis, RestartRequest)>,
     config_path: std::path::PathBuf,
@@ -221,7 +233,10 @@ impl<B: KvBackend> Agent<B> {
         let mut sigint = signal(SignalKind::interrupt())?;
         loop {
             let started = Instant::now();
-            if let Err(e) = self.cycle().await {
+            let cost = cost::CycleCost::start();
+            let result = self.cycle().await;
+            cost.log();
+            if let Err(e) = result {
                 if e.downcast_ref::<Fatal>().is_some() {
                     error!("{e:#}");
                     return Err(e);
@@ -232,6 +247,10 @@ impl<B: KvBackend> Agent<B> {
             if self.view.leader.is_none() && self.view.initialize.is_some() {
                 // Nobody holds the leader key of an initialized cluster: look again soon rather than a loop later.
                 loop_wait = loop_wait.min(UNLOCKED_RETRY);
+            }
+            self.after_quick = std::mem::take(&mut self.next_soon);
+            if self.after_quick {
+                loop_wait = loop_wait.min(SETTLE_RETRY);
             }
             let wait = loop_wait.saturating_sub(started.elapsed());
             let woke = async {
@@ -339,6 +358,7 @@ impl<B: KvBackend> Agent<B> {
         }
         self.last_obs = obs;
         let (applied, result) = self.execute(&decision).await;
+        self.next_soon = store_ok && result.is_ok() && ha::next_cycle_soon(applied, self.after_quick);
         if decision.actions.iter().chain(&applied.actions).any(Action::changes_postgres) {
             // Publish what PostgreSQL is now, not what it was before a demotion or promotion: a node that just
             // stepped down must not keep answering 200 on /primary until the next cycle (a loop_wait later).
