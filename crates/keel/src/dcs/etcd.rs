@@ -315,20 +315,21 @@ impl KvBackend for EtcdBackend {
     }
 
     async fn keepalive(&self, lease: i64) -> Result<(), DcsError> {
-        // One stream per lease, kept open: a refresh is one message on it, not a new stream each time.
+        // One stream per lease, kept open: a refresh is one message on it, not a new stream each time. The stream
+        // is taken out while in use and put back only after a full answer, so a refresh abandoned half-way (a
+        // caller's timeout) never leaves an unread answer behind for the next one.
         let mut open = self.keeper.lock().await;
         let deadline = Instant::now() + self.cfg.timeout;
-        if let Some(ka) = open.as_mut().filter(|k| k.lease == lease) {
+        if let Some(mut ka) = open.take().filter(|k| k.lease == lease) {
             match tokio::time::timeout_at(deadline, ka.refresh()).await {
-                Ok(Ok(true)) => return Ok(()),
-                Ok(Ok(false)) => {
-                    *open = None;
-                    return Err(DcsError::LeaseNotFound(lease));
+                Ok(Ok(true)) => {
+                    *open = Some(ka);
+                    return Ok(());
                 }
+                Ok(Ok(false)) => return Err(DcsError::LeaseNotFound(lease)),
                 // The stream broke (e.g. etcd restarted): open a new one below, in the time left.
-                Ok(Err(_)) => *open = None,
+                Ok(Err(_)) => {}
                 Err(_) => {
-                    *open = None;
                     let store = at(&self.cfg.endpoints.join(","));
                     return Err(DcsError::Timeout { store, op: "lease keepalive", timeout: self.cfg.timeout });
                 }
