@@ -141,7 +141,11 @@ impl<B: KvBackend> ClusterStore<B> {
         };
         let range: Range = match cached {
             Some(r) => r,
-            None => self.backend.range(self.ops.prefix()).await?,
+            None => {
+                let r = self.backend.range(self.ops.prefix()).await?;
+                self.follower.absorb(&r);
+                r
+            }
         };
         let view = ClusterView::from_entries(range.entries);
         for note in &view.notes {

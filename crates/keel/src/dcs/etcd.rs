@@ -480,7 +480,7 @@ impl EtcdBackend {
                     mod_revision: kv.mod_revision(),
                     lease: kv.lease(),
                 });
-                changes.push((rel.to_string(), entry));
+                changes.push((rel.to_string(), kv.mod_revision(), entry));
             }
             if !changes.is_empty() {
                 sink(WatchUpdate::Changes { revision, changes });

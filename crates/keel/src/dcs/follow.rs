@@ -37,6 +37,8 @@ struct Cache {
     live: bool,
     entries: BTreeMap<String, RawEntry>,
     revision: i64,
+    /// The revision of the last snapshot: changes at or below it are already in `entries`.
+    floor: i64,
     /// (revision, relative key) of recent changes, oldest first.
     log: VecDeque<(i64, String)>,
     /// Changes at or below this revision were dropped from `log`.
@@ -70,13 +72,17 @@ impl Follower {
                     changed.extend(c.entries.keys().filter(|k| !new.contains_key(*k)).cloned());
                     c.entries = new;
                     c.revision = c.revision.max(range.revision);
+                    c.floor = range.revision;
                     c.live = true;
                     let rev = c.revision;
                     c.record(rev, changed);
                 }
                 WatchUpdate::Changes { revision, changes } => {
                     let mut keys = Vec::with_capacity(changes.len());
-                    for (key, entry) in changes {
+                    for (key, rev, entry) in changes {
+                        if rev <= c.floor {
+                            continue;
+                        }
                         match entry {
                             Some(e) => c.entries.insert(key.clone(), e),
                             None => c.entries.remove(&key),
@@ -89,6 +95,19 @@ impl Follower {
             }
         }
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// A range read made at a later revision than the cache's, while the watch is live: the cache takes it as
+    /// its new starting point (changes the watch reports up to its revision are then skipped), so that loads
+    /// after it can come from the cache again even when other keys of the store moved the revision on.
+    pub fn absorb(&self, range: &Range) {
+        let newer = {
+            let c = self.cache();
+            c.live && range.revision > c.revision
+        };
+        if newer {
+            self.apply(WatchUpdate::Snapshot(range.clone()));
+        }
     }
 
     /// The watch failed: the cache may miss changes from now on.
@@ -190,9 +209,12 @@ mod tests {
         assert!(f.snapshot(6).is_none(), "behind the last read");
         let leader = ["leader".to_string()];
         assert_eq!(f.wait(&leader, 5, Duration::from_millis(20)).await, Some(false));
-        f.apply(WatchUpdate::Changes { revision: 6, changes: vec![("members/a".into(), Some(entry("members/a", 6)))] });
+        f.apply(WatchUpdate::Changes {
+            revision: 6,
+            changes: vec![("members/a".into(), 6, Some(entry("members/a", 6)))],
+        });
         assert_eq!(f.wait(&leader, 5, Duration::from_millis(20)).await, Some(false), "member keys do not wake");
-        f.apply(WatchUpdate::Changes { revision: 7, changes: vec![("leader".into(), None)] });
+        f.apply(WatchUpdate::Changes { revision: 7, changes: vec![("leader".into(), 7, None)] });
         assert_eq!(f.wait(&leader, 5, Duration::from_millis(20)).await, Some(true));
         assert_eq!(f.wait(&leader, 7, Duration::from_millis(20)).await, Some(false));
         let r = f.snapshot(7).unwrap_or_default();
@@ -203,5 +225,13 @@ mod tests {
         // A new snapshot after a gap reports the keys that differ.
         f.apply(WatchUpdate::Snapshot(Range { entries: vec![entry("leader", 9)], revision: 9 }));
         assert_eq!(f.wait(&leader, 7, Duration::from_millis(20)).await, Some(true));
+        // A range read at revision 12 (other keys of the store moved it) becomes the cache's starting point;
+        // changes the watch reports late, at or below it, are already in it and skipped.
+        f.absorb(&Range { entries: vec![entry("leader", 11)], revision: 12 });
+        assert_eq!(f.snapshot(12).map(|r| r.entries[0].mod_revision), Some(11));
+        f.apply(WatchUpdate::Changes { revision: 12, changes: vec![("leader".into(), 10, None)] });
+        assert_eq!(f.snapshot(12).map(|r| r.entries.len()), Some(1), "a stale deletion was applied");
+        f.apply(WatchUpdate::Changes { revision: 13, changes: vec![("leader".into(), 13, None)] });
+        assert_eq!(f.snapshot(13).map(|r| r.entries.len()), Some(0));
     }
 }

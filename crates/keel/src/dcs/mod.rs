@@ -91,8 +91,9 @@ impl WatchKey {
 pub enum WatchUpdate {
     /// Every key below the prefix at one revision: the starting point (again after each reconnection).
     Snapshot(Range),
-    /// Keys (relative to the prefix) changed at up to `revision`: `Some` is the new entry, `None` a deletion.
-    Changes { revision: i64, changes: Vec<(String, Option<RawEntry>)> },
+    /// Keys (relative to the prefix) changed, each with the revision of its change: `Some` is the new entry,
+    /// `None` a deletion. `revision` is the store's revision when they were reported.
+    Changes { revision: i64, changes: Vec<(String, i64, Option<RawEntry>)> },
 }
 
 /// Receives [`WatchUpdate`]s.
