@@ -137,9 +137,11 @@ fn main() {
 fn store_load(c: &KeelCluster) {
     let port = c.etcd().client_port();
     let window = Duration::from_secs(60);
+    let versions_before = key_versions(port);
     let before = etcd_counters(port);
     std::thread::sleep(window);
     let after = etcd_counters(port);
+    let versions_after = key_versions(port);
     let secs = window.as_secs_f64();
     println!(
         "\n| etcd gRPC method | messages received | calls/streams started | ended Unavailable |\n|---|---|---|---|"
@@ -162,6 +164,36 @@ fn store_load(c: &KeelCluster) {
         msgs / secs,
         started / secs
     );
+    let written: Vec<String> = versions_after
+        .iter()
+        .filter_map(|(k, v)| {
+            let n = v - versions_before.get(k).copied().unwrap_or(0);
+            (n > 0).then(|| format!("{k} ({n})"))
+        })
+        .collect();
+    println!("keys written in the window (etcdctl, versions): {}", written.join(", "));
+}
+
+/// Each key's version (number of writes since it was created) below `/service/`, from `etcdctl`.
+fn key_versions(port: u16) -> BTreeMap<String, i64> {
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &format!("http://127.0.0.1:{port}"), "get", "--prefix", "/service/", "-w", "fields"])
+        .output();
+    let text = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        _ => return BTreeMap::new(),
+    };
+    let mut versions = BTreeMap::new();
+    let mut key = None;
+    for line in text.lines() {
+        if let Some(k) = line.strip_prefix("\"Key\" : ") {
+            key = Some(k.trim_matches('"').to_string());
+        } else if let (Some(v), Some(k)) = (line.strip_prefix("\"Version\" : "), key.take()) {
+            versions.insert(k, v.trim().parse().unwrap_or(0));
+        }
+    }
+    versions
 }
 
 /// (grpc_method, received|started|unavailable) -> counter, from etcd's Prometheus metrics.
