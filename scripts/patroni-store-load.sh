@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Idle store load of a three-node Patroni cluster, for comparison with `crates/keel/examples/bench.rs`:
 # its own etcd, three Patroni 4.1.5 nodes on PostgreSQL 15 with ttl 30 / loop_wait 10 / retry_timeout 10, and
-# etcd's Prometheus counters read over 60 s once the replicas stream (see docs/benchmarks.md).
+# etcd's Prometheus counters read over 60 s once the replicas stream (see docs/benchmarks.md). With REJOIN=N,
+# then N times: kill -9 of the primary's Patroni and postmaster, a new primary accepting writes, Patroni of the
+# killed node started again, and the time until the new primary's pg_stat_replication shows it streaming.
 #
-#   /usr/bin/python3 -m venv /opt/patroni-venv   # a system Python the postgres user can run && /opt/patroni-venv/bin/pip install 'patroni[etcd3]==4.1.5' psycopg2-binary
-#   scripts/patroni-store-load.sh            # as root (agents run as postgres) or as the PostgreSQL user
+#   /usr/bin/python3 -m venv /opt/patroni-venv    # a system Python that the postgres user can run
+#   /opt/patroni-venv/bin/pip install 'patroni[etcd3]==4.1.5' psycopg2-binary
+#   REJOIN=3 scripts/patroni-store-load.sh        # as root (Patroni runs as postgres) or as the PostgreSQL user
 #
 # Environment: PATRONI_VENV (default /opt/patroni-venv), PG_BIN (default /usr/lib/postgresql/15/bin),
 # BASE_PORT (default 24000: etcd on BASE_PORT and +1, REST APIs on +11..+13, PostgreSQL on +21..+23).
@@ -17,6 +20,7 @@ DIR=$(mktemp -d /tmp/patroni-load-XXXXXX)
 RUN=()
 if [ "$(id -u)" = 0 ]; then chown postgres: "$DIR"; RUN=(runuser -u postgres --); fi
 PIDS=()
+declare -A NODE_PID
 cleanup() {
   # Patroni stops its PostgreSQL on SIGTERM; whatever is left after 30 s is killed by its own pid.
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -70,7 +74,7 @@ postgresql:
     - host all all 127.0.0.1/32 md5
 YML
   "${RUN[@]}" "$VENV/bin/patroni" "$d/patroni.yml" >"$d/patroni.log" 2>&1 &
-  PIDS+=($!)
+  PIDS+=($!); NODE_PID[$i]=$!
   sleep 2
 done
 
@@ -114,3 +118,39 @@ for m in methods:
 print(f"idle store load over {w:.0f} s: {tot['grpc_server_msg_received_total'] / w:.2f} requests/s (messages received), "
       f"{tot['grpc_server_started_total'] / w:.2f} calls or streams opened/s")
 PY
+
+# Rejoin after kill -9, REJOIN times.
+sql() { PGPASSWORD=su-pass "$PG_BIN/psql" -h 127.0.0.1 -p "$1" -U postgres -d postgres -Atqc "$2" 2>/dev/null || true; }
+leader() {
+  local p out
+  for p in 11 12 13; do
+    out=$(curl -sf --max-time 2 "http://127.0.0.1:$((BASE + p))/cluster") || continue
+    echo "$out" | python3 -c 'import json, sys
+print(next((m["name"][1:] for m in json.load(sys.stdin)["members"] if m["role"] == "leader"), ""))'
+    return
+  done
+}
+for round in $(seq 1 "${REJOIN:-0}"); do
+  old=$(leader)
+  [ -n "$old" ] || { echo "no leader" >&2; exit 1; }
+  pm=$(head -1 "$DIR/p$old/data/postmaster.pid")
+  kill -9 "${NODE_PID[$old]}" "$pm"
+  new=""
+  for _ in $(seq 1 240); do
+    l=$(leader)
+    if [ -n "$l" ] && [ "$l" != "$old" ] && [ "$(sql $((BASE + 20 + l)) 'SELECT pg_is_in_recovery()')" = f ]; then new=$l; break; fi
+    sleep 0.25
+  done
+  [ -n "$new" ] || { echo "no new primary after killing p$old" >&2; exit 1; }
+  t0=$(date +%s.%N)
+  "${RUN[@]}" "$VENV/bin/patroni" "$DIR/p$old/patroni.yml" >>"$DIR/p$old/patroni.log" 2>&1 &
+  PIDS+=($!); NODE_PID[$old]=$!
+  for _ in $(seq 1 2400); do
+    got=$(sql $((BASE + 20 + new)) "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'p$old' AND state = 'streaming'")
+    [ "$got" = 1 ] && break
+    sleep 0.1
+  done
+  printf 'rejoin %d: p%s streaming from p%s %.1f s after Patroni started\n' "$round" "$old" "$new" \
+    "$(echo "$(date +%s.%N) - $t0" | bc)"
+  sleep 20   # let the member keys settle before the next kill
+done
