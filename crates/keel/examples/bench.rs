@@ -189,8 +189,10 @@ fn key_versions(port: u16) -> BTreeMap<String, i64> {
     for line in text.lines() {
         if let Some(k) = line.strip_prefix("\"Key\" : ") {
             key = Some(k.trim_matches('"').to_string());
-        } else if let (Some(v), Some(k)) = (line.strip_prefix("\"Version\" : "), key.take()) {
-            versions.insert(k, v.trim().parse().unwrap_or(0));
+        } else if let Some(v) = line.strip_prefix("\"Version\" : ") {
+            if let Some(k) = key.take() {
+                versions.insert(k, v.trim().parse().unwrap_or(0));
+            }
         }
     }
     versions
