@@ -134,7 +134,9 @@ for round in $(seq 1 "${REJOIN:-0}"); do
   old=$(leader)
   [ -n "$old" ] || { echo "no leader" >&2; exit 1; }
   pm=$(head -1 "$DIR/p$old/data/postmaster.pid")
-  kill -9 "${NODE_PID[$old]}" "$pm"
+  # As root, NODE_PID is runuser's pid and Patroni its child.
+  pat=$(pgrep -P "${NODE_PID[$old]}" | head -1 || true)
+  kill -9 ${pat:+"$pat"} "${NODE_PID[$old]}" "$pm"
   new=""
   for _ in $(seq 1 240); do
     l=$(leader)
