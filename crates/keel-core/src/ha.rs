@@ -50,6 +50,7 @@
 
 mod reinit;
 mod schedule;
+mod settle;
 mod shutdown;
 mod types;
 
@@ -58,6 +59,7 @@ pub use shutdown::{after_stop, shutdown_start, ShutdownEnd, ShutdownStart};
 pub use reinit::{reinitialize, ReinitRefusal};
 
 pub use schedule::parse_iso8601;
+pub use settle::next_cycle_soon;
 pub use types::*;
 
 use crate::divergence::DivergencePolicy;

@@ -3,11 +3,17 @@
 //! - failover: kill -9 of the primary's agent and postmaster → a new primary accepts writes;
 //! - rejoin: restart of the killed node's agent → it streams from the new primary;
 //! - switchover (`keel switchover --candidate X --force`, else `POST /switchover`) → the candidate accepts writes;
-//! - each agent's resident memory (VmRSS) and CPU time per HA loop cycle while the cluster is idle.
+//! - each agent's resident memory (VmRSS) and CPU time per HA loop cycle while the cluster is idle;
+//! - the load the idle cluster puts on etcd: requests per second over 60 s, from etcd's own Prometheus counters
+//!   (`grpc_server_msg_received_total`: every unary call and every message on a stream, e.g. each lease
+//!   keep-alive; `grpc_server_started_total`: calls and streams opened).
 //!
 //! `cargo build --bin keel && cargo run --example bench -- [CYCLES]` (as root or as a user that can run
-//! PostgreSQL). `KEEL_TEST_PG_VERSION` picks the PostgreSQL version (default 15).
+//! PostgreSQL). `KEEL_TEST_PG_VERSION` picks the PostgreSQL version (default 15); `KEEL_BENCH_TIMING=30,10,10`
+//! sets `ttl,loop_wait,retry_timeout` (default: the test harness's 20,2,5).
 
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use keel::cluster_runner::{clock_ticks_per_sec, cpu_ticks, rss_kib};
@@ -18,7 +24,11 @@ const DEADLINE: Duration = Duration::from_secs(180);
 
 fn main() {
     let cycles: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(3);
-    let opts = KeelOptions::default();
+    let timing = std::env::var("KEEL_BENCH_TIMING").ok().and_then(|t| {
+        let v: Vec<u64> = t.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+        (v.len() == 3).then(|| (v[0], v[1], v[2]))
+    });
+    let opts = KeelOptions { timing, ..KeelOptions::default() };
     println!("keel binary: {}", opts.resolve_keel_bin().display());
     let t = Instant::now();
     let mut c = KeelCluster::start(3, opts).expect("start the cluster");
@@ -52,6 +62,8 @@ fn main() {
             cpu_s * 100.0 / window.as_secs_f64()
         );
     }
+
+    store_load(&c);
 
     let mut failovers = Vec::new();
     let mut rejoins = Vec::new();
@@ -119,6 +131,107 @@ fn main() {
         let s = |d: Duration| d.as_secs_f64();
         println!("| {what} | {:.1} | {:.1} | {:.1} |", s(v[0]), s(v[v.len() / 2]), s(v[v.len() - 1]));
     }
+}
+
+/// Requests the idle cluster sends etcd over 60 s, by gRPC method, from etcd's `/metrics`.
+fn store_load(c: &KeelCluster) {
+    let port = c.etcd().client_port();
+    let window = Duration::from_secs(60);
+    let versions_before = key_versions(port);
+    let before = etcd_counters(port);
+    std::thread::sleep(window);
+    let after = etcd_counters(port);
+    let versions_after = key_versions(port);
+    let secs = window.as_secs_f64();
+    println!(
+        "\n| etcd gRPC method | messages received | calls/streams started | ended Unavailable |\n|---|---|---|---|"
+    );
+    let (mut msgs, mut started) = (0.0, 0.0);
+    let methods: std::collections::BTreeSet<&String> = after.keys().map(|(m, _)| m).collect();
+    for m in methods {
+        let d = |kind: &str| {
+            after.get(&(m.clone(), kind.into())).unwrap_or(&0.0) - before.get(&(m.clone(), kind.into())).unwrap_or(&0.0)
+        };
+        let (r, s, u) = (d("received"), d("started"), d("unavailable"));
+        if r + s + u > 0.0 {
+            println!("| {m} | {r} | {s} | {u} |");
+        }
+        msgs += r;
+        started += s;
+    }
+    println!(
+        "idle store load over {secs:.0} s: {:.2} requests/s (messages received), {:.2} calls or streams opened/s",
+        msgs / secs,
+        started / secs
+    );
+    let written: Vec<String> = versions_after
+        .iter()
+        .filter_map(|(k, v)| {
+            let n = v - versions_before.get(k).copied().unwrap_or(0);
+            (n > 0).then(|| format!("{k} ({n})"))
+        })
+        .collect();
+    println!("keys written in the window (etcdctl, versions): {}", written.join(", "));
+}
+
+/// Each key's version (number of writes since it was created) below `/service/`, from `etcdctl`.
+fn key_versions(port: u16) -> BTreeMap<String, i64> {
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &format!("http://127.0.0.1:{port}"), "get", "--prefix", "/service/", "-w", "fields"])
+        .output();
+    let text = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        _ => return BTreeMap::new(),
+    };
+    let mut versions = BTreeMap::new();
+    let mut key = None;
+    for line in text.lines() {
+        if let Some(k) = line.strip_prefix("\"Key\" : ") {
+            key = Some(k.trim_matches('"').to_string());
+        } else if let Some(v) = line.strip_prefix("\"Version\" : ") {
+            if let Some(k) = key.take() {
+                versions.insert(k, v.trim().parse().unwrap_or(0));
+            }
+        }
+    }
+    versions
+}
+
+/// (grpc_method, received|started|unavailable) -> counter, from etcd's Prometheus metrics.
+fn etcd_counters(port: u16) -> BTreeMap<(String, String), f64> {
+    let mut out = BTreeMap::new();
+    let text = match http_get(port, "/metrics") {
+        Ok(t) => t,
+        Err(e) => {
+            println!("cannot read etcd's /metrics: {e}");
+            return out;
+        }
+    };
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let kind = if line.starts_with("grpc_server_msg_received_total{") {
+            "received"
+        } else if line.starts_with("grpc_server_started_total{") {
+            "started"
+        } else if line.starts_with("grpc_server_handled_total{") && line.contains("grpc_code=\"Unavailable\"") {
+            "unavailable"
+        } else {
+            continue;
+        };
+        let Some(method) = line.split("grpc_method=\"").nth(1).and_then(|r| r.split('"').next()) else { continue };
+        let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else { continue };
+        *out.entry((method.to_string(), kind.to_string())).or_insert(0.0) += value;
+    }
+    out
+}
+
+fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body)
 }
 
 fn settle(c: &KeelCluster) {

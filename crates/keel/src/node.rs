@@ -15,7 +15,7 @@ use crate::agent::request_channel::{agent_channel, AgentHandle};
 use crate::agent::{Agent, AgentParts};
 use crate::api::server::{router, ApiBackend, ApiOptions, BasicAuth};
 use crate::config::{self, Config};
-use crate::dcs::{ClusterStore, EtcdBackend, EtcdConfig};
+use crate::dcs::{self, Backend, ClusterStore, Store};
 use crate::status::NodeStatus;
 
 /// How long the REST API waits for the HA loop to answer a request (a restart may take a while).
@@ -25,19 +25,19 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 struct AgentApi {
     status: Arc<RwLock<NodeStatus>>,
     /// The API's own store handle (same backend, no lease): it reads and writes `config` and `failover`.
-    store: ClusterStore<EtcdBackend>,
+    store: Store,
     handle: AgentHandle,
     failsafe: Arc<FailsafeState>,
 }
 
 impl ApiBackend for AgentApi {
-    type Kv = EtcdBackend;
+    type Kv = Backend;
 
     fn node_status(&self) -> NodeStatus {
         self.status.read().map(|s| s.clone()).unwrap_or_default()
     }
 
-    fn store(&self) -> &ClusterStore<EtcdBackend> {
+    fn store(&self) -> &Store {
         &self.store
     }
 
@@ -65,10 +65,11 @@ pub async fn run(config_path: &Path) -> Result<()> {
         );
     }
     let timing = cfg.timing;
-    let etcd = EtcdConfig::from_hosts(&cfg.etcd3_endpoints(), Duration::from_secs(timing.retry_timeout.max(1)));
-    let backend = EtcdBackend::new(etcd)?;
+    let backend = dcs::backend_from_config(&cfg, Duration::from_secs(timing.retry_timeout.max(1)))?;
     let api_store = ClusterStore::new(backend.clone(), &cfg.namespace, &cfg.scope, &cfg.name, timing.ttl);
     let store = ClusterStore::new(backend, &cfg.namespace, &cfg.scope, &cfg.name, timing.ttl);
+    // One watch on the cluster for the agent's lifetime: cycles read its cache, the loop wakes on it.
+    store.follow();
     let local = Local::new(&cfg)?;
     info!(
         "keel {} starting: member {} of cluster {}, PostgreSQL {} in {}",

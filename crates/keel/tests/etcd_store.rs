@@ -232,6 +232,28 @@ mod cases {
         assert_eq!(view.leader.unwrap().lease, newer);
     }
 
+    /// With `follow`, loads come from the watch's cache: changes by others show up, our own writes at once.
+    pub async fn followed_store_reads_cache_and_sees_changes<E: Env>(env: &E) {
+        let (a, b) = (node(env, "a"), node(env, "b"));
+        a.follow();
+        eventually("a follows", Duration::from_secs(20), || async { a.following() }).await;
+        assert!(a.load().await.unwrap().leader.is_none());
+        assert!(b.acquire_leader().await.unwrap());
+        eventually("a sees b lead", Duration::from_secs(20), || async {
+            a.load().await.unwrap().leader.is_some_and(|l| l.name == "b")
+        })
+        .await;
+        // The loop's wake-up comes from the same watch.
+        let (woke, deleted) = tokio::join!(a.watch(Duration::from_secs(20)), b.delete_leader());
+        assert!(deleted.unwrap());
+        assert!(woke.unwrap());
+        // A write of our own is in the very next load, whatever the watch has delivered so far.
+        assert!(a.acquire_leader().await.unwrap());
+        assert_eq!(a.load().await.unwrap().leader.unwrap().name, "a");
+        a.touch_member(&json!({"state": "running"})).await.unwrap();
+        assert!(a.load().await.unwrap().members.contains_key("a"));
+    }
+
     pub async fn watch_wakes_on_leader_change<E: Env>(env: &E) {
         let (a, b) = (node(env, "a"), node(env, "b"));
         a.load().await.unwrap();
@@ -367,6 +389,7 @@ suite!(
     touch_member_skips_unchanged_writes,
     lease_loss_is_detected_and_regranted,
     watch_wakes_on_leader_change,
+    followed_store_reads_cache_and_sees_changes,
     watch_wakes_when_leader_lease_expires,
     garbage_values_do_not_break_load,
     status_history_failsafe_and_remove,
@@ -433,4 +456,90 @@ async fn etcd_unreachable_names_endpoint() {
         EtcdBackend::new(EtcdConfig::from_hosts::<&str>(&[], Duration::from_secs(1))),
         Err(DcsError::Config(_))
     ));
+}
+
+/// (grpc_method, metric) -> value of etcd's `grpc_server_started_total` / `grpc_server_msg_received_total`.
+fn etcd_counters(env: &EtcdEnv) -> BTreeMap<(String, String), f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", env.server.client_port())).expect("connect to etcd");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("request /metrics");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read /metrics");
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Some((metric, rest)) = line.split_once('{') else { continue };
+        if metric != "grpc_server_started_total" && metric != "grpc_server_msg_received_total" {
+            continue;
+        }
+        let Some(method) = rest.split("grpc_method=\"").nth(1).and_then(|r| r.split('"').next()) else { continue };
+        let value: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        *out.entry((method.to_string(), metric.to_string())).or_insert(0.0) += value;
+    }
+    out
+}
+
+/// An idle cycle (keep the lease alive, read the cluster, publish an unchanged member key) costs one message on
+/// the long-lived keep-alive stream: no new stream, no range, no write; also while another cluster in the same
+/// etcd writes (moving the store's revision past the last change under our prefix).
+#[tokio::test]
+async fn etcd_idle_cycles_keep_one_keepalive_stream_and_read_the_watch_cache() {
+    let env = EtcdEnv::start();
+    let a = node(&env, "a");
+    a.follow();
+    eventually("a follows", Duration::from_secs(20), || async { a.following() }).await;
+    let other = ClusterStore::new(env.backend(), "/service/", "other", "o", 30);
+    let member = json!({"state": "running", "role": "replica"});
+    a.refresh_lease().await.unwrap();
+    a.refresh_lease().await.unwrap();
+    a.touch_member(&member).await.unwrap();
+    other.touch_member(&json!({"n": 0})).await.unwrap();
+    // A range (after our own write), at a revision no key under our prefix has.
+    a.load().await.unwrap();
+    // The cache catches up with our own write; then loads stop reading the store.
+    eventually("cache serves loads", Duration::from_secs(20), || async {
+        let before = etcd_counters(&env);
+        a.load().await.unwrap();
+        etcd_counters(&env) == before
+    })
+    .await;
+    let before = etcd_counters(&env);
+    for n in 1..=5 {
+        other.touch_member(&json!({ "n": n })).await.unwrap();
+        a.refresh_lease().await.unwrap();
+        assert!(a.load().await.unwrap().members.contains_key("a"));
+        assert!(!a.touch_member(&member).await.unwrap(), "unchanged member key rewritten");
+    }
+    let after = etcd_counters(&env);
+    let delta = |m: &str, k: &str| {
+        let key = (m.to_string(), k.to_string());
+        after.get(&key).unwrap_or(&0.0) - before.get(&key).unwrap_or(&0.0)
+    };
+    assert_eq!(delta("LeaseKeepAlive", "grpc_server_started_total"), 0.0, "a new keep-alive stream: {after:?}");
+    assert_eq!(delta("LeaseKeepAlive", "grpc_server_msg_received_total"), 5.0);
+    assert_eq!(delta("Watch", "grpc_server_started_total"), 0.0, "a new watch stream");
+    assert_eq!(delta("Range", "grpc_server_started_total"), 0.0, "loads read the store");
+    assert_eq!(delta("Txn", "grpc_server_started_total"), 5.0, "writes while idle besides the other cluster's");
+}
+
+/// After etcd restarts, the keep-alive stream and the watch are re-established and loads see later changes.
+#[tokio::test]
+async fn etcd_restart_reestablishes_keepalive_and_watch() {
+    let mut env = EtcdEnv::start();
+    let (a, b) = (node(&env, "a"), node(&env, "b"));
+    a.follow();
+    eventually("a follows", Duration::from_secs(20), || async { a.following() }).await;
+    a.refresh_lease().await.unwrap();
+    a.refresh_lease().await.unwrap();
+    a.load().await.unwrap();
+    env.server.stop().unwrap();
+    assert!(a.refresh_lease().await.unwrap_err().is_unavailable());
+    env.server.restart().unwrap();
+    eventually("keep-alive works again", Duration::from_secs(30), || async { a.refresh_lease().await.is_ok() }).await;
+    assert!(b.acquire_leader().await.unwrap());
+    eventually("a sees b lead after the restart", Duration::from_secs(30), || async {
+        a.load().await.is_ok_and(|v| v.leader.is_some_and(|l| l.name == "b"))
+    })
+    .await;
+    eventually("the watch is back", Duration::from_secs(30), || async { a.following() }).await;
 }

@@ -3,6 +3,7 @@
 //! through the agent's host ([`host`]); then it publishes ([`publish`]). Requests from the REST API arrive on
 //! [`request_channel`] and are answered between cycles ([`requests`]).
 
+mod cost;
 mod dynamic;
 pub mod failsafe;
 pub mod follower;

@@ -23,9 +23,9 @@ use tracing::{error, info, warn};
 use super::failsafe::FailsafeState;
 use super::host::AgentHost;
 use super::local::Local;
-use super::probe;
 use super::request_channel::{AgentRequest, RestartRequest};
 use super::slot_manager::{SlotCycle, SlotManager};
+use super::{cost as cycle_cost, probe};
 use crate::clock::unix_ms;
 use crate::config::Config;
 use crate::dcs::{ClusterStore, KvBackend};
@@ -36,6 +36,10 @@ use crate::status::NodeStatus;
 
 /// How soon the loop runs again while the cluster has no leader.
 const UNLOCKED_RETRY: Duration = Duration::from_millis(500);
+
+/// How soon the loop runs again after a cycle that left PostgreSQL short of its final role
+/// (`keel_core::ha::next_cycle_soon`).
+const SETTLE_RETRY: Duration = Duration::from_millis(500);
 
 /// While the store is unreachable: how often the loop looks whether it answers again.
 const STORE_POLL: Duration = Duration::from_secs(1);
@@ -73,6 +77,10 @@ pub(crate) struct Agent<B: KvBackend> {
     pub(super) last_status: Option<Status>,
     /// A restart requested for later (`POST /restart` with `schedule`), as Unix epoch milliseconds.
     pub(super) scheduled_restart: Option<(Millis, RestartRequest)>,
+    /// The last cycle asked for the next one soon (`ha::next_cycle_soon`).
+    pub(super) next_soon: bool,
+    /// The running cycle is such an early one.
+    pub(super) after_quick: bool,
     /// The next clone takes its base backup from the leader (`POST /reinitialize` with `from_leader`).
     pub(super) clone_from_leader: bool,
     /// Kills PostgreSQL if the leader key is not refreshed in time (see `keel_core::fence`).
@@ -121,6 +129,8 @@ impl<B: KvBackend> Agent<B> {
             last_status: None,
             scheduled_restart: None,
             clone_from_leader: false,
+            next_soon: false,
+            after_quick: false,
             config_path: p.config_path.to_path_buf(),
         }
     }
@@ -175,13 +185,17 @@ impl<B: KvBackend> Agent<B> {
         let mut sigint = signal(SignalKind::interrupt())?;
         loop {
             let started = Instant::now();
-            if let Err(e) = self.cycle().await {
+            let cost = cycle_cost::CycleCost::start();
+            let result = self.cycle().await;
+            cost.log();
+            if let Err(e) = result {
                 if e.downcast_ref::<Fatal>().is_some() {
                     error!("{e:#}");
                     return Err(e);
                 }
                 error!("HA cycle failed: {e:#}");
             }
+            self.after_quick = std::mem::take(&mut self.next_soon);
             let wait = self.next_wait().saturating_sub(started.elapsed());
             let woke = wake_after(&self.store, self.store_reachable, wait);
             let request = tokio::select! {
@@ -206,6 +220,9 @@ impl<B: KvBackend> Agent<B> {
         if self.view.leader.is_none() && self.view.initialize.is_some() {
             // Nobody holds the leader key of an initialized cluster: look again soon rather than a loop later.
             return loop_wait.min(UNLOCKED_RETRY);
+        }
+        if self.after_quick {
+            return loop_wait.min(SETTLE_RETRY);
         }
         loop_wait
     }
@@ -256,6 +273,7 @@ impl<B: KvBackend> Agent<B> {
         self.last_obs = obs;
         let (decision, input) = self.decide(input).await;
         let (applied, result) = self.execute(&decision, Context::from(&input), now).await;
+        self.next_soon = store_ok && result.is_ok() && ha::next_cycle_soon(applied, self.after_quick);
         info!("{applied}");
         self.after_actions(&input, applied, now).await;
         self.publish(store_ok, now).await;

@@ -10,18 +10,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn as EtcdTxn,
-    TxnOp, WatchOptions,
+    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
+    LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn as EtcdTxn, TxnOp, WatchOptions,
 };
 use keel_core::store::{Compare, Op, Txn};
 use keel_core::view::RawEntry;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::{DcsError, KvBackend, Range, WatchKey};
+use super::{DcsError, KvBackend, Range, WatchKey, WatchSink, WatchUpdate};
 
 /// The shortest time given to one endpoint when several are configured.
 const MIN_ATTEMPT: Duration = Duration::from_secs(1);
+
+/// How often a long-lived watch checks that it still runs on the connection the other calls use.
+const CONNECTION_CHECK: Duration = Duration::from_secs(1);
 
 /// How to reach etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +54,26 @@ impl EtcdConfig {
 pub struct EtcdBackend {
     cfg: Arc<EtcdConfig>,
     conn: Arc<Mutex<Conn>>,
+    /// The lease keep-alive stream, kept open between refreshes (one stream for a lease's lifetime).
+    keeper: Arc<Mutex<Option<KeepAlive>>>,
+}
+
+/// An open keep-alive stream for one lease.
+struct KeepAlive {
+    lease: i64,
+    keeper: LeaseKeeper,
+    stream: LeaseKeepAliveStream,
+}
+
+impl KeepAlive {
+    /// One keep-alive request and its answer: `Ok(false)` when etcd says the lease is gone (TTL 0).
+    async fn refresh(&mut self) -> Result<bool, etcd_client::Error> {
+        self.keeper.keep_alive().await?;
+        match self.stream.message().await? {
+            Some(resp) => Ok(resp.ttl() > 0),
+            None => Err(etcd_client::Error::LeaseKeepAliveError("etcd closed the keep-alive stream".into())),
+        }
+    }
 }
 
 impl std::fmt::Debug for EtcdBackend {
@@ -63,6 +86,8 @@ struct Conn {
     /// Index of the endpoint in use.
     current: usize,
     client: Option<Client>,
+    /// Counts dropped connections, so a long-lived watch notices that calls moved to a new one.
+    epoch: u64,
 }
 
 /// What kind of call failed, to map etcd's "lease not found" answers.
@@ -81,7 +106,11 @@ impl EtcdBackend {
         if cfg.timeout.is_zero() {
             return Err(DcsError::Config("the etcd call timeout (retry_timeout) must be positive".into()));
         }
-        Ok(EtcdBackend { cfg: Arc::new(cfg), conn: Arc::new(Mutex::new(Conn { current: 0, client: None })) })
+        Ok(EtcdBackend {
+            cfg: Arc::new(cfg),
+            conn: Arc::new(Mutex::new(Conn { current: 0, client: None, epoch: 0 })),
+            keeper: Arc::new(Mutex::new(None)),
+        })
     }
 
     pub fn config(&self) -> &EtcdConfig {
@@ -109,7 +138,7 @@ impl EtcdBackend {
             }
             Err(_) => {
                 conn.current = (idx + 1) % self.cfg.endpoints.len();
-                return Err(DcsError::Timeout { endpoint: endpoint.clone(), op, timeout: budget });
+                return Err(DcsError::Timeout { store: at(endpoint), op, timeout: budget });
             }
         };
         conn.client = Some(client.clone());
@@ -121,6 +150,7 @@ impl EtcdBackend {
         let mut conn = self.conn.lock().await;
         if conn.current % self.cfg.endpoints.len() == idx {
             conn.client = None;
+            conn.epoch += 1;
             conn.current = (idx + 1) % self.cfg.endpoints.len();
         }
     }
@@ -161,23 +191,28 @@ impl EtcdBackend {
                 }
                 Err(_) => {
                     self.failed(idx).await;
-                    last = Some(DcsError::Timeout { endpoint: endpoint.clone(), op, timeout: budget });
+                    last = Some(DcsError::Timeout { store: at(endpoint), op, timeout: budget });
                 }
             }
         }
         Err(last.unwrap_or_else(|| DcsError::Timeout {
-            endpoint: self.cfg.endpoints.join(","),
+            store: at(&self.cfg.endpoints.join(",")),
             op,
             timeout: self.cfg.timeout,
         }))
     }
 }
 
+/// How errors name the store: `etcd at <endpoint>`.
+fn at(endpoint: &str) -> String {
+    format!("etcd at {endpoint}")
+}
+
 /// Maps an etcd client error: transport problems are "unavailable" (try another endpoint), answers are not.
 fn classify(e: etcd_client::Error, endpoint: &str, op: &'static str, hint: LeaseHint) -> DcsError {
     use etcd_client::Error as E;
     use tonic::Code;
-    let endpoint = endpoint.to_string();
+    let store = at(endpoint);
     match e {
         E::GRpcStatus(s) => match s.code() {
             Code::NotFound if s.message().contains("lease") => match hint {
@@ -185,20 +220,20 @@ fn classify(e: etcd_client::Error, endpoint: &str, op: &'static str, hint: Lease
                 LeaseHint::None => DcsError::LeaseNotFound(0),
             },
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Aborted => {
-                DcsError::Unreachable { endpoint, op, detail: s.message().to_string() }
+                DcsError::Unreachable { store, op, detail: s.message().to_string() }
             }
-            _ => DcsError::Rejected { endpoint, op, detail: format!("{:?}: {}", s.code(), s.message()) },
+            _ => DcsError::Rejected { store, op, detail: format!("{:?}: {}", s.code(), s.message()) },
         },
         E::LeaseKeepAliveError(msg) if msg.contains("not found") => match hint {
             LeaseHint::Lease(id) => DcsError::LeaseNotFound(id),
             LeaseHint::None => DcsError::LeaseNotFound(0),
         },
-        E::TransportError(t) => DcsError::Unreachable { endpoint, op, detail: t.to_string() },
-        E::IoError(io) => DcsError::Unreachable { endpoint, op, detail: io.to_string() },
-        E::WatchError(msg) | E::LeaseKeepAliveError(msg) => DcsError::Unreachable { endpoint, op, detail: msg },
+        E::TransportError(t) => DcsError::Unreachable { store, op, detail: t.to_string() },
+        E::IoError(io) => DcsError::Unreachable { store, op, detail: io.to_string() },
+        E::WatchError(msg) | E::LeaseKeepAliveError(msg) => DcsError::Unreachable { store, op, detail: msg },
         E::InvalidArgs(msg) | E::EndpointError(msg) => DcsError::Config(format!("{endpoint}: {msg}")),
         E::InvalidUri(u) => DcsError::Config(format!("invalid etcd endpoint {endpoint}: {u}")),
-        other => DcsError::InvalidResponse { endpoint, op, detail: other.to_string() },
+        other => DcsError::InvalidResponse { store, op, detail: other.to_string() },
     }
 }
 
@@ -273,18 +308,46 @@ impl KvBackend for EtcdBackend {
         let resp =
             self.call("lease grant", LeaseHint::None, |mut c| async move { c.lease_grant(ttl, None).await }).await?;
         if !resp.error().is_empty() || resp.id() == 0 {
-            let endpoint = self.cfg.endpoints.join(",");
-            return Err(DcsError::InvalidResponse { endpoint, op: "lease grant", detail: resp.error().to_string() });
+            let store = at(&self.cfg.endpoints.join(","));
+            return Err(DcsError::InvalidResponse { store, op: "lease grant", detail: resp.error().to_string() });
         }
         Ok(resp.id())
     }
 
     async fn keepalive(&self, lease: i64) -> Result<(), DcsError> {
-        self.call("lease keepalive", LeaseHint::Lease(lease), |mut c| async move {
-            // One request on a fresh keep-alive stream; etcd-client reports TTL 0 as "lease not found".
-            c.lease_keep_alive(lease).await.map(|_| ())
-        })
-        .await
+        // One stream per lease, kept open: a refresh is one message on it, not a new stream each time. The stream
+        // is taken out while in use and put back only after a full answer, so a refresh abandoned half-way (a
+        // caller's timeout) never leaves an unread answer behind for the next one.
+        let mut open = self.keeper.lock().await;
+        let deadline = Instant::now() + self.cfg.timeout;
+        if let Some(mut ka) = open.take().filter(|k| k.lease == lease) {
+            match tokio::time::timeout_at(deadline, ka.refresh()).await {
+                Ok(Ok(true)) => {
+                    *open = Some(ka);
+                    return Ok(());
+                }
+                Ok(Ok(false)) => return Err(DcsError::LeaseNotFound(lease)),
+                // The stream broke (e.g. etcd restarted): open a new one below, in the time left.
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    let store = at(&self.cfg.endpoints.join(","));
+                    return Err(DcsError::Timeout { store, op: "lease keepalive", timeout: self.cfg.timeout });
+                }
+            }
+        }
+        let opened = self.call("lease keepalive", LeaseHint::Lease(lease), |mut c| async move {
+            // etcd-client sends the first request and reports TTL 0 as "lease not found".
+            c.lease_keep_alive(lease).await
+        });
+        let (keeper, stream) = match tokio::time::timeout_at(deadline, opened).await {
+            Ok(r) => r?,
+            Err(_) => {
+                let store = at(&self.cfg.endpoints.join(","));
+                return Err(DcsError::Timeout { store, op: "lease keepalive", timeout: self.cfg.timeout });
+            }
+        };
+        *open = Some(KeepAlive { lease, keeper, stream });
+        Ok(())
     }
 
     async fn revoke(&self, lease: i64) -> Result<(), DcsError> {
@@ -354,6 +417,83 @@ impl KvBackend for EtcdBackend {
             }
             Err(_) => Ok(false),
         }
+    }
+
+    async fn follow_prefix(&self, prefix: &str, sink: &WatchSink) -> Result<(), DcsError> {
+        self.follow(prefix, sink).await
+    }
+}
+
+impl EtcdBackend {
+    /// [`KvBackend::follow_prefix`]: a snapshot, then one watch stream from the snapshot's revision on.
+    async fn follow(&self, prefix: &str, sink: &WatchSink) -> Result<(), DcsError> {
+        let range = self.range(prefix).await?;
+        let start = range.revision + 1;
+        sink(WatchUpdate::Snapshot(range));
+        let (idx, mut client) = self.client("watch", self.cfg.timeout).await?;
+        let epoch = self.conn.lock().await.epoch;
+        let endpoint = self.cfg.endpoints[idx].clone();
+        let opts = WatchOptions::new().with_prefix().with_start_revision(start);
+        let opened = tokio::time::timeout(self.cfg.timeout, client.watch(prefix, Some(opts))).await;
+        let mut stream = match opened {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(self.watch_failed(e, idx, &endpoint).await),
+            Err(_) => return Err(DcsError::Timeout { store: at(&endpoint), op: "watch", timeout: self.cfg.timeout }),
+        };
+        loop {
+            // Every second, look whether the other calls gave up on this connection (then so does the watch: on
+            // a connection the calls no longer use, it could miss changes without noticing).
+            let message = match tokio::time::timeout(CONNECTION_CHECK, stream.message()).await {
+                Ok(m) => m,
+                Err(_) if self.conn.lock().await.epoch == epoch => continue,
+                Err(_) => {
+                    let detail = "the connection was replaced after a failed call".to_string();
+                    return Err(DcsError::Unreachable { store: at(&endpoint), op: "watch", detail });
+                }
+            };
+            let resp = match message {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    let detail = "etcd closed the watch stream".to_string();
+                    return Err(DcsError::Unreachable { store: at(&endpoint), op: "watch", detail });
+                }
+                Err(e) => return Err(self.watch_failed(e, idx, &endpoint).await),
+            };
+            if resp.canceled() {
+                let detail = format!(
+                    "watch canceled by etcd (compacted at {}): {}",
+                    resp.compact_revision(),
+                    resp.cancel_reason()
+                );
+                return Err(DcsError::Unreachable { store: at(&endpoint), op: "watch", detail });
+            }
+            let mut revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            let mut changes = Vec::new();
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let key = String::from_utf8_lossy(kv.key());
+                let Some(rel) = key.strip_prefix(prefix) else { continue };
+                revision = revision.max(kv.mod_revision());
+                let entry = (ev.event_type() == EventType::Put).then(|| RawEntry {
+                    key: rel.to_string(),
+                    value: String::from_utf8_lossy(kv.value()).into_owned(),
+                    mod_revision: kv.mod_revision(),
+                    lease: kv.lease(),
+                });
+                changes.push((rel.to_string(), kv.mod_revision(), entry));
+            }
+            if !changes.is_empty() {
+                sink(WatchUpdate::Changes { revision, changes });
+            }
+        }
+    }
+
+    async fn watch_failed(&self, e: etcd_client::Error, idx: usize, endpoint: &str) -> DcsError {
+        let err = classify(e, endpoint, "watch", LeaseHint::None);
+        if err.is_unavailable() {
+            self.failed(idx).await;
+        }
+        err
     }
 }
 

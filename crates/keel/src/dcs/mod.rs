@@ -4,13 +4,19 @@
 //! - [`KvBackend`] is the handful of etcd v3 calls Keel needs (range, txn, leases, watch). [`EtcdBackend`] talks
 //!   to a real etcd; [`MemoryBackend`] runs [`keel_core::store::MemStore`] on a real monotonic clock for tests and
 //!   single-process simulations.
+//! - [`Backend`] is the one seam: the backend the configuration names ([`backend_from_config`]); everything
+//!   outside `dcs/` uses [`Store`] and never names a particular store.
+//! - [`follow`] keeps one watch on the cluster prefix for a store's lifetime (a cache of the keys that cycles
+//!   read instead of a range request each time, and the wake-ups of the HA loop).
 //! - [`ClusterStore`] implements Patroni's semantics (one lease per node, leader race, compare-and-swap writes,
 //!   skipped redundant writes) on top of any backend, using the transactions built by
 //!   [`keel_core::store::ClusterOps`].
 
+mod backend;
+mod cluster_store;
 mod etcd;
+mod follow;
 mod memory;
-mod store;
 
 use std::future::Future;
 use std::time::Duration;
@@ -18,30 +24,32 @@ use std::time::Duration;
 use keel_core::store::Txn;
 use keel_core::view::RawEntry;
 
+pub use backend::{backend_from_config, store_from_config, Backend, Store};
+pub use cluster_store::ClusterStore;
 pub use etcd::{EtcdBackend, EtcdConfig};
 pub use memory::MemoryBackend;
-pub use store::ClusterStore;
 
-/// Why a store call failed. Every message names what failed and what to do about it.
+/// Why a store call failed. Every message names what failed and what to do about it; `store` says which store
+/// and where (e.g. `etcd at http://10.0.0.1:2379`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DcsError {
     #[error(
-        "etcd at {endpoint} did not answer {op} within {timeout:?}; check that etcd is running and not overloaded, \
+        "the store ({store}) did not answer {op} within {timeout:?}; check that it is running and not overloaded, \
          or raise retry_timeout"
     )]
-    Timeout { endpoint: String, op: &'static str, timeout: Duration },
+    Timeout { store: String, op: &'static str, timeout: Duration },
     #[error(
-        "cannot reach etcd at {endpoint} for {op}: {detail}; check the etcd hosts in the configuration and that \
-         etcd is running"
+        "cannot reach the store ({store}) for {op}: {detail}; check the store hosts in the configuration and that \
+         the store is running"
     )]
-    Unreachable { endpoint: String, op: &'static str, detail: String },
-    #[error("lease {0} not found (expired or revoked); a new lease has to be granted")]
+    Unreachable { store: String, op: &'static str, detail: String },
+    #[error("store lease {0} not found (expired or revoked); a new lease has to be granted")]
     LeaseNotFound(i64),
-    #[error("etcd at {endpoint} rejected {op}: {detail}; check etcd's log and the etcd version (v3 API >= 3.4)")]
-    Rejected { endpoint: String, op: &'static str, detail: String },
-    #[error("invalid response from etcd at {endpoint} to {op}: {detail}")]
-    InvalidResponse { endpoint: String, op: &'static str, detail: String },
-    #[error("invalid DCS configuration: {0}")]
+    #[error("the store ({store}) rejected {op}: {detail}; check the store's log and its version")]
+    Rejected { store: String, op: &'static str, detail: String },
+    #[error("invalid response from the store ({store}) to {op}: {detail}")]
+    InvalidResponse { store: String, op: &'static str, detail: String },
+    #[error("invalid store configuration: {0}")]
     Config(String),
 }
 
@@ -78,6 +86,19 @@ impl WatchKey {
     }
 }
 
+/// What [`KvBackend::follow_prefix`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchUpdate {
+    /// Every key below the prefix at one revision: the starting point (again after each reconnection).
+    Snapshot(Range),
+    /// Keys (relative to the prefix) changed, each with the revision of its change: `Some` is the new entry,
+    /// `None` a deletion. `revision` is the store's revision when they were reported.
+    Changes { revision: i64, changes: Vec<(String, i64, Option<RawEntry>)> },
+}
+
+/// Receives [`WatchUpdate`]s.
+pub type WatchSink = dyn Fn(WatchUpdate) + Send + Sync;
+
 /// The etcd v3 calls Keel needs. Every call is bounded in time by the backend's configuration.
 pub trait KvBackend: Send + Sync + 'static {
     /// Every key starting with `prefix`, made relative to it, and the revision of the read.
@@ -106,4 +127,20 @@ pub trait KvBackend: Send + Sync + 'static {
         after_revision: i64,
         timeout: Duration,
     ) -> impl Future<Output = Result<bool, DcsError>> + Send;
+
+    /// Follows every key below `prefix`: a [`WatchUpdate::Snapshot`], then [`WatchUpdate::Changes`] as they
+    /// happen, on one long-lived watch. Returns only when the watch fails; the caller starts again.
+    ///
+    /// The default takes a new snapshot after each change seen by [`watch`](Self::watch) (fine in memory).
+    fn follow_prefix(&self, prefix: &str, sink: &WatchSink) -> impl Future<Output = Result<(), DcsError>> + Send {
+        async move {
+            let keys = [WatchKey::Prefix(prefix.to_string())];
+            loop {
+                let range = self.range(prefix).await?;
+                let revision = range.revision;
+                sink(WatchUpdate::Snapshot(range));
+                while !self.watch(&keys, revision, Duration::from_secs(3600)).await? {}
+            }
+        }
+    }
 }

@@ -1,15 +1,19 @@
 //! Patroni's DCS semantics, implemented once on top of any [`KvBackend`].
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use keel_core::store::{ClusterOps, Txn};
 use keel_core::view::{ClusterKey, ClusterView, FailoverRequest, HistoryEntry, LeaderKey, Status, SyncState};
 use serde_json::Value;
 use tracing::{debug, warn};
 
-use super::{DcsError, KvBackend, WatchKey};
+use super::follow::{self, Follower};
+use super::{DcsError, KvBackend, Range, WatchKey};
+
+/// A lease refreshed this recently counts as just refreshed (the leader's refresh right after the cycle's).
+const LEASE_FRESH: Duration = Duration::from_secs(1);
 
 /// One node's view of one cluster in the store: its lease, the leader race and the writes Patroni makes.
 ///
@@ -22,6 +26,17 @@ pub struct ClusterStore<B: KvBackend> {
     name: String,
     ttl: u64,
     state: Mutex<State>,
+    /// The cluster's keys as the long-lived watch reports them (see [`ClusterStore::follow`]).
+    follower: Arc<Follower>,
+    follow_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl<B: KvBackend> Drop for ClusterStore<B> {
+    fn drop(&mut self) {
+        if let Some(t) = self.follow_task.get_mut().unwrap_or_else(PoisonError::into_inner).take() {
+            t.abort();
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -36,6 +51,10 @@ struct State {
     member: Option<(Value, i64)>,
     /// The `status` value we last wrote.
     status: Option<String>,
+    /// We wrote since the last [`ClusterStore::load`]: the next one reads the store, not the watch's cache.
+    dirty: bool,
+    /// When our lease was last refreshed.
+    refreshed: Option<Instant>,
 }
 
 impl<B: KvBackend> ClusterStore<B> {
@@ -48,7 +67,34 @@ impl<B: KvBackend> ClusterStore<B> {
             name: name.to_string(),
             ttl,
             state: Mutex::new(State::default()),
+            follower: Arc::new(Follower::default()),
+            follow_task: Mutex::new(None),
         }
+    }
+
+    /// Keeps one watch on the cluster prefix for this store's lifetime (a background task; call it inside the
+    /// runtime): [`load`](Self::load) then reads the watch's cache instead of sending a range request, and
+    /// [`watch_keys`](Self::watch_keys) waits on it. While the watch is down both fall back to requests.
+    pub fn follow(&self)
+    where
+        B: Clone,
+    {
+        let mut task = self.follow_task.lock().unwrap_or_else(PoisonError::into_inner);
+        if task.is_none() {
+            let prefix = self.ops.prefix().to_string();
+            *task = Some(follow::spawn(self.backend.clone(), prefix, self.follower.clone()));
+        }
+    }
+
+    /// Whether the long-lived watch is established (see [`follow`](Self::follow)).
+    pub fn following(&self) -> bool {
+        self.follower.is_live()
+    }
+
+    /// Runs a write; the next [`load`](Self::load) reads the store so that it sees it.
+    async fn txn(&self, txn: &Txn) -> Result<bool, DcsError> {
+        self.state().dirty = true;
+        self.backend.txn(txn).await
     }
 
     pub fn backend(&self) -> &B {
@@ -82,14 +128,32 @@ impl<B: KvBackend> ClusterStore<B> {
     }
 
     /// Reads the whole cluster. Values that do not parse are logged and tolerated, never an error.
+    /// With [`follow`](Self::follow), the keys come from the watch's cache when it is live, has reached the last
+    /// read's revision, and this store wrote nothing since; otherwise from a range request.
     pub async fn load(&self) -> Result<ClusterView, DcsError> {
-        let range = self.backend.range(self.ops.prefix()).await?;
+        let cached = {
+            let st = self.state();
+            if st.dirty {
+                None
+            } else {
+                self.follower.snapshot(st.revision)
+            }
+        };
+        let range: Range = match cached {
+            Some(r) => r,
+            None => {
+                let r = self.backend.range(self.ops.prefix()).await?;
+                self.follower.absorb(&r);
+                r
+            }
+        };
         let view = ClusterView::from_entries(range.entries);
         for note in &view.notes {
             warn!(prefix = self.ops.prefix(), "ignoring part of a store value: {note}");
         }
         let mut st = self.state();
         st.revision = range.revision;
+        st.dirty = false;
         st.leader = view.leader.clone();
         st.member = view.members.get(&self.name).map(|m| (m.data.clone(), m.lease));
         Ok(view)
@@ -108,6 +172,7 @@ impl<B: KvBackend> ClusterStore<B> {
         debug!(lease, ttl = self.ttl, "granted a new lease");
         let mut st = self.state();
         st.lease = Some(lease);
+        st.refreshed = Some(Instant::now());
         // Keys on the old lease are gone (or will be): write them again.
         st.member = None;
         Ok(lease)
@@ -127,7 +192,10 @@ impl<B: KvBackend> ClusterStore<B> {
     pub async fn refresh_lease(&self) -> Result<i64, DcsError> {
         let Some(lease) = self.state().lease else { return self.grant().await };
         match self.backend.keepalive(lease).await {
-            Ok(()) => Ok(lease),
+            Ok(()) => {
+                self.state().refreshed = Some(Instant::now());
+                Ok(lease)
+            }
             Err(DcsError::LeaseNotFound(_)) => {
                 self.lost(lease);
                 self.grant().await
@@ -139,12 +207,12 @@ impl<B: KvBackend> ClusterStore<B> {
     /// Runs a transaction that puts keys on our lease; when the lease is gone, re-grants it and retries once.
     async fn txn_with_lease(&self, build: impl Fn(i64) -> Txn) -> Result<(bool, i64), DcsError> {
         let lease = self.ensure_lease().await?;
-        match self.backend.txn(&build(lease)).await {
+        match self.txn(&build(lease)).await {
             Ok(ok) => Ok((ok, lease)),
             Err(DcsError::LeaseNotFound(l)) => {
                 self.lost(if l == 0 { lease } else { l });
                 let lease = self.ensure_lease().await?;
-                Ok((self.backend.txn(&build(lease)).await?, lease))
+                Ok((self.txn(&build(lease)).await?, lease))
             }
             Err(e) => Err(e),
         }
@@ -166,8 +234,16 @@ impl<B: KvBackend> ClusterStore<B> {
     /// Keeps our leadership: refreshes the lease and, when the leader key (as last loaded) is on another lease
     /// than ours, moves it to ours if it still names us, or takes it if it vanished (Patroni's etcd3
     /// `_update_leader`). `Ok(false)`: the key names someone else, we are no longer the leader.
+    /// A refresh that succeeded less than a second ago (the cycle's own) is not repeated.
     pub async fn update_leader(&self) -> Result<bool, DcsError> {
-        let lease = self.refresh_lease().await?;
+        let fresh = {
+            let st = self.state();
+            st.lease.filter(|_| st.refreshed.is_some_and(|t| t.elapsed() < LEASE_FRESH))
+        };
+        let lease = match fresh {
+            Some(l) => l,
+            None => self.refresh_lease().await?,
+        };
         let attached = self.state().leader.as_ref().is_some_and(|l| l.name == self.name && l.lease == lease);
         if attached {
             return Ok(true);
@@ -184,7 +260,7 @@ impl<B: KvBackend> ClusterStore<B> {
 
     /// Releases the leader key if it names us. `Ok(false)`: it did not.
     pub async fn delete_leader(&self) -> Result<bool, DcsError> {
-        let ok = self.backend.txn(&self.ops.delete_leader(&self.name)).await?;
+        let ok = self.txn(&self.ops.delete_leader(&self.name)).await?;
         if ok {
             self.state().leader = None;
         }
@@ -206,7 +282,7 @@ impl<B: KvBackend> ClusterStore<B> {
 
     /// Writes the `initialize` key: only if absent (`create_only`, the bootstrap race), or overwriting.
     pub async fn initialize(&self, sysid: &str, create_only: bool) -> Result<bool, DcsError> {
-        self.backend.txn(&self.ops.initialize(sysid, create_only)).await
+        self.txn(&self.ops.initialize(sysid, create_only)).await
     }
 
     /// Puts a permanent key: guarded by its modification revision when `version` is given (compare-and-swap;
@@ -216,7 +292,7 @@ impl<B: KvBackend> ClusterStore<B> {
             Some(_) => self.ops.cas(key, value, version),
             None => self.ops.put_plain(key, value),
         };
-        self.backend.txn(&txn).await
+        self.txn(&txn).await
     }
 
     /// Writes the dynamic configuration. `Ok(false)`: `version` is stale.
@@ -241,7 +317,7 @@ impl<B: KvBackend> ClusterStore<B> {
 
     /// Deletes the sync key (guarded by `version` when given). `Ok(false)`: `version` is stale.
     pub async fn delete_sync(&self, version: Option<i64>) -> Result<bool, DcsError> {
-        self.backend.txn(&self.ops.delete(&ClusterKey::Sync, version)).await
+        self.txn(&self.ops.delete(&ClusterKey::Sync, version)).await
     }
 
     /// Publishes the leader's status, unless it equals what we last wrote. `Ok(true)` when written.
@@ -250,7 +326,7 @@ impl<B: KvBackend> ClusterStore<B> {
         if self.state().status.as_deref() == Some(json.as_str()) {
             return Ok(false);
         }
-        self.backend.txn(&self.ops.put_plain(&ClusterKey::Status, &json)).await?;
+        self.txn(&self.ops.put_plain(&ClusterKey::Status, &json)).await?;
         self.state().status = Some(json);
         Ok(true)
     }
@@ -258,18 +334,18 @@ impl<B: KvBackend> ClusterStore<B> {
     /// Writes the timeline history.
     pub async fn set_history(&self, history: &[HistoryEntry]) -> Result<(), DcsError> {
         let json = Value::Array(history.iter().map(HistoryEntry::to_json).collect()).to_string();
-        self.backend.txn(&self.ops.put_plain(&ClusterKey::History, &json)).await.map(|_| ())
+        self.txn(&self.ops.put_plain(&ClusterKey::History, &json)).await.map(|_| ())
     }
 
     /// Writes the failsafe member list (`{name: api_url}`).
     pub async fn set_failsafe(&self, members: &BTreeMap<String, String>) -> Result<(), DcsError> {
         let json = serde_json::to_string(members).unwrap_or_else(|_| "{}".to_string());
-        self.backend.txn(&self.ops.put_plain(&ClusterKey::Failsafe, &json)).await.map(|_| ())
+        self.txn(&self.ops.put_plain(&ClusterKey::Failsafe, &json)).await.map(|_| ())
     }
 
     /// Deletes every key of the cluster.
     pub async fn remove_cluster(&self) -> Result<(), DcsError> {
-        self.backend.txn(&self.ops.remove_cluster()).await?;
+        self.txn(&self.ops.remove_cluster()).await?;
         let mut st = self.state();
         st.leader = None;
         st.member = None;
@@ -281,6 +357,7 @@ impl<B: KvBackend> ClusterStore<B> {
     pub async fn revoke_lease(&self) -> Result<(), DcsError> {
         let lease = self.state().lease.take();
         if let Some(l) = lease {
+            self.state().dirty = true;
             self.backend.revoke(l).await?;
         }
         self.state().member = None;
@@ -297,10 +374,18 @@ impl<B: KvBackend> ClusterStore<B> {
     }
 
     /// Waits until one of `keys` changes after the last [`load`](Self::load), or `timeout` elapses.
+    ///
+    /// With [`follow`](Self::follow) this waits on the long-lived watch (no request); while it is down, on a
+    /// watch opened for this call.
     pub async fn watch_keys(&self, keys: &[ClusterKey], timeout: Duration) -> Result<bool, DcsError> {
-        let keys: Vec<WatchKey> = keys.iter().map(|k| WatchKey::Key(self.ops.key(k))).collect();
         let after = self.state().revision;
-        self.backend.watch(&keys, after, timeout).await
+        let relative: Vec<String> = keys.iter().map(|k| k.relative()).collect();
+        let deadline = Instant::now() + timeout;
+        if let Some(changed) = self.follower.wait(&relative, after, timeout).await {
+            return Ok(changed);
+        }
+        let keys: Vec<WatchKey> = keys.iter().map(|k| WatchKey::Key(self.ops.key(k))).collect();
+        self.backend.watch(&keys, after, deadline.saturating_duration_since(Instant::now())).await
     }
 
     /// Waits until any key of the cluster changes after the last [`load`](Self::load), or `timeout` elapses.
@@ -313,7 +398,7 @@ impl<B: KvBackend> ClusterStore<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dcs::{EtcdBackend, MemoryBackend};
+    use crate::dcs::{Backend, EtcdBackend, MemoryBackend};
 
     fn assert_send<T: Send>(_: &T) {}
 
@@ -335,9 +420,10 @@ mod tests {
     }
 
     #[allow(dead_code)]
-    fn both_backends(e: &ClusterStore<EtcdBackend>, m: &ClusterStore<MemoryBackend>) {
+    fn both_backends(e: &ClusterStore<EtcdBackend>, m: &ClusterStore<MemoryBackend>, b: &ClusterStore<Backend>) {
         futures_are_send(e);
         futures_are_send(m);
+        futures_are_send(b);
     }
 
     #[tokio::test]
