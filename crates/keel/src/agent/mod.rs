@@ -28,7 +28,7 @@ use crate::api::agent::{agent_channel, AgentHandle, AgentReply, AgentRequest, Re
 use crate::api::failsafe::FailsafeState;
 use crate::api::server::{router, unix_ms, ApiBackend, ApiOptions, BasicAuth};
 use crate::config::{self, Config};
-use crate::dcs::{ClusterStore, EtcdBackend, EtcdConfig, KvBackend};
+use crate::dcs::{ClusterStore, EtcdBackend, KvBackend};
 use crate::postgres::observe::{Observation, ReplicationState};
 use crate::status::{iso8601, NodeStatus, ReplicationRow};
 use local::{member, Local};
@@ -87,7 +87,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         );
     }
     let timing = cfg.timing;
-    let etcd = EtcdConfig::from_hosts(&cfg.etcd3_endpoints(), Duration::from_secs(timing.retry_timeout.max(1)));
+    let etcd = cfg.etcd_config(Duration::from_secs(timing.retry_timeout.max(1)))?;
     let backend = EtcdBackend::new(etcd)?;
     let api_store = ClusterStore::new(backend.clone(), &cfg.namespace, &cfg.scope, &cfg.name, timing.ttl);
     let store = ClusterStore::new(backend, &cfg.namespace, &cfg.scope, &cfg.name, timing.ttl);

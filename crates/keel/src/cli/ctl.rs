@@ -13,7 +13,7 @@ use keel_core::view::ClusterView;
 
 use crate::cli::rest::Rest;
 use crate::config::{self, Config};
-use crate::dcs::{ClusterStore, DcsError, EtcdBackend, EtcdConfig};
+use crate::dcs::{ClusterStore, DcsError, EtcdBackend};
 
 /// Exit status for operational failures (store unreachable, refused request, conflicting change).
 pub const EXIT_FAILED: u8 = 1;
@@ -84,7 +84,7 @@ impl Ctl {
         let config = loaded.config;
         let scope = cluster.filter(|c| !c.is_empty()).unwrap_or(&config.scope).to_string();
         let timeout = Duration::from_secs(config.timing.retry_timeout).min(MAX_STORE_TIMEOUT);
-        let backend = EtcdBackend::new(EtcdConfig::from_hosts(&config.etcd3_endpoints(), timeout))?;
+        let backend = EtcdBackend::new(config.etcd_config(timeout)?)?;
         let store = ClusterStore::new(backend, &config.namespace, &scope, &config.name, config.timing.ttl);
         Ok(Ctl { config, scope, store })
     }

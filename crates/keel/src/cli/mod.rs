@@ -232,6 +232,10 @@ pub fn validate(path: &std::path::Path) -> u8 {
             for w in &loaded.warnings {
                 eprintln!("warning: {w}");
             }
+            if let Err(e) = loaded.config.etcd_security() {
+                eprintln!("error: {}: {e}", path.display());
+                return EXIT_USAGE;
+            }
             println!("ok: {}", loaded.config.summary());
             EXIT_OK
         }

@@ -20,8 +20,8 @@ const fn ignore(name: &'static str, why: &'static str) -> Field {
 }
 
 const OTHER_DCS: &str = "Keel speaks etcd v3 only: move the cluster to etcd and configure the etcd3 section";
-const ETCD_SECURITY: &str = "etcd TLS and authentication are not implemented yet: Keel would talk to etcd in plain \
-     text without credentials. Remove it only if your etcd accepts that; otherwise keep running Patroni for now";
+const ETCD_KEY_PASSWORD: &str = "Keel reads unencrypted PEM keys only: decrypt the key (openssl pkey -in enc.pem -out \
+     key.pem), protect the file with its permissions, and remove key_password";
 const ETCD_DISCOVERY: &str = "Keel connects to the etcd endpoints listed in host or hosts; use those instead";
 const REST_TLS: &str = "TLS for the REST API is not implemented yet: the API would answer in plain HTTP. Remove it \
      only if that is acceptable; otherwise keep running Patroni for now";
@@ -132,14 +132,7 @@ const RESTAPI: &[Field] = &[
 const ETCD3: &[Field] = &[
     opt("host", Kind::Str),
     opt("hosts", Kind::StrList),
-    opt(
-        "protocol",
-        Kind::Limited(
-            &Kind::Str,
-            &["http"],
-            "https (TLS to etcd) is not implemented yet; use http or keep running Patroni",
-        ),
-    ),
+    opt("protocol", Kind::Str),
     opt(
         "use_proxies",
         Kind::Limited(
@@ -149,12 +142,12 @@ const ETCD3: &[Field] = &[
              member in hosts and drop use_proxies: false",
         ),
     ),
-    refuse("username", ETCD_SECURITY),
-    refuse("password", ETCD_SECURITY),
-    refuse("cacert", ETCD_SECURITY),
-    refuse("cert", ETCD_SECURITY),
-    refuse("key", ETCD_SECURITY),
-    refuse("key_password", ETCD_SECURITY),
+    opt("username", Kind::Str),
+    opt("password", Kind::Str),
+    opt("cacert", Kind::Str),
+    opt("cert", Kind::Str),
+    opt("key", Kind::Str),
+    refuse("key_password", ETCD_KEY_PASSWORD),
     refuse("url", ETCD_DISCOVERY),
     refuse("proxy", ETCD_DISCOVERY),
     refuse("srv", ETCD_DISCOVERY),

@@ -388,6 +388,8 @@ pub fn split_port(addr: &str) -> Option<(&str, u16)> {
     Some((host, port))
 }
 
+mod etcd;
+
 #[cfg(test)]
 mod compat_tests;
 #[cfg(test)]

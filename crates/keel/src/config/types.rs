@@ -19,13 +19,33 @@ pub struct RestApi {
     pub authentication: Option<Auth>,
 }
 
-/// `etcd3`: plain-text etcd v3 (TLS and authentication are refused until they are implemented).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `etcd3`: etcd v3, over TLS with `protocol: https`, with a user when `username` and `password` are set.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 pub struct Etcd3 {
     pub host: Option<String>,
     #[serde(default)]
     pub hosts: Vec<String>,
     pub protocol: Option<String>,
+    pub cacert: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Etcd3 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Etcd3")
+            .field("host", &self.host)
+            .field("hosts", &self.hosts)
+            .field("protocol", &self.protocol)
+            .field("cacert", &self.cacert)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// `ctl`: what keel's control commands use.

@@ -9,6 +9,7 @@
 //!   [`keel_core::store::ClusterOps`].
 
 mod etcd;
+mod etcd_tls;
 mod memory;
 mod store;
 
@@ -19,6 +20,7 @@ use keel_core::store::Txn;
 use keel_core::view::RawEntry;
 
 pub use etcd::{EtcdBackend, EtcdConfig};
+pub use etcd_tls::{EtcdSecurity, EtcdTls, EtcdUser};
 pub use memory::MemoryBackend;
 pub use store::ClusterStore;
 
@@ -35,6 +37,16 @@ pub enum DcsError {
          etcd is running"
     )]
     Unreachable { endpoint: String, op: &'static str, detail: String },
+    #[error(
+        "TLS with etcd at {endpoint} failed for {op}: {detail}; check etcd3.cacert (the CA that signed etcd's \
+         certificate), etcd3.cert and etcd3.key (the client certificate etcd trusts) and etcd3.protocol"
+    )]
+    Tls { endpoint: String, op: &'static str, detail: String },
+    #[error(
+        "etcd at {endpoint} refused the credentials of user {user:?} for {op}: {detail}; check etcd3.username and \
+         etcd3.password, and that the user's role may read and write the cluster's prefix"
+    )]
+    Auth { endpoint: String, op: &'static str, user: Option<String>, detail: String },
     #[error("lease {0} not found (expired or revoked); a new lease has to be granted")]
     LeaseNotFound(i64),
     #[error("etcd at {endpoint} rejected {op}: {detail}; check etcd's log and the etcd version (v3 API >= 3.4)")]
@@ -49,7 +61,10 @@ impl DcsError {
     /// Whether the store could not be reached (as opposed to answering with an error): the HA loop treats this
     /// as "DCS unavailable".
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, DcsError::Timeout { .. } | DcsError::Unreachable { .. })
+        matches!(
+            self,
+            DcsError::Timeout { .. } | DcsError::Unreachable { .. } | DcsError::Tls { .. } | DcsError::Auth { .. }
+        )
     }
 }
 
