@@ -119,12 +119,10 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let (handle, requests) = agent_channel(REPLY_TIMEOUT);
     let failsafe = Arc::new(FailsafeState::new());
     let api = AgentApi { status: status.clone(), store: api_store, handle, failsafe: failsafe.clone() };
-    let app = router(Arc::new(api), ApiOptions::with_auth(auth));
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            error!("REST API stopped: {e}");
-        }
-    });
+    let rest_tls = crate::api::tls::from_config(&cfg.restapi)?.map(Arc::new);
+    let peers_http = crate::cli::tls::http_client(&cfg, Duration::from_secs(5)).map_err(anyhow::Error::msg)?;
+    let app = router(Arc::new(api), ApiOptions { tls: rest_tls.clone(), ..ApiOptions::with_auth(auth) });
+    tokio::spawn(crate::api::listener::serve(listener, app, rest_tls, crate::api::listener::Limits::default()));
     let mut agent = Agent {
         local_pg: cfg.postgresql.dynamic_overrides(),
         checked_config: None,
@@ -135,7 +133,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         store,
         local,
         status,
-        http: reqwest::Client::new(),
+        http: peers_http,
         view: ClusterView::default(),
         last_lease_ok: None,
         last_leader_refresh: None,

@@ -4,5 +4,7 @@ pub mod agent;
 pub mod control;
 pub mod failsafe;
 pub mod health;
+pub mod listener;
 pub mod metrics;
 pub mod server;
+pub mod tls;

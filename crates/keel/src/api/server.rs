@@ -25,7 +25,9 @@ use super::agent::{AgentHandle, AgentReply, AgentRequest};
 use super::control::{self, ManualAction, ManualPlan, Refusal};
 use super::failsafe::{FailsafeAnnouncement, FailsafeState};
 use super::health::{passes, Check};
+use super::listener::Peer;
 use super::metrics;
+use super::tls::{ServerTls, VerifyClient};
 use crate::dcs::{ClusterStore, DcsError, KvBackend, WatchKey};
 use crate::status::NodeStatus;
 
@@ -66,7 +68,8 @@ impl BasicAuth {
         let Some(encoded) = value.strip_prefix("Basic ") else { return false };
         let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else { return false };
         let expected = format!("{}:{}", self.username, self.password);
-        decoded == expected.as_bytes()
+        // Constant time: how much of a guess matched must not show in the answer's timing.
+        bool::from(subtle::ConstantTimeEq::ct_eq(decoded.as_slice(), expected.as_bytes()))
     }
 }
 
@@ -80,11 +83,14 @@ pub struct ApiOptions {
     pub switchover_wait: Option<Duration>,
     /// The longest pause between two store reads while waiting (a store watch wakes the wait earlier).
     pub poll_interval: Duration,
+    /// HTTPS: reloaded from its files on `POST /reload`; with `verify_client`, unsafe requests need a client
+    /// certificate.
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 impl Default for ApiOptions {
     fn default() -> Self {
-        ApiOptions { auth: None, switchover_wait: None, poll_interval: Duration::from_secs(1) }
+        ApiOptions { auth: None, switchover_wait: None, poll_interval: Duration::from_secs(1), tls: None }
     }
 }
 
@@ -125,7 +131,23 @@ pub fn router<B: ApiBackend>(backend: Arc<B>, options: ApiOptions) -> Router {
         .route("/slots", get(get_slots::<B>))
         .route("/slots/recreate", post(post_slots_recreate::<B>))
         .fallback(any(health::<B>))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), access::<B>))
         .with_state(state)
+}
+
+/// Patroni's access check for unsafe methods (everything but GET, HEAD, OPTIONS), before any handler: with
+/// `verify_client` optional or required, a valid client certificate (403 without). Basic auth is checked by
+/// each handler.
+async fn access<B: ApiBackend>(State(s): St<B>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(req).await;
+    }
+    let peer = req.extensions().get::<Peer>().copied();
+    let verify = s.options.tls.as_ref().map(|t| t.verify_client()).unwrap_or_default();
+    if verify != VerifyClient::None && !peer.is_some_and(|p| p.client_cert) {
+        return text(StatusCode::FORBIDDEN, "client certificate required");
+    }
+    next.run(req).await
 }
 
 async fn patroni<B: ApiBackend>(State(s): St<B>) -> Response {
@@ -460,6 +482,13 @@ async fn post_reload<B: ApiBackend>(State(s): St<B>, headers: HeaderMap) -> Resp
     if let Some(r) = unauthorized(&s, &headers) {
         return r;
     }
+    // A renewed certificate is served to new connections from now on; a broken one keeps the old in place.
+    if let Some(tls) = &s.options.tls {
+        match tls.reload() {
+            Ok(()) => info!("REST API certificate reloaded"),
+            Err(e) => warn!("{e}; the REST API keeps serving the previous certificate"),
+        }
+    }
     match s.backend.agent().call(|reply| AgentRequest::Reload { reply }).await {
         Ok(AgentReply::Failed(m)) | Ok(AgentReply::Conflict(m)) => text(StatusCode::SERVICE_UNAVAILABLE, m),
         Ok(_) => text(StatusCode::ACCEPTED, "reload scheduled"),
@@ -513,7 +542,12 @@ async fn post_reinitialize<B: ApiBackend>(State(s): St<B>, headers: HeaderMap, b
 
 // ---- failsafe -----------------------------------------------------------------------------------------------
 
-async fn post_failsafe<B: ApiBackend>(State(s): St<B>, headers: HeaderMap, body: Bytes) -> Response {
+async fn post_failsafe<B: ApiBackend>(
+    State(s): St<B>,
+    peer: Option<axum::Extension<Peer>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Some(r) = unauthorized(&s, &headers) {
         return r;
     }
@@ -530,6 +564,10 @@ async fn post_failsafe<B: ApiBackend>(State(s): St<B>, headers: HeaderMap, body:
         Ok(a) => a,
         Err(m) => return text(StatusCode::BAD_REQUEST, m),
     };
+    if let Err(why) = sender_is_member(fs.members().as_ref(), &announcement.name, peer.map(|p| p.0)).await {
+        warn!("POST /failsafe refused: {why}");
+        return text(StatusCode::FORBIDDEN, why);
+    }
     fs.record(announcement);
     let mut r = text(StatusCode::OK, "Accepted");
     let lsn = match (st.received_location, st.replayed_location) {
@@ -542,6 +580,34 @@ async fn post_failsafe<B: ApiBackend>(State(s): St<B>, headers: HeaderMap, body:
         }
     }
     r
+}
+
+/// Only a member of the cluster may announce itself as the failsafe primary: `name` must be in the failsafe key
+/// the agent last read, and the request must come from an address of that member's `api_url` host (when the
+/// server knows the peer's address).
+async fn sender_is_member(
+    members: Option<&BTreeMap<String, String>>,
+    name: &str,
+    peer: Option<Peer>,
+) -> Result<(), String> {
+    let Some(api_url) = members.and_then(|m| m.get(name)) else {
+        return Err(format!("{name:?} is not a member of the cluster's failsafe key"));
+    };
+    let Some(peer) = peer else { return Ok(()) };
+    let authority = api_url.split_once("://").map_or(api_url.as_str(), |(_, rest)| rest);
+    let authority = authority.split('/').next().unwrap_or_default();
+    let lookup =
+        if crate::config::split_port(authority).is_some() { authority.to_string() } else { format!("{authority}:0") };
+    let ips: Vec<std::net::IpAddr> =
+        match tokio::time::timeout(Duration::from_secs(1), tokio::net::lookup_host(lookup)).await {
+            Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
+            _ => Vec::new(),
+        };
+    if ips.contains(&peer.addr.ip()) {
+        Ok(())
+    } else {
+        Err(format!("the request for member {name:?} came from {}, not from its api_url {api_url}", peer.addr.ip()))
+    }
 }
 
 #[cfg(test)]
@@ -596,6 +662,7 @@ mod tests {
             ..Default::default()
         })
         .await;
+        crate::cli::tls::install_crypto_provider();
         let client = reqwest::Client::new();
         for (method, path, code) in [
             (Method::GET, "/", 200),

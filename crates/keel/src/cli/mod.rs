@@ -32,6 +32,7 @@ pub mod restart;
 pub mod slots;
 pub mod switchover;
 pub mod timefmt;
+pub mod tls;
 pub mod version;
 
 /// Exit status for success.
@@ -233,6 +234,10 @@ pub fn validate(path: &std::path::Path) -> u8 {
                 eprintln!("warning: {w}");
             }
             if let Err(e) = loaded.config.etcd_security() {
+                eprintln!("error: {}: {e}", path.display());
+                return EXIT_USAGE;
+            }
+            if let Err(e) = crate::api::tls::from_config(&loaded.config.restapi) {
                 eprintln!("error: {}: {e}", path.display());
                 return EXIT_USAGE;
             }

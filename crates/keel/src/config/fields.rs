@@ -23,12 +23,13 @@ const OTHER_DCS: &str = "Keel speaks etcd v3 only: move the cluster to etcd and 
 const ETCD_KEY_PASSWORD: &str = "Keel reads unencrypted PEM keys only: decrypt the key (openssl pkey -in enc.pem -out \
      key.pem), protect the file with its permissions, and remove key_password";
 const ETCD_DISCOVERY: &str = "Keel connects to the etcd endpoints listed in host or hosts; use those instead";
-const REST_TLS: &str = "TLS for the REST API is not implemented yet: the API would answer in plain HTTP. Remove it \
-     only if that is acceptable; otherwise keep running Patroni for now";
+const REST_CIPHERS: &str = "Keel's REST server offers rustls' modern TLS 1.2/1.3 cipher suites only (no OpenSSL \
+     cipher strings); remove ciphers";
+const KEY_PASSWORD: &str = "Keel reads unencrypted PEM keys only: decrypt the key (openssl pkey -in enc.pem -out \
+     key.pem), protect the file with its permissions, and remove keyfile_password";
 const REST_ACCESS: &str = "REST API access lists are not implemented yet (restapi.authentication is): remove it \
      only if every host may call the API's unsafe endpoints";
 const REST_EXTRA: &str = "not implemented by Keel's REST server; remove it";
-const CTL_TLS: &str = "keel's control commands do not speak TLS yet; remove it";
 const PG_SSL: &str = "Keel connects to PostgreSQL with sslmode=prefer and no client certificate; TLS and GSS \
      settings for these connections are not implemented yet. Remove it only if plain settings are acceptable";
 const SCRIPT: &str = "Keel does not run user scripts (callbacks, pre_promote, before_stop, post_bootstrap, custom \
@@ -95,11 +96,11 @@ const LOG: &[Field] = &[
 
 const CTL: &[Field] = &[
     opt("authentication", Kind::Map(RESTAPI_AUTH)),
-    refuse("insecure", CTL_TLS),
-    refuse("cacert", CTL_TLS),
-    refuse("certfile", CTL_TLS),
-    refuse("keyfile", CTL_TLS),
-    refuse("keyfile_password", CTL_TLS),
+    opt("insecure", Kind::Bool),
+    opt("cacert", Kind::Str),
+    opt("certfile", Kind::Str),
+    opt("keyfile", Kind::Str),
+    refuse("keyfile_password", KEY_PASSWORD),
 ];
 
 const WATCHDOG_FIELDS: &[Field] = &[
@@ -115,13 +116,16 @@ const RESTAPI: &[Field] = &[
     opt("connect_address", Kind::Address),
     opt("authentication", Kind::Map(RESTAPI_AUTH)),
     ignore("thread_pool_size", "Keel's REST server has no thread pool"),
-    refuse("certfile", REST_TLS),
-    refuse("keyfile", REST_TLS),
-    refuse("keyfile_password", REST_TLS),
-    refuse("cafile", REST_TLS),
-    refuse("ciphers", REST_TLS),
-    refuse("verify_client", REST_TLS),
-    refuse("https_extra_headers", REST_TLS),
+    opt("certfile", Kind::Str),
+    opt("keyfile", Kind::Str),
+    refuse("keyfile_password", KEY_PASSWORD),
+    opt("cafile", Kind::Str),
+    refuse("ciphers", REST_CIPHERS),
+    opt(
+        "verify_client",
+        Kind::Limited(&Kind::Str, &["none", "optional", "required"], "verify_client is none, optional or required"),
+    ),
+    refuse("https_extra_headers", REST_EXTRA),
     refuse("allowlist", REST_ACCESS),
     refuse("allowlist_include_members", REST_ACCESS),
     refuse("http_extra_headers", REST_EXTRA),

@@ -17,6 +17,13 @@ pub struct RestApi {
     pub listen: String,
     pub connect_address: Option<String>,
     pub authentication: Option<Auth>,
+    /// PEM server certificate: the API speaks HTTPS when set (may hold the key too).
+    pub certfile: Option<String>,
+    pub keyfile: Option<String>,
+    /// PEM CA certificates that client certificates must be signed by (`verify_client`).
+    pub cafile: Option<String>,
+    /// `none` (default), `optional` or `required`.
+    pub verify_client: Option<String>,
 }
 
 /// `etcd3`: etcd v3, over TLS with `protocol: https`, with a user when `username` and `password` are set.
@@ -53,6 +60,14 @@ impl std::fmt::Debug for Etcd3 {
 pub struct CtlSettings {
     /// Basic auth for the REST API (default: `restapi.authentication`, as patronictl).
     pub authentication: Option<Auth>,
+    /// Without `certfile`: do not verify the server's certificate at all; with it: do not check host names.
+    #[serde(default)]
+    pub insecure: bool,
+    /// CA for the members' certificates (default: `restapi.cafile`, else the system's roots).
+    pub cacert: Option<String>,
+    /// Client certificate (and key) for APIs with `verify_client`.
+    pub certfile: Option<String>,
+    pub keyfile: Option<String>,
 }
 
 /// `bootstrap`. `dcs` is the raw document that becomes the store's `config` key (always a JSON object).
