@@ -26,7 +26,7 @@ use tracing::{error, info, warn};
 
 use crate::api::agent::{agent_channel, AgentHandle, AgentReply, AgentRequest, RestartRequest};
 use crate::api::failsafe::FailsafeState;
-use crate::api::server::{router, unix_ms, ApiBackend, ApiOptions, BasicAuth};
+use crate::api::server::{router, unix_ms, ApiBackend, ApiOptions};
 use crate::config::{self, Config};
 use crate::dcs::{ClusterStore, EtcdBackend, KvBackend};
 use crate::postgres::observe::{Observation, ReplicationState};
@@ -112,16 +112,16 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&cfg.restapi.listen)
         .await
         .with_context(|| format!("cannot listen on restapi.listen {}: is the port in use?", cfg.restapi.listen))?;
-    let auth = cfg.restapi.authentication.as_ref().and_then(|a| match (&a.username, &a.password) {
-        (Some(u), Some(p)) => Some(BasicAuth { username: u.clone(), password: p.clone() }),
-        _ => None,
-    });
+    let (allowlist, auth) = crate::api::access::from_config(&cfg.restapi).await.map_err(anyhow::Error::msg)?;
+    if let Some(w) = crate::api::access::open_endpoints_warning(&allowlist, auth.as_ref()) {
+        warn!("{w}");
+    }
     let (handle, requests) = agent_channel(REPLY_TIMEOUT);
     let failsafe = Arc::new(FailsafeState::new());
     let api = AgentApi { status: status.clone(), store: api_store, handle, failsafe: failsafe.clone() };
     let rest_tls = crate::api::tls::from_config(&cfg.restapi)?.map(Arc::new);
     let peers_http = crate::cli::tls::http_client(&cfg, Duration::from_secs(5)).map_err(anyhow::Error::msg)?;
-    let app = router(Arc::new(api), ApiOptions { tls: rest_tls.clone(), ..ApiOptions::with_auth(auth) });
+    let app = router(Arc::new(api), ApiOptions { tls: rest_tls.clone(), allowlist, ..ApiOptions::with_auth(auth) });
     tokio::spawn(crate::api::listener::serve(listener, app, rest_tls, crate::api::listener::Limits::default()));
     let mut agent = Agent {
         local_pg: cfg.postgresql.dynamic_overrides(),

@@ -1,5 +1,6 @@
 //! The REST API (Patroni-compatible paths and status codes).
 
+pub mod access;
 pub mod agent;
 pub mod control;
 pub mod failsafe;

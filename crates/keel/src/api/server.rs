@@ -21,6 +21,7 @@ use keel_core::view::ClusterView;
 use serde_json::{Map, Value};
 use tracing::{info, warn};
 
+use super::access::{resolve, url_host, Allowlist};
 use super::agent::{AgentHandle, AgentReply, AgentRequest};
 use super::control::{self, ManualAction, ManualPlan, Refusal};
 use super::failsafe::{FailsafeAnnouncement, FailsafeState};
@@ -86,11 +87,19 @@ pub struct ApiOptions {
     /// HTTPS: reloaded from its files on `POST /reload`; with `verify_client`, unsafe requests need a client
     /// certificate.
     pub tls: Option<Arc<ServerTls>>,
+    /// `restapi.allowlist` and `allowlist_include_members` for unsafe methods.
+    pub allowlist: Allowlist,
 }
 
 impl Default for ApiOptions {
     fn default() -> Self {
-        ApiOptions { auth: None, switchover_wait: None, poll_interval: Duration::from_secs(1), tls: None }
+        ApiOptions {
+            auth: None,
+            switchover_wait: None,
+            poll_interval: Duration::from_secs(1),
+            tls: None,
+            allowlist: Allowlist::default(),
+        }
     }
 }
 
@@ -135,14 +144,28 @@ pub fn router<B: ApiBackend>(backend: Arc<B>, options: ApiOptions) -> Router {
         .with_state(state)
 }
 
-/// Patroni's access check for unsafe methods (everything but GET, HEAD, OPTIONS), before any handler: with
-/// `verify_client` optional or required, a valid client certificate (403 without). Basic auth is checked by
-/// each handler.
+/// Patroni's access check for unsafe methods (everything but GET, HEAD, OPTIONS), before any handler: the
+/// allowlist (403 "Access is denied"; the members' addresses count with `allowlist_include_members`, except for
+/// `POST /failsafe`), then with `verify_client` optional or required a valid client certificate (403). Basic
+/// auth is checked by each handler.
 async fn access<B: ApiBackend>(State(s): St<B>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return next.run(req).await;
     }
     let peer = req.extensions().get::<Peer>().copied();
+    let with_members = req.uri().path() != "/failsafe";
+    let allowlist = &s.options.allowlist;
+    if allowlist.applies(with_members) {
+        let members = if with_members && allowlist.include_members {
+            member_addresses(s.backend.store()).await
+        } else {
+            Vec::new()
+        };
+        // A request whose address is unknown cannot be on the list.
+        if !peer.is_some_and(|p| allowlist.allows(p.addr.ip(), &members)) {
+            return text(StatusCode::FORBIDDEN, "Access is denied");
+        }
+    }
     let verify = s.options.tls.as_ref().map(|t| t.verify_client()).unwrap_or_default();
     if verify != VerifyClient::None && !peer.is_some_and(|p| p.client_cert) {
         return text(StatusCode::FORBIDDEN, "client certificate required");
@@ -582,6 +605,16 @@ async fn post_failsafe<B: ApiBackend>(
     r
 }
 
+/// The addresses of the members' `api_url` hosts, from the store (none when it cannot be read).
+async fn member_addresses<K: KvBackend>(store: &ClusterStore<K>) -> Vec<std::net::IpAddr> {
+    let Ok((view, _)) = read_view(store).await else { return Vec::new() };
+    let mut ips = Vec::new();
+    for (host, port) in view.members.values().filter_map(|m| m.api_url.as_deref().and_then(url_host)) {
+        ips.extend(resolve(&host, port).await);
+    }
+    ips
+}
+
 /// Only a member of the cluster may announce itself as the failsafe primary: `name` must be in the failsafe key
 /// the agent last read, and the request must come from an address of that member's `api_url` host (when the
 /// server knows the peer's address).
@@ -594,16 +627,11 @@ async fn sender_is_member(
         return Err(format!("{name:?} is not a member of the cluster's failsafe key"));
     };
     let Some(peer) = peer else { return Ok(()) };
-    let authority = api_url.split_once("://").map_or(api_url.as_str(), |(_, rest)| rest);
-    let authority = authority.split('/').next().unwrap_or_default();
-    let lookup =
-        if crate::config::split_port(authority).is_some() { authority.to_string() } else { format!("{authority}:0") };
-    let ips: Vec<std::net::IpAddr> =
-        match tokio::time::timeout(Duration::from_secs(1), tokio::net::lookup_host(lookup)).await {
-            Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
-            _ => Vec::new(),
-        };
-    if ips.contains(&peer.addr.ip()) {
+    let ips = match url_host(api_url) {
+        Some((host, port)) => resolve(&host, port).await,
+        None => Vec::new(),
+    };
+    if ips.contains(&peer.addr.ip().to_canonical()) {
         Ok(())
     } else {
         Err(format!("the request for member {name:?} came from {}, not from its api_url {api_url}", peer.addr.ip()))

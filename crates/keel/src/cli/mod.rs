@@ -241,6 +241,15 @@ pub fn validate(path: &std::path::Path) -> u8 {
                 eprintln!("error: {}: {e}", path.display());
                 return EXIT_USAGE;
             }
+            let access = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| rt.block_on(crate::api::access::from_config(&loaded.config.restapi)));
+            if let Err(e) = access {
+                eprintln!("error: {}: {e}", path.display());
+                return EXIT_USAGE;
+            }
             println!("ok: {}", loaded.config.summary());
             EXIT_OK
         }

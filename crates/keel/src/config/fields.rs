@@ -27,8 +27,6 @@ const REST_CIPHERS: &str = "Keel's REST server offers rustls' modern TLS 1.2/1.3
      cipher strings); remove ciphers";
 const KEY_PASSWORD: &str = "Keel reads unencrypted PEM keys only: decrypt the key (openssl pkey -in enc.pem -out \
      key.pem), protect the file with its permissions, and remove keyfile_password";
-const REST_ACCESS: &str = "REST API access lists are not implemented yet (restapi.authentication is): remove it \
-     only if every host may call the API's unsafe endpoints";
 const REST_EXTRA: &str = "not implemented by Keel's REST server; remove it";
 const PG_SSL: &str = "Keel connects to PostgreSQL with sslmode=prefer and no client certificate; TLS and GSS \
      settings for these connections are not implemented yet. Remove it only if plain settings are acceptable";
@@ -126,8 +124,8 @@ const RESTAPI: &[Field] = &[
         Kind::Limited(&Kind::Str, &["none", "optional", "required"], "verify_client is none, optional or required"),
     ),
     refuse("https_extra_headers", REST_EXTRA),
-    refuse("allowlist", REST_ACCESS),
-    refuse("allowlist_include_members", REST_ACCESS),
+    opt("allowlist", Kind::StrList),
+    opt("allowlist_include_members", Kind::Bool),
     refuse("http_extra_headers", REST_EXTRA),
     refuse("request_queue_size", REST_EXTRA),
     refuse("server_tokens", REST_EXTRA),

@@ -24,6 +24,10 @@ pub struct RestApi {
     pub cafile: Option<String>,
     /// `none` (default), `optional` or `required`.
     pub verify_client: Option<String>,
+    /// Addresses, networks (CIDR) and host names that may call unsafe methods.
+    pub allowlist: Option<Vec<String>>,
+    /// The members' `api_url` hosts may call unsafe methods too (except `POST /failsafe`).
+    pub allowlist_include_members: Option<bool>,
 }
 
 /// `etcd3`: etcd v3, over TLS with `protocol: https`, with a user when `username` and `password` are set.

@@ -52,6 +52,12 @@ pub async fn start(tls: Option<Arc<ServerTls>>, auth: Option<BasicAuth>, limits:
 
 /// Like [`start`], for a node in `role`.
 pub async fn start_as(role: Role, tls: Option<Arc<ServerTls>>, auth: Option<BasicAuth>, limits: Limits) -> Server {
+    start_with(role, ApiOptions { tls, ..ApiOptions::with_auth(auth) }, limits).await
+}
+
+/// Like [`start`], for a node in `role`, with any API options.
+pub async fn start_with(role: Role, options: ApiOptions, limits: Limits) -> Server {
+    let tls = options.tls.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (agent, mut rx) = agent_channel(Duration::from_secs(5));
@@ -76,7 +82,6 @@ pub async fn start_as(role: Role, tls: Option<Arc<ServerTls>>, auth: Option<Basi
     };
     let store = ClusterStore::new(MemoryBackend::new(), "/service/", "c", "n1", 30);
     let backend = Arc::new(Fixed { st, store, agent, failsafe: FailsafeState::new() });
-    let options = ApiOptions { tls: tls.clone(), ..ApiOptions::with_auth(auth) };
     let app = router(backend.clone(), options);
     tokio::spawn(serve(listener, app, tls, limits));
     Server { addr, backend }
