@@ -28,8 +28,9 @@ const REST_CIPHERS: &str = "Keel's REST server offers rustls' modern TLS 1.2/1.3
 const KEY_PASSWORD: &str = "Keel reads unencrypted PEM keys only: decrypt the key (openssl pkey -in enc.pem -out \
      key.pem), protect the file with its permissions, and remove keyfile_password";
 const REST_EXTRA: &str = "not implemented by Keel's REST server; remove it";
-const PG_SSL: &str = "Keel connects to PostgreSQL with sslmode=prefer and no client certificate; TLS and GSS \
-     settings for these connections are not implemented yet. Remove it only if plain settings are acceptable";
+const PG_SSL: &str = "Keel implements sslmode, sslrootcert, sslcert, sslkey and sslcrl for its PostgreSQL \
+     connections; encrypted keys (sslpassword), CRL directories, direct TLS negotiation, GSS encryption and channel \
+     binding are not implemented yet. Remove it only if the implemented settings are enough";
 const SCRIPT: &str = "Keel does not run user scripts (callbacks, pre_promote, before_stop, post_bootstrap, custom \
      bootstrap or replica methods); remove it";
 const LOG_FILES: &str = "Keel logs to stderr only; capture it with your service manager (journald, docker) and \
@@ -289,12 +290,19 @@ const POSTGRESQL: &[Field] = &[
 const PG_USER: &[Field] = &[
     opt("username", Kind::Str),
     opt("password", Kind::Str),
-    refuse("sslmode", PG_SSL),
-    refuse("sslkey", PG_SSL),
+    opt(
+        "sslmode",
+        Kind::Limited(
+            &Kind::Str,
+            &["disable", "allow", "prefer", "require", "verify-ca", "verify-full"],
+            "sslmode is disable, allow, prefer, require, verify-ca or verify-full",
+        ),
+    ),
+    opt("sslkey", Kind::Str),
     refuse("sslpassword", PG_SSL),
-    refuse("sslcert", PG_SSL),
-    refuse("sslrootcert", PG_SSL),
-    refuse("sslcrl", PG_SSL),
+    opt("sslcert", Kind::Str),
+    opt("sslrootcert", Kind::Str),
+    opt("sslcrl", Kind::Str),
     refuse("sslcrldir", PG_SSL),
     refuse("sslnegotiation", PG_SSL),
     refuse("gssencmode", PG_SSL),

@@ -5,11 +5,16 @@ use serde_json::Value as J;
 
 use super::split_port;
 
-/// `username`/`password` pair.
+/// `username`/`password` pair; in `postgresql.authentication.*` also libpq's TLS settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct Auth {
     pub username: Option<String>,
     pub password: Option<String>,
+    pub sslmode: Option<String>,
+    pub sslrootcert: Option<String>,
+    pub sslcert: Option<String>,
+    pub sslkey: Option<String>,
+    pub sslcrl: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

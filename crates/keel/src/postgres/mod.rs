@@ -13,6 +13,7 @@ pub mod observe;
 pub mod process;
 pub mod roles;
 pub mod slots;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,6 +36,8 @@ pub struct ConnParams {
     pub connect_timeout: Duration,
     /// libpq `sslmode` (`prefer` when empty).
     pub sslmode: String,
+    /// libpq `sslrootcert`, `sslcert`, `sslkey`, `sslcrl`, `channel_binding`.
+    pub ssl: tls::SslFiles,
 }
 
 impl ConnParams {
@@ -50,6 +53,7 @@ impl ConnParams {
             application_name: None,
             connect_timeout: Duration::from_secs(5),
             sslmode: "prefer".to_string(),
+            ssl: tls::SslFiles::default(),
         }
     }
 
@@ -91,6 +95,18 @@ impl ConnParams {
         }
         let sslmode = if self.sslmode.is_empty() { "prefer" } else { &self.sslmode };
         parts.push(format!("sslmode={}", conninfo_value(sslmode)));
+        let ssl = &self.ssl;
+        for (key, value) in [
+            ("sslrootcert", &ssl.sslrootcert),
+            ("sslcert", &ssl.sslcert),
+            ("sslkey", &ssl.sslkey),
+            ("sslcrl", &ssl.sslcrl),
+            ("channel_binding", &ssl.channel_binding),
+        ] {
+            if let Some(v) = value {
+                parts.push(format!("{key}={}", conninfo_value(v)));
+            }
+        }
         let secs = self.connect_timeout.as_secs().max(1);
         parts.push(format!("connect_timeout={secs}"));
         parts.join(" ")
