@@ -8,9 +8,9 @@ mod cluster;
 mod etcd;
 mod pki;
 
-pub use cluster::{KeelCluster, KeelOptions};
+pub use cluster::{EtcdAuth, KeelCluster, KeelOptions};
 pub use etcd::{EtcdServer, EtcdServerTls, EtcdctlTls};
-pub use keel::cluster_runner::{ClusterOptions, LocalCluster, NodeSpec};
+pub use keel::cluster_runner::{ClusterOptions, LocalCluster, NodeSpec, SecurityOptions};
 pub use pki::TestPki;
 
 use std::io;
