@@ -167,6 +167,18 @@ fn tls_everywhere_bootstrap_switchover_failover_and_refusals() {
     let no_etcd_user = |cfg: &str| cfg.replace("  username: keel\n  password: keel-pw\n", "");
     let (ok, text) = ctl_with_edited_config(&c, &leader, no_etcd_user, &["list"]);
     assert!(!ok, "keel list without etcd credentials succeeded:\n{text}");
+    let wrong_password = |cfg: &str| cfg.replace("  password: keel-pw\n", "  password: not-it\n");
+    let (ok, text) = ctl_with_edited_config(&c, &leader, wrong_password, &["list"]);
+    assert!(!ok && text.contains("etcd3.password") && !text.contains("not-it"), "wrong etcd password:\n{text}");
+    let ca = pki.path("ca.pem").display().to_string();
+    let other_ca = pki.path("other-ca.pem").display().to_string();
+    let wrong_ca = |cfg: &str| cfg.replacen(&format!("  cacert: {ca}\n"), &format!("  cacert: {other_ca}\n"), 1);
+    let (ok, text) = ctl_with_edited_config(&c, &leader, wrong_ca, &["list"]);
+    assert!(!ok && text.contains("etcd3.cacert") && text.contains("UnknownIssuer"), "wrong etcd CA:\n{text}");
+    let client_cert =
+        format!("  cert: {}\n  key: {}\n", pki.path("client.pem").display(), pki.path("client.key").display());
+    let (ok, text) = ctl_with_edited_config(&c, &leader, |cfg| cfg.replace(&client_cert, ""), &["list"]);
+    assert!(!ok && text.contains("etcd3.cert"), "no etcd client certificate:\n{text}");
 
     // kill -9 of the leader (agent and postmaster): a replica takes over, over TLS.
     let t0 = Instant::now();
