@@ -20,6 +20,7 @@ fn server_tls(pki: &TestPki, verify_client: VerifyClient) -> Arc<ServerTls> {
         keyfile: Some(pki.path("server.key")),
         cafile: Some(pki.path("ca.pem")),
         verify_client,
+        ciphers: None,
     };
     Arc::new(ServerTls::new(files).expect("server TLS"))
 }
@@ -102,6 +103,7 @@ async fn reload_serves_a_renewed_certificate_to_new_connections() {
         keyfile: Some(key.clone()),
         cafile: None,
         verify_client: VerifyClient::None,
+        ciphers: None,
     };
     let tls = Arc::new(ServerTls::new(files).unwrap());
     let srv = restkit::start(Some(tls), None, Limits::default()).await;
@@ -158,4 +160,48 @@ async fn failsafe_announcements_only_from_members() {
     assert!(r.text().await.unwrap().contains("came from 127.0.0.1"));
     set(&[("n2", "https://localhost:8009/patroni")]);
     assert_eq!(post("n2").await.unwrap().status().as_u16(), 200, "host names are resolved");
+}
+
+/// `restapi.ciphers` limits the TLS 1.2 suites (as OpenSSL's set_ciphers in Patroni); TLS 1.3 is unchanged.
+#[tokio::test]
+async fn ciphers_limit_tls12_suites() {
+    use rustls::pki_types::ServerName;
+    let pki = TestPki::generate().expect("certificates");
+    let files = ServerTlsFiles {
+        certfile: pki.path("server.pem"),
+        keyfile: Some(pki.path("server.key")),
+        cafile: None,
+        verify_client: VerifyClient::None,
+        ciphers: Some("ECDHE-ECDSA-CHACHA20-POLY1305".into()),
+    };
+    let srv = restkit::start(Some(Arc::new(ServerTls::new(files).unwrap())), None, Limits::default()).await;
+    let handshake = |suites: Vec<rustls::SupportedCipherSuite>,
+                     versions: &'static [&'static rustls::SupportedProtocolVersion]| {
+        let ca = pki.path("ca.pem");
+        async move {
+            let mut provider = rustls::crypto::ring::default_provider();
+            provider.cipher_suites = suites;
+            let mut roots = rustls::RootCertStore::empty();
+            let pem = std::fs::read(ca).unwrap();
+            roots
+                .add_parsable_certificates(rustls::pki_types::pem::PemObject::pem_slice_iter(&pem).map(Result::unwrap));
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let tcp = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+            let name = ServerName::try_from("127.0.0.1").unwrap();
+            tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map(|_| ())
+        }
+    };
+    use rustls::crypto::ring::cipher_suite as cs;
+    static TLS12: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+    static TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    assert!(handshake(vec![cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256], TLS12).await.is_err(), "a suite not listed");
+    handshake(vec![cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256], TLS12).await.expect("the listed suite");
+    handshake(vec![cs::TLS13_AES_128_GCM_SHA256], TLS13).await.expect("TLS 1.3 is unchanged");
+    let cfg = restkit::config("  certfile: /x.pem\n  ciphers: HIGH:!aNULL\n", "");
+    let err = keel::api::tls::from_config(&cfg.restapi).unwrap_err().to_string();
+    assert!(err.contains("OpenSSL keyword"), "{err}");
 }

@@ -129,6 +129,7 @@ mod tests {
             keyfile: None,
             cafile: None,
             verify_client: None,
+            ciphers: None,
             allowlist: Some(yaml_allowlist.iter().map(|s| s.to_string()).collect()),
             allowlist_include_members: None,
         }

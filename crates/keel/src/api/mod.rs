@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod agent;
+pub mod ciphers;
 pub mod control;
 pub mod failsafe;
 pub mod health;

@@ -44,6 +44,8 @@ pub struct ServerTlsFiles {
     pub keyfile: Option<PathBuf>,
     pub cafile: Option<PathBuf>,
     pub verify_client: VerifyClient,
+    /// `restapi.ciphers` (see [`super::ciphers`]).
+    pub ciphers: Option<String>,
 }
 
 /// Why the REST API's TLS could not be set up; names the setting and the file.
@@ -96,6 +98,7 @@ pub fn from_config(rest: &crate::config::RestApi) -> Result<Option<ServerTls>, T
         let mut set = Vec::new();
         rest.keyfile.is_some().then(|| set.push("restapi.keyfile"));
         rest.cafile.is_some().then(|| set.push("restapi.cafile"));
+        rest.ciphers.is_some().then(|| set.push("restapi.ciphers"));
         (verify_client != VerifyClient::None).then(|| set.push("restapi.verify_client"));
         if set.is_empty() {
             return Ok(None);
@@ -111,11 +114,17 @@ pub fn from_config(rest: &crate::config::RestApi) -> Result<Option<ServerTls>, T
         keyfile: rest.keyfile.as_ref().map(PathBuf::from),
         cafile: rest.cafile.as_ref().map(PathBuf::from),
         verify_client,
+        ciphers: rest.ciphers.clone(),
     };
     ServerTls::new(files).map(Some)
 }
 
 fn build(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(ciphers) = &files.ciphers {
+        super::ciphers::restrict(&mut provider, ciphers)?;
+    }
+    let provider = Arc::new(provider);
     let certs = read_certs("restapi.certfile", &files.certfile)?;
     let (key_setting, key_path) = match &files.keyfile {
         Some(k) => ("restapi.keyfile", k.as_path()),
@@ -127,7 +136,6 @@ fn build(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
             key_path.display()
         ))
     })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError(format!("cannot set up TLS: {e}")))?;
@@ -192,6 +200,7 @@ mod tests {
             keyfile: None,
             cafile: None,
             verify_client: VerifyClient::None,
+            ciphers: None,
         };
         let err = ServerTls::new(files).unwrap_err().to_string();
         assert!(err.contains("restapi.certfile /nonexistent/api.pem"), "{err}");

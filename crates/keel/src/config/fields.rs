@@ -23,8 +23,6 @@ const OTHER_DCS: &str = "Keel speaks etcd v3 only: move the cluster to etcd and 
 const ETCD_KEY_PASSWORD: &str = "Keel reads unencrypted PEM keys only: decrypt the key (openssl pkey -in enc.pem -out \
      key.pem), protect the file with its permissions, and remove key_password";
 const ETCD_DISCOVERY: &str = "Keel connects to the etcd endpoints listed in host or hosts; use those instead";
-const REST_CIPHERS: &str = "Keel's REST server offers rustls' modern TLS 1.2/1.3 cipher suites only (no OpenSSL \
-     cipher strings); remove ciphers";
 const KEY_PASSWORD: &str = "Keel reads unencrypted PEM keys only: decrypt the key (openssl pkey -in enc.pem -out \
      key.pem), protect the file with its permissions, and remove keyfile_password";
 const REST_EXTRA: &str = "not implemented by Keel's REST server; remove it";
@@ -119,7 +117,7 @@ const RESTAPI: &[Field] = &[
     opt("keyfile", Kind::Str),
     refuse("keyfile_password", KEY_PASSWORD),
     opt("cafile", Kind::Str),
-    refuse("ciphers", REST_CIPHERS),
+    opt("ciphers", Kind::Str),
     opt(
         "verify_client",
         Kind::Limited(&Kind::Str, &["none", "optional", "required"], "verify_client is none, optional or required"),

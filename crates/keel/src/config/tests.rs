@@ -90,7 +90,7 @@ fn unknown_key_names_path_and_line() {
 fn refused_settings_are_one_error_naming_each_with_what_to_do() {
     let yaml =
         format!("{MINIMAL}  callbacks:\n    on_start: /bin/true\n  config_dir: /etc/pg\nzookeeper:\n  hosts: [a]\n");
-    let yaml = yaml.replace("  listen: 127.0.0.1:8008\n", "  listen: 127.0.0.1:8008\n  ciphers: HIGH\n");
+    let yaml = yaml.replace("  listen: 127.0.0.1:8008\n", "  listen: 127.0.0.1:8008\n  https_extra_headers: {}\n");
     let yaml =
         yaml.replace("  host: 127.0.0.1:2379\n", "  host: 127.0.0.1:2379\n  username: keel\n  key_password: x\n");
     let e = err(&yaml);
@@ -98,13 +98,19 @@ fn refused_settings_are_one_error_naming_each_with_what_to_do() {
     let paths: Vec<&str> = refused.iter().map(|r| r.path.as_str()).collect();
     assert_eq!(
         paths,
-        ["restapi.ciphers", "etcd3.key_password", "postgresql.callbacks", "postgresql.config_dir", "zookeeper"]
+        [
+            "restapi.https_extra_headers",
+            "etcd3.key_password",
+            "postgresql.callbacks",
+            "postgresql.config_dir",
+            "zookeeper"
+        ]
     );
     let msg = e.to_string();
-    assert!(msg.contains("<string>:5: `restapi.ciphers`: Keel's REST server offers rustls' modern"), "{msg}");
+    assert!(msg.contains("<string>:5: `restapi.https_extra_headers`: not implemented"), "{msg}");
     assert!(msg.contains("`etcd3.key_password`: Keel reads unencrypted PEM keys only"), "{msg}");
     assert!(msg.contains("`zookeeper`: Keel speaks etcd v3 only"), "{msg}");
-    assert_eq!(e.path(), Some("restapi.ciphers"));
+    assert_eq!(e.path(), Some("restapi.https_extra_headers"));
     assert_eq!(e.line(), Some(5));
 }
 
@@ -316,7 +322,7 @@ fn env_overrides_win_over_the_file() {
 
     // Every documented variable reaches the schema: refused settings are refused, naming the variable.
     for (var, path) in [
-        ("PATRONI_RESTAPI_CIPHERS", "restapi.ciphers"),
+        ("PATRONI_RESTAPI_KEYFILE_PASSWORD", "restapi.keyfile_password"),
         ("PATRONI_ETCD3_KEY_PASSWORD", "etcd3.key_password"),
         ("PATRONI_SUPERUSER_CHANNEL_BINDING", "postgresql.authentication.superuser.channel_binding"),
         ("PATRONI_KUBERNETES_NAMESPACE", "kubernetes"),

@@ -29,6 +29,8 @@ pub struct RestApi {
     pub cafile: Option<String>,
     /// `none` (default), `optional` or `required`.
     pub verify_client: Option<String>,
+    /// TLS 1.2 cipher suites, as an explicit list of names.
+    pub ciphers: Option<String>,
     /// Addresses, networks (CIDR) and host names that may call unsafe methods.
     pub allowlist: Option<Vec<String>>,
     /// The members' `api_url` hosts may call unsafe methods too (except `POST /failsafe`).
