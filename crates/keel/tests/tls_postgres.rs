@@ -1,5 +1,5 @@
 //! The agent's own PostgreSQL connections honour libpq's TLS settings (`sslmode`, `sslrootcert`, `sslcert`,
-//! `sslkey`) against a real server with `ssl = on`, plain connections refused by `pg_hba.conf`;
+//! `sslkey`, `channel_binding`) against a real server with `ssl = on`, plain connections refused by `pg_hba.conf`;
 //! and role passwords are set without their clear text reaching the server's statement log.
 
 use std::os::unix::fs::MetadataExt;
@@ -91,6 +91,11 @@ async fn agent_connections_use_tls_as_configured() {
     let mut verified = params(port, "verify-full");
     verified.ssl.sslrootcert = Some(pki.path("ca.pem").display().to_string());
     let s = connect(&verified).await.expect("verify-full with the right CA");
+    // SCRAM with channel binding: the server checks the binding data (tls-server-end-point) it receives.
+    let mut bound = params(port, "require");
+    bound.ssl.channel_binding = Some("require".into());
+    let b = connect(&bound).await.expect("channel_binding=require");
+    assert!(ssl_in_use(&b).await);
     assert!(ssl_in_use(&s).await);
     let mut wrong_ca = params(port, "verify-ca");
     wrong_ca.ssl.sslrootcert = Some(pki.path("other-ca.pem").display().to_string());

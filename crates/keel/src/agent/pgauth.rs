@@ -32,7 +32,7 @@ impl Cred {
                 sslcert: auth.and_then(|a| a.sslcert.clone()),
                 sslkey: auth.and_then(|a| a.sslkey.clone()),
                 sslcrl: auth.and_then(|a| a.sslcrl.clone()),
-                channel_binding: None,
+                channel_binding: auth.and_then(|a| a.channel_binding.clone()),
             },
         }
     }
@@ -112,11 +112,18 @@ mod tests {
             sslcert: Some("/c.pem".into()),
             sslkey: Some("/k.pem".into()),
             sslcrl: Some("/crl.pem".into()),
+            channel_binding: Some("require".into()),
             ..Default::default()
         };
         let info = Cred::from(Some(&auth), "x").params("10.0.0.1", 5432, "postgres").to_conninfo(false);
-        for part in ["sslmode=verify-full", "sslrootcert=/ca.pem", "sslcert=/c.pem", "sslkey=/k.pem", "sslcrl=/crl.pem"]
-        {
+        for part in [
+            "sslmode=verify-full",
+            "sslrootcert=/ca.pem",
+            "sslcert=/c.pem",
+            "sslkey=/k.pem",
+            "sslcrl=/crl.pem",
+            "channel_binding=require",
+        ] {
             assert!(info.contains(part), "{part} missing from {info}");
         }
     }

@@ -26,9 +26,9 @@ const ETCD_DISCOVERY: &str = "Keel connects to the etcd endpoints listed in host
 const KEY_PASSWORD: &str = "Keel reads unencrypted PEM keys only: decrypt the key (openssl pkey -in enc.pem -out \
      key.pem), protect the file with its permissions, and remove keyfile_password";
 const REST_EXTRA: &str = "not implemented by Keel's REST server; remove it";
-const PG_SSL: &str = "Keel implements sslmode, sslrootcert, sslcert, sslkey and sslcrl for its PostgreSQL \
-     connections; encrypted keys (sslpassword), CRL directories, direct TLS negotiation, GSS encryption and channel \
-     binding are not implemented yet. Remove it only if the implemented settings are enough";
+const PG_SSL: &str = "Keel implements sslmode, sslrootcert, sslcert, sslkey, sslcrl and channel_binding for its \
+     PostgreSQL connections; encrypted keys (sslpassword), CRL directories, direct TLS negotiation and GSS \
+     encryption are not implemented yet. Remove it only if the implemented settings are enough";
 const SCRIPT: &str = "Keel does not run user scripts (callbacks, pre_promote, before_stop, post_bootstrap, custom \
      bootstrap or replica methods); remove it";
 const LOG_FILES: &str = "Keel logs to stderr only; capture it with your service manager (journald, docker) and \
@@ -304,7 +304,10 @@ const PG_USER: &[Field] = &[
     refuse("sslcrldir", PG_SSL),
     refuse("sslnegotiation", PG_SSL),
     refuse("gssencmode", PG_SSL),
-    refuse("channel_binding", PG_SSL),
+    opt(
+        "channel_binding",
+        Kind::Limited(&Kind::Str, &["disable", "prefer", "require"], "channel_binding is disable, prefer or require"),
+    ),
 ];
 
 const PG_AUTH: &[Field] =

@@ -324,7 +324,7 @@ fn env_overrides_win_over_the_file() {
     for (var, path) in [
         ("PATRONI_RESTAPI_KEYFILE_PASSWORD", "restapi.keyfile_password"),
         ("PATRONI_ETCD3_KEY_PASSWORD", "etcd3.key_password"),
-        ("PATRONI_SUPERUSER_CHANNEL_BINDING", "postgresql.authentication.superuser.channel_binding"),
+        ("PATRONI_SUPERUSER_GSSENCMODE", "postgresql.authentication.superuser.gssencmode"),
         ("PATRONI_KUBERNETES_NAMESPACE", "kubernetes"),
         ("PATRONI_LOG_DIR", "log.dir"),
     ] {

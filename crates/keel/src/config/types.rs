@@ -15,6 +15,7 @@ pub struct Auth {
     pub sslcert: Option<String>,
     pub sslkey: Option<String>,
     pub sslcrl: Option<String>,
+    pub channel_binding: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -14,6 +14,7 @@ pub mod process;
 pub mod roles;
 pub mod slots;
 pub mod tls;
+pub mod tls_stream;
 
 use std::path::PathBuf;
 use std::time::Duration;

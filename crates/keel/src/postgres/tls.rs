@@ -22,7 +22,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres::config::{ChannelBinding, SslMode};
-use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::ConnParams;
 
@@ -73,7 +72,7 @@ pub fn channel_binding(value: Option<&str>) -> Result<Option<ChannelBinding>, Pg
 }
 
 /// The TLS connector for `params`, reading the certificate files now.
-pub fn connector(params: &ConnParams) -> Result<MakeRustlsConnect, PgTlsError> {
+pub fn connector(params: &ConnParams) -> Result<super::tls_stream::MakeTls, PgTlsError> {
     let ssl = &params.ssl;
     let check = match params.sslmode.as_str() {
         "verify-full" => Check::Full,
@@ -124,7 +123,7 @@ pub fn connector(params: &ConnParams) -> Result<MakeRustlsConnect, PgTlsError> {
         (None, None) => builder.with_no_client_auth(),
         _ => return Err(PgTlsError("sslcert and sslkey go together: set both, or neither".into())),
     };
-    Ok(MakeRustlsConnect::new(config))
+    Ok(super::tls_stream::MakeTls::new(config))
 }
 
 fn read(setting: &str, path: &str) -> Result<Vec<u8>, PgTlsError> {
