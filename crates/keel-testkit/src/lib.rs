@@ -11,7 +11,7 @@ mod pki;
 pub use cluster::{EtcdAuth, KeelCluster, KeelOptions};
 pub use etcd::{EtcdServer, EtcdServerTls, EtcdctlTls};
 pub use keel::cluster_runner::{ClusterOptions, LocalCluster, NodeSpec, SecurityOptions};
-pub use pki::TestPki;
+pub use pki::{TestPki, KEY_PASSWORD};
 
 use std::io;
 use std::net::{Ipv4Addr, TcpListener};

@@ -4,7 +4,9 @@
 //! - `ca.pem`/`ca.key`: the test CA; `other-ca.pem`: an unrelated CA (for "wrong CA" tests);
 //! - `server.pem`/`server.key`: signed by the CA, for `127.0.0.1` and `localhost` (server and client use);
 //! - `client.pem`/`client.key`: signed by the CA, common name `keel-client`;
-//! - `rogue.pem`/`rogue.key`: a client certificate signed by the other CA.
+//! - `rogue.pem`/`rogue.key`: a client certificate signed by the other CA;
+//! - `server-enc.key`, `client-enc.key`: the keys as encrypted PKCS#8 with [`KEY_PASSWORD`];
+//!   `server-legacy.key`: the server key in OpenSSL's legacy encrypted format.
 //!
 //! The directory and the files are readable by everyone (agents in tests run as `postgres`); PostgreSQL's own
 //! copy of the server key needs mode 0600 and its owner, see [`TestPki::copy_private`].
@@ -16,6 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tempfile::TempDir;
+
+/// The password of the encrypted keys.
+pub const KEY_PASSWORD: &str = "key-pw";
 
 /// A CA, a server and a client certificate in a temporary directory (removed on drop).
 #[derive(Debug)]
@@ -37,6 +42,13 @@ impl TestPki {
         pki.leaf("server", "127.0.0.1", "ca")?;
         pki.leaf("client", "keel-client", "ca")?;
         pki.leaf("rogue", "keel-client", "other-ca")?;
+        for name in ["server", "client"] {
+            let (key, enc) = (format!("{name}.key"), format!("{name}-enc.key"));
+            let pass = format!("pass:{KEY_PASSWORD}");
+            pki.openssl(&["pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", &key, "-out", &enc, "-passout", &pass])?;
+        }
+        let pass = format!("pass:{KEY_PASSWORD}");
+        pki.openssl(&["ec", "-in", "server.key", "-aes256", "-out", "server-legacy.key", "-passout", &pass])?;
         for entry in fs::read_dir(pki.dir.path())? {
             fs::set_permissions(entry?.path(), fs::Permissions::from_mode(0o644))?;
         }

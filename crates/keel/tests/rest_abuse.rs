@@ -134,6 +134,7 @@ async fn tls_handshakes_that_never_come_do_not_lock_out_health_checks() {
         cafile: None,
         verify_client: VerifyClient::None,
         ciphers: None,
+        keyfile_password: None,
     };
     let srv = restkit::start(Some(Arc::new(ServerTls::new(files).unwrap())), None, LIMITS).await;
     let port = srv.addr.port();

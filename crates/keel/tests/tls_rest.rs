@@ -21,6 +21,7 @@ fn server_tls(pki: &TestPki, verify_client: VerifyClient) -> Arc<ServerTls> {
         cafile: Some(pki.path("ca.pem")),
         verify_client,
         ciphers: None,
+        keyfile_password: None,
     };
     Arc::new(ServerTls::new(files).expect("server TLS"))
 }
@@ -104,6 +105,7 @@ async fn reload_serves_a_renewed_certificate_to_new_connections() {
         cafile: None,
         verify_client: VerifyClient::None,
         ciphers: None,
+        keyfile_password: None,
     };
     let tls = Arc::new(ServerTls::new(files).unwrap());
     let srv = restkit::start(Some(tls), None, Limits::default()).await;
@@ -173,6 +175,7 @@ async fn ciphers_limit_tls12_suites() {
         cafile: None,
         verify_client: VerifyClient::None,
         ciphers: Some("ECDHE-ECDSA-CHACHA20-POLY1305".into()),
+        keyfile_password: None,
     };
     let srv = restkit::start(Some(Arc::new(ServerTls::new(files).unwrap())), None, Limits::default()).await;
     let handshake = |suites: Vec<rustls::SupportedCipherSuite>,
@@ -204,4 +207,44 @@ async fn ciphers_limit_tls12_suites() {
     let cfg = restkit::config("  certfile: /x.pem\n  ciphers: HIGH:!aNULL\n", "");
     let err = keel::api::tls::from_config(&cfg.restapi).unwrap_err().to_string();
     assert!(err.contains("OpenSSL keyword"), "{err}");
+}
+
+/// Encrypted PKCS#8 keys with `restapi.keyfile_password` and `ctl.keyfile_password`; the legacy format and a wrong
+/// or missing password are refused, naming the setting.
+#[tokio::test]
+async fn encrypted_keys_with_keyfile_password() {
+    use keel_testkit::KEY_PASSWORD;
+    let pki = TestPki::generate().expect("certificates");
+    let files = |key: &str, password: Option<&str>| ServerTlsFiles {
+        certfile: pki.path("server.pem"),
+        keyfile: Some(pki.path(key)),
+        cafile: Some(pki.path("ca.pem")),
+        verify_client: VerifyClient::Required,
+        ciphers: None,
+        keyfile_password: password.map(String::from),
+    };
+    let tls = ServerTls::new(files("server-enc.key", Some(KEY_PASSWORD))).expect("encrypted server key");
+    let srv = restkit::start(Some(Arc::new(tls)), None, Limits::default()).await;
+    let url = format!("https://127.0.0.1:{}/health", srv.addr.port());
+    let ctl = |password: &str| {
+        format!(
+            "  cacert: {}\n  certfile: {}\n  keyfile: {}\n  keyfile_password: {password}\n",
+            pki.path("ca.pem").display(),
+            pki.path("client.pem").display(),
+            pki.path("client-enc.key").display()
+        )
+    };
+    assert_eq!(get(&client(&ctl(KEY_PASSWORD)), &url).await, Ok(200), "encrypted client key");
+    let err = http_client(&restkit::config("", &ctl("wrong")), Duration::from_secs(1)).unwrap_err();
+    assert!(err.contains("ctl.keyfile") && err.contains("cannot decrypt"), "{err}");
+
+    for (key, password, needle) in [
+        ("server-enc.key", Some("wrong"), "cannot decrypt"),
+        ("server-enc.key", None, "set keyfile_password"),
+        ("server.key", Some(KEY_PASSWORD), "not encrypted"),
+        ("server-legacy.key", Some(KEY_PASSWORD), "openssl pkcs8 -topk8"),
+    ] {
+        let err = ServerTls::new(files(key, password)).unwrap_err().to_string();
+        assert!(err.contains("restapi.keyfile") && err.contains(needle), "{key} {password:?}: {err}");
+    }
 }

@@ -176,10 +176,13 @@ fn refused_environment_variables_name_the_variable() {
     let path = write(dir.path(), "good.yml", GOOD);
     let out = Command::new(env!("CARGO_BIN_EXE_keel"))
         .args(["validate", &path])
-        .env("PATRONI_RESTAPI_KEYFILE_PASSWORD", "secret")
+        .env("PATRONI_RESTAPI_HTTPS_EXTRA_HEADERS", "x")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
-    assert!(err.contains("PATRONI_RESTAPI_KEYFILE_PASSWORD") && err.contains("restapi.keyfile_password"), "{err}");
+    assert!(
+        err.contains("PATRONI_RESTAPI_HTTPS_EXTRA_HEADERS") && err.contains("restapi.https_extra_headers"),
+        "{err}"
+    );
 }

@@ -130,6 +130,7 @@ mod tests {
             cafile: None,
             verify_client: None,
             ciphers: None,
+            keyfile_password: None,
             allowlist: Some(yaml_allowlist.iter().map(|s| s.to_string()).collect()),
             allowlist_include_members: None,
         }

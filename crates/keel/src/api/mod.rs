@@ -6,6 +6,7 @@ pub mod ciphers;
 pub mod control;
 pub mod failsafe;
 pub mod health;
+pub mod keys;
 pub mod listener;
 pub mod metrics;
 pub mod server;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
@@ -46,6 +46,8 @@ pub struct ServerTlsFiles {
     pub verify_client: VerifyClient,
     /// `restapi.ciphers` (see [`super::ciphers`]).
     pub ciphers: Option<String>,
+    /// `restapi.keyfile_password`: the key is encrypted PKCS#8.
+    pub keyfile_password: Option<String>,
 }
 
 /// Why the REST API's TLS could not be set up; names the setting and the file.
@@ -99,6 +101,7 @@ pub fn from_config(rest: &crate::config::RestApi) -> Result<Option<ServerTls>, T
         rest.keyfile.is_some().then(|| set.push("restapi.keyfile"));
         rest.cafile.is_some().then(|| set.push("restapi.cafile"));
         rest.ciphers.is_some().then(|| set.push("restapi.ciphers"));
+        rest.keyfile_password.is_some().then(|| set.push("restapi.keyfile_password"));
         (verify_client != VerifyClient::None).then(|| set.push("restapi.verify_client"));
         if set.is_empty() {
             return Ok(None);
@@ -115,6 +118,7 @@ pub fn from_config(rest: &crate::config::RestApi) -> Result<Option<ServerTls>, T
         cafile: rest.cafile.as_ref().map(PathBuf::from),
         verify_client,
         ciphers: rest.ciphers.clone(),
+        keyfile_password: rest.keyfile_password.clone(),
     };
     ServerTls::new(files).map(Some)
 }
@@ -130,12 +134,7 @@ fn build(files: &ServerTlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         Some(k) => ("restapi.keyfile", k.as_path()),
         None => ("restapi.certfile", files.certfile.as_path()),
     };
-    let key = PrivateKeyDer::from_pem_slice(&read(key_setting, key_path)?).map_err(|e| {
-        TlsError(format!(
-            "{key_setting} {}: no unencrypted PEM private key ({e}); encrypted keys are not supported",
-            key_path.display()
-        ))
-    })?;
+    let key = super::keys::load(key_setting, key_path, files.keyfile_password.as_deref()).map_err(TlsError)?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError(format!("cannot set up TLS: {e}")))?;
@@ -201,6 +200,7 @@ mod tests {
             cafile: None,
             verify_client: VerifyClient::None,
             ciphers: None,
+            keyfile_password: None,
         };
         let err = ServerTls::new(files).unwrap_err().to_string();
         assert!(err.contains("restapi.certfile /nonexistent/api.pem"), "{err}");

@@ -14,7 +14,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::config::Config;
@@ -64,12 +64,13 @@ pub fn client_config(cfg: &Config) -> Result<ClientConfig, String> {
                 Some(k) => ("ctl.keyfile", k.as_str()),
                 None => ("ctl.certfile", cert.as_str()),
             };
-            let pem = std::fs::read(key_path).map_err(|e| format!("{setting} {key_path}: cannot be read ({e})"))?;
-            let key = PrivateKeyDer::from_pem_slice(&pem)
-                .map_err(|e| format!("{setting} {key_path}: no unencrypted PEM private key ({e})"))?;
+            let key = crate::api::keys::load(setting, Path::new(key_path), cfg.ctl.keyfile_password.as_deref())?;
             builder.with_client_auth_cert(certs, key).map_err(|e| format!("ctl.certfile {cert}: {e}"))
         }
         (None, Some(_)) => Err("ctl.keyfile is set without ctl.certfile: set both, or neither".into()),
+        (None, None) if cfg.ctl.keyfile_password.is_some() => {
+            Err("ctl.keyfile_password is set without ctl.certfile: it would have no effect".into())
+        }
         (None, None) => Ok(builder.with_no_client_auth()),
     }
 }

@@ -23,8 +23,6 @@ const OTHER_DCS: &str = "Keel speaks etcd v3 only: move the cluster to etcd and 
 const ETCD_KEY_PASSWORD: &str = "Keel reads unencrypted PEM keys only: decrypt the key (openssl pkey -in enc.pem -out \
      key.pem), protect the file with its permissions, and remove key_password";
 const ETCD_DISCOVERY: &str = "Keel connects to the etcd endpoints listed in host or hosts; use those instead";
-const KEY_PASSWORD: &str = "Keel reads unencrypted PEM keys only: decrypt the key (openssl pkey -in enc.pem -out \
-     key.pem), protect the file with its permissions, and remove keyfile_password";
 const REST_EXTRA: &str = "not implemented by Keel's REST server; remove it";
 const PG_SSL: &str = "Keel implements sslmode, sslrootcert, sslcert, sslkey, sslcrl and channel_binding for its \
      PostgreSQL connections; encrypted keys (sslpassword), CRL directories, direct TLS negotiation and GSS \
@@ -97,7 +95,7 @@ const CTL: &[Field] = &[
     opt("cacert", Kind::Str),
     opt("certfile", Kind::Str),
     opt("keyfile", Kind::Str),
-    refuse("keyfile_password", KEY_PASSWORD),
+    opt("keyfile_password", Kind::Str),
 ];
 
 const WATCHDOG_FIELDS: &[Field] = &[
@@ -115,7 +113,7 @@ const RESTAPI: &[Field] = &[
     ignore("thread_pool_size", "Keel's REST server has no thread pool"),
     opt("certfile", Kind::Str),
     opt("keyfile", Kind::Str),
-    refuse("keyfile_password", KEY_PASSWORD),
+    opt("keyfile_password", Kind::Str),
     opt("cafile", Kind::Str),
     opt("ciphers", Kind::Str),
     opt(

@@ -322,7 +322,7 @@ fn env_overrides_win_over_the_file() {
 
     // Every documented variable reaches the schema: refused settings are refused, naming the variable.
     for (var, path) in [
-        ("PATRONI_RESTAPI_KEYFILE_PASSWORD", "restapi.keyfile_password"),
+        ("PATRONI_RESTAPI_HTTPS_EXTRA_HEADERS", "restapi.https_extra_headers"),
         ("PATRONI_ETCD3_KEY_PASSWORD", "etcd3.key_password"),
         ("PATRONI_SUPERUSER_GSSENCMODE", "postgresql.authentication.superuser.gssencmode"),
         ("PATRONI_KUBERNETES_NAMESPACE", "kubernetes"),

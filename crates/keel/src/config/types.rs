@@ -32,6 +32,8 @@ pub struct RestApi {
     pub verify_client: Option<String>,
     /// TLS 1.2 cipher suites, as an explicit list of names.
     pub ciphers: Option<String>,
+    /// Password of an encrypted (PKCS#8) key.
+    pub keyfile_password: Option<String>,
     /// Addresses, networks (CIDR) and host names that may call unsafe methods.
     pub allowlist: Option<Vec<String>>,
     /// The members' `api_url` hosts may call unsafe methods too (except `POST /failsafe`).
@@ -80,6 +82,8 @@ pub struct CtlSettings {
     /// Client certificate (and key) for APIs with `verify_client`.
     pub certfile: Option<String>,
     pub keyfile: Option<String>,
+    /// Password of an encrypted (PKCS#8) key.
+    pub keyfile_password: Option<String>,
 }
 
 /// `bootstrap`. `dcs` is the raw document that becomes the store's `config` key (always a JSON object).
