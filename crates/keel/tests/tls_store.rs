@@ -66,6 +66,13 @@ async fn tls_with_client_certificates() {
     let err = store(&endpoint, rogue, "batman", "c").load().await.unwrap_err();
     assert!(matches!(err, DcsError::Tls { .. }), "{err:?}");
 
+    // Several endpoints: a dead one first, then etcd; the TLS settings apply to each.
+    let dead = format!("https://127.0.0.1:{}", keel_testkit::free_port().unwrap());
+    let cfg =
+        EtcdConfig::from_hosts(&[dead.as_str(), endpoint.as_str()], Duration::from_secs(5)).with_security(right());
+    let several = ClusterStore::new(EtcdBackend::new(cfg).unwrap(), "/service/", "batman", "d", 5);
+    assert_eq!(several.load().await.expect("the second endpoint answers").leader.map(|l| l.name), Some("b".into()));
+
     // Plain HTTP to a TLS port is not mistaken for a certificate problem, but still fails clearly.
     let plain = endpoint.replace("https://", "http://");
     let err = store(&plain, EtcdSecurity::default(), "batman", "c").load().await.unwrap_err();
