@@ -118,7 +118,12 @@ const RESTAPI: &[Field] = &[
     opt("ciphers", Kind::Str),
     opt(
         "verify_client",
-        Kind::Limited(&Kind::Str, &["none", "optional", "required"], "verify_client is none, optional or required"),
+        Kind::Limited(
+            &Kind::Str,
+            // Patroni lower-cases the value.
+            &["none", "optional", "required", "None", "Optional", "Required", "NONE", "OPTIONAL", "REQUIRED"],
+            "verify_client is none, optional or required",
+        ),
     ),
     refuse("https_extra_headers", REST_EXTRA),
     opt("allowlist", Kind::StrList),
