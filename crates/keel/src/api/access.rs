@@ -3,14 +3,18 @@
 //! members' `api_url` hosts) first (403 "Access is denied"), then the client certificate when `verify_client` asks
 //! for one (403), then basic auth (401, in each handler).
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use keel_core::view::ClusterView;
 use tracing::warn;
 
+use super::listener::Peer;
 use super::server::BasicAuth;
 use crate::config::RestApi;
+use crate::dcs::{ClusterStore, KvBackend};
 
 /// The endpoints that accept unsafe methods, for the start-up warning when no authentication protects them.
 pub const WRITE_ENDPOINTS: &str = "PATCH/PUT /config, POST /switchover, DELETE /switchover, POST /failover, \
@@ -113,6 +117,40 @@ pub fn url_host(url: &str) -> Option<(String, u16)> {
         Some((h, p)) => Some((h.to_string(), p)),
         None if !authority.is_empty() => Some((authority.to_string(), default)),
         None => None,
+    }
+}
+
+/// The addresses of the members' `api_url` hosts, from the store (none when it cannot be read).
+pub async fn member_addresses<K: KvBackend>(store: &ClusterStore<K>) -> Vec<IpAddr> {
+    let Ok(range) = store.backend().range(store.prefix()).await else { return Vec::new() };
+    let view = ClusterView::from_entries(range.entries);
+    let mut ips = Vec::new();
+    for (host, port) in view.members.values().filter_map(|m| m.api_url.as_deref().and_then(url_host)) {
+        ips.extend(resolve(&host, port).await);
+    }
+    ips
+}
+
+/// Only a member of the cluster may announce itself as the failsafe primary: `name` must be in the failsafe key
+/// the agent last read, and the request must come from an address of that member's `api_url` host (when the
+/// server knows the peer's address).
+pub async fn sender_is_member(
+    members: Option<&BTreeMap<String, String>>,
+    name: &str,
+    peer: Option<Peer>,
+) -> Result<(), String> {
+    let Some(api_url) = members.and_then(|m| m.get(name)) else {
+        return Err(format!("{name:?} is not a member of the cluster's failsafe key"));
+    };
+    let Some(peer) = peer else { return Ok(()) };
+    let ips = match url_host(api_url) {
+        Some((host, port)) => resolve(&host, port).await,
+        None => Vec::new(),
+    };
+    if ips.contains(&peer.addr.ip().to_canonical()) {
+        Ok(())
+    } else {
+        Err(format!("the request for member {name:?} came from {}, not from its api_url {api_url}", peer.addr.ip()))
     }
 }
 

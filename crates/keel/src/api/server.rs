@@ -21,7 +21,7 @@ use keel_core::view::ClusterView;
 use serde_json::{Map, Value};
 use tracing::{info, warn};
 
-use super::access::{resolve, url_host, Allowlist};
+use super::access::{member_addresses, sender_is_member, Allowlist};
 use super::agent::{AgentHandle, AgentReply, AgentRequest};
 use super::control::{self, ManualAction, ManualPlan, Refusal};
 use super::failsafe::{FailsafeAnnouncement, FailsafeState};
@@ -603,39 +603,6 @@ async fn post_failsafe<B: ApiBackend>(
         }
     }
     r
-}
-
-/// The addresses of the members' `api_url` hosts, from the store (none when it cannot be read).
-async fn member_addresses<K: KvBackend>(store: &ClusterStore<K>) -> Vec<std::net::IpAddr> {
-    let Ok((view, _)) = read_view(store).await else { return Vec::new() };
-    let mut ips = Vec::new();
-    for (host, port) in view.members.values().filter_map(|m| m.api_url.as_deref().and_then(url_host)) {
-        ips.extend(resolve(&host, port).await);
-    }
-    ips
-}
-
-/// Only a member of the cluster may announce itself as the failsafe primary: `name` must be in the failsafe key
-/// the agent last read, and the request must come from an address of that member's `api_url` host (when the
-/// server knows the peer's address).
-async fn sender_is_member(
-    members: Option<&BTreeMap<String, String>>,
-    name: &str,
-    peer: Option<Peer>,
-) -> Result<(), String> {
-    let Some(api_url) = members.and_then(|m| m.get(name)) else {
-        return Err(format!("{name:?} is not a member of the cluster's failsafe key"));
-    };
-    let Some(peer) = peer else { return Ok(()) };
-    let ips = match url_host(api_url) {
-        Some((host, port)) => resolve(&host, port).await,
-        None => Vec::new(),
-    };
-    if ips.contains(&peer.addr.ip().to_canonical()) {
-        Ok(())
-    } else {
-        Err(format!("the request for member {name:?} came from {}, not from its api_url {api_url}", peer.addr.ip()))
-    }
 }
 
 #[cfg(test)]
