@@ -6,7 +6,8 @@
 //! - `client.pem`/`client.key`: signed by the CA, common name `keel-client`;
 //! - `rogue.pem`/`rogue.key`: a client certificate signed by the other CA;
 //! - `server-enc.key`, `client-enc.key`: the keys as encrypted PKCS#8 with [`KEY_PASSWORD`];
-//!   `server-legacy.key`: the server key in OpenSSL's legacy encrypted format.
+//!   `server-legacy.key`: the server key in OpenSSL's legacy encrypted format;
+//! - `empty.crl`, `server-revoked.crl`: CRLs from the CA, the second revoking the server certificate.
 //!
 //! The directory and the files are readable by everyone (agents in tests run as `postgres`); PostgreSQL's own
 //! copy of the server key needs mode 0600 and its owner, see [`TestPki::copy_private`].
@@ -27,6 +28,10 @@ pub const KEY_PASSWORD: &str = "key-pw";
 pub struct TestPki {
     dir: TempDir,
 }
+
+/// The least `openssl ca` needs to revoke a certificate and sign CRLs.
+const CRL_CONF: &str = "[ca]\ndefault_ca = test\n[test]\ndatabase = index.txt\ncrlnumber = crlnumber\n\
+                        default_md = sha256\ndefault_crl_days = 3\n";
 
 const LEAF_EXT: &str = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
                         extendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n";
@@ -49,6 +54,7 @@ impl TestPki {
         }
         let pass = format!("pass:{KEY_PASSWORD}");
         pki.openssl(&["ec", "-in", "server.key", "-aes256", "-out", "server-legacy.key", "-passout", &pass])?;
+        pki.crls()?;
         for entry in fs::read_dir(pki.dir.path())? {
             fs::set_permissions(entry?.path(), fs::Permissions::from_mode(0o644))?;
         }
@@ -73,6 +79,17 @@ impl TestPki {
             std::os::unix::fs::chown(to, Some(uid), Some(gid))?;
         }
         Ok(())
+    }
+
+    /// `empty.crl` (nothing revoked) and `server-revoked.crl` (the server certificate revoked), signed by the CA.
+    fn crls(&self) -> io::Result<()> {
+        fs::write(self.path("crl.cnf"), CRL_CONF)?;
+        fs::write(self.path("index.txt"), "")?;
+        fs::write(self.path("crlnumber"), "01\n")?;
+        let ca = ["-config", "crl.cnf", "-keyfile", "ca.key", "-cert", "ca.pem"];
+        self.openssl(&[&["ca"][..], &ca, &["-gencrl", "-out", "empty.crl"]].concat())?;
+        self.openssl(&[&["ca"][..], &ca, &["-revoke", "server.pem"]].concat())?;
+        self.openssl(&[&["ca"][..], &ca, &["-gencrl", "-out", "server-revoked.crl"]].concat())
     }
 
     fn ca(&self, name: &str, cn: &str) -> io::Result<()> {

@@ -91,6 +91,13 @@ async fn agent_connections_use_tls_as_configured() {
     let mut verified = params(port, "verify-full");
     verified.ssl.sslrootcert = Some(pki.path("ca.pem").display().to_string());
     let s = connect(&verified).await.expect("verify-full with the right CA");
+    // sslcrl: a CRL revoking the server's certificate makes the connection fail; one revoking nothing does not.
+    let mut crl = verified.clone();
+    crl.ssl.sslcrl = Some(pki.path("server-revoked.crl").display().to_string());
+    let err = connect(&crl).await.err().expect("a revoked server certificate is refused");
+    assert!(err.to_lowercase().contains("revoked"), "{err}");
+    crl.ssl.sslcrl = Some(pki.path("empty.crl").display().to_string());
+    connect(&crl).await.expect("a CRL that revokes nothing");
     // SCRAM with channel binding: the server checks the binding data (tls-server-end-point) it receives.
     let mut bound = params(port, "require");
     bound.ssl.channel_binding = Some("require".into());
