@@ -188,4 +188,21 @@ fn tls_everywhere_bootstrap_switchover_failover_and_refusals() {
     c.psql(&after, "CREATE TABLE tls_ok (id int)").expect("write on the new leader");
     let list = ctl_ok(&c, &after, &["list"]);
     assert!(list.contains(&after), "{list}");
+
+    // An agent with the wrong etcd CA (the killed node's, restarted so) says why it cannot reach the store.
+    let cfg = std::fs::read_to_string(&c.node(&new).config_path).expect("config");
+    let wrong = c.dir().join("wrong-ca.yml");
+    std::fs::write(&wrong, wrong_ca(&cfg)).expect("write");
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+    let log = c.dir().join("wrong-ca.log");
+    let user = lookup_user("postgres").map(|_| "postgres");
+    let keel_bin = Path::new(env!("CARGO_BIN_EXE_keel"));
+    let mut agent = keel::cluster_runner::Agent::spawn(keel_bin, &wrong, &log, user).expect("start the agent");
+    let seen = c.wait("the agent's TLS error", Duration::from_secs(60), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        Ok((text.contains("etcd3.cacert") && text.contains("UnknownIssuer")).then_some(text))
+    });
+    agent.kill();
+    let text = seen.unwrap_or_else(|e| panic!("{e}: {}", std::fs::read_to_string(&log).unwrap_or_default()));
+    assert!(!text.contains("keel-pw"), "the etcd password reached the log");
 }
