@@ -189,8 +189,10 @@ fn tls_everywhere_bootstrap_switchover_failover_and_refusals() {
     let list = ctl_ok(&c, &after, &["list"]);
     assert!(list.contains(&after), "{list}");
 
-    // An agent with the wrong etcd CA (the killed node's, restarted so) says why it cannot reach the store.
+    // An agent with the wrong etcd CA (the killed node's, restarted so) says why it cannot reach the store; without
+    // restapi.authentication it also warns, once, which write endpoints are open.
     let cfg = std::fs::read_to_string(&c.node(&new).config_path).expect("config");
+    let cfg = cfg.replace("  authentication:\n    username: admin\n    password: admin-pw\n", "");
     let wrong = c.dir().join("wrong-ca.yml");
     std::fs::write(&wrong, wrong_ca(&cfg)).expect("write");
     std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
@@ -205,4 +207,6 @@ fn tls_everywhere_bootstrap_switchover_failover_and_refusals() {
     agent.kill();
     let text = seen.unwrap_or_else(|e| panic!("{e}: {}", std::fs::read_to_string(&log).unwrap_or_default()));
     assert!(!text.contains("keel-pw"), "the etcd password reached the log");
+    assert_eq!(text.matches("restapi.authentication is not set").count(), 1, "{text}");
+    assert!(text.contains("POST /switchover") && text.contains("POST /failsafe"), "{text}");
 }
