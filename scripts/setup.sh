@@ -27,6 +27,8 @@ command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v etcdctl >/dev/null || need_apt+=(etcd-client)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need_apt+=(postgresql-15)
 command -v ip >/dev/null || need_apt+=(iproute2)
+# The TLS tests make their certificates with the openssl command line tool.
+command -v openssl >/dev/null || need_apt+=(openssl)
 command -v pip3 >/dev/null || command -v pip >/dev/null || need_apt+=(python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then
     say "installing ${need_apt[*]} with apt-get"

@@ -9,11 +9,11 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use keel::cluster_runner::{ClusterOptions, LocalCluster};
+use keel::cluster_runner::{ClusterOptions, LocalCluster, SecurityOptions};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::EtcdServer;
+use crate::{EtcdServer, EtcdServerTls, EtcdctlTls};
 
 /// What a [`KeelCluster`] differs in from the defaults (ttl 20, loop_wait 2, retry_timeout 5, PostgreSQL from
 /// `KEEL_TEST_PG_VERSION`, default 15).
@@ -32,6 +32,22 @@ pub struct KeelOptions {
     pub scope: Option<String>,
     /// `(ttl, loop_wait, retry_timeout)` in seconds instead of the test defaults (20, 2, 5).
     pub timing: Option<(u64, u64, u64)>,
+    /// TLS and authentication in the nodes' files (see [`SecurityOptions`]).
+    pub security: SecurityOptions,
+    /// etcd with TLS on its client port.
+    pub etcd_tls: Option<EtcdServerTls>,
+    /// etcd with authentication on, the user limited to the cluster's prefix.
+    pub etcd_auth: Option<EtcdAuth>,
+}
+
+/// etcd users for [`KeelOptions::etcd_auth`].
+#[derive(Debug, Clone)]
+pub struct EtcdAuth {
+    pub root_password: String,
+    pub user: String,
+    pub password: String,
+    /// How etcdctl reaches a TLS etcd.
+    pub etcdctl: Option<EtcdctlTls>,
 }
 
 impl KeelOptions {
@@ -71,7 +87,13 @@ impl KeelCluster {
     /// Starts etcd and `n` agents (`node1`..`nodeN`). Does not wait for them: see
     /// [`LocalCluster::wait_replicas_streaming`].
     pub fn start(n: usize, opts: KeelOptions) -> Result<KeelCluster, String> {
-        let etcd = EtcdServer::start().map_err(|e| e.to_string())?;
+        let etcd = EtcdServer::start_with(opts.etcd_tls.clone()).map_err(|e| e.to_string())?;
+        let scope = opts.scope.clone().unwrap_or_else(|| "keel-test".into());
+        if let Some(a) = &opts.etcd_auth {
+            let prefix = format!("/service/{scope}/");
+            etcd.enable_auth(&a.root_password, &a.user, &a.password, &prefix, a.etcdctl.as_ref())
+                .map_err(|e| e.to_string())?;
+        }
         let dir = tempfile::Builder::new().prefix("keel-scen-").tempdir().map_err(|e| e.to_string())?;
         let defaults = ClusterOptions::default();
         let copts = ClusterOptions {
@@ -88,6 +110,7 @@ impl KeelCluster {
             ttl: opts.timing.map_or(defaults.ttl, |t| t.0),
             loop_wait: opts.timing.map_or(defaults.loop_wait, |t| t.1),
             retry_timeout: opts.timing.map_or(defaults.retry_timeout, |t| t.2),
+            security: opts.security.clone(),
             ..defaults
         };
         let hosts = format!("127.0.0.1:{}", etcd.client_port());

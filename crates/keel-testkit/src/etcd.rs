@@ -24,7 +24,27 @@ pub struct EtcdServer {
     child: Option<Child>,
     client_port: u16,
     peer_port: u16,
+    /// Plain-HTTP `/health` (and metrics) listener, used when the client port speaks TLS.
+    metrics_port: u16,
+    tls: Option<EtcdServerTls>,
     dir: TempDir,
+}
+
+/// TLS for etcd's client port: `--cert-file`, `--key-file` and, with `client_ca`, `--client-cert-auth
+/// --trusted-ca-file` (clients must present a certificate signed by that CA).
+#[derive(Debug, Clone)]
+pub struct EtcdServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// What `etcdctl` needs to reach a TLS etcd: the CA and a client certificate.
+#[derive(Debug, Clone)]
+pub struct EtcdctlTls {
+    pub cacert: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl EtcdServer {
@@ -35,9 +55,14 @@ impl EtcdServer {
 
     /// Starts etcd on free loopback client and peer ports and waits until `/health` says it is healthy.
     pub fn start() -> io::Result<EtcdServer> {
+        Self::start_with(None)
+    }
+
+    /// Like [`EtcdServer::start`], with TLS on the client port when `tls` is given.
+    pub fn start_with(tls: Option<EtcdServerTls>) -> io::Result<EtcdServer> {
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
-            match Self::try_start() {
+            match Self::try_start(tls.clone()) {
                 Ok(s) => return Ok(s),
                 Err(e) => last_err = Some(e),
             }
@@ -45,14 +70,17 @@ impl EtcdServer {
         Err(last_err.unwrap_or_else(|| io::Error::other("etcd did not start")))
     }
 
-    fn try_start() -> io::Result<EtcdServer> {
+    fn try_start(tls: Option<EtcdServerTls>) -> io::Result<EtcdServer> {
         let dir = tempfile::Builder::new().prefix("keel-etcd-").tempdir()?;
-        let client_port = free_port()?;
-        let mut peer_port = free_port()?;
-        while peer_port == client_port {
-            peer_port = free_port()?;
+        let mut ports = Vec::new();
+        while ports.len() < 3 {
+            let p = free_port()?;
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
         }
-        let mut server = EtcdServer { child: None, client_port, peer_port, dir };
+        let (client_port, peer_port, metrics_port) = (ports[0], ports[1], ports[2]);
+        let mut server = EtcdServer { child: None, client_port, peer_port, metrics_port, tls, dir };
         server.spawn_and_wait()?;
         Ok(server)
     }
@@ -69,10 +97,18 @@ impl EtcdServer {
     /// Spawns etcd on this server's ports and data directory and waits until `/health` says it is healthy.
     fn spawn_and_wait(&mut self) -> io::Result<()> {
         let bin = Self::binary();
-        let client_url = format!("http://127.0.0.1:{}", self.client_port);
+        let client_url = self.endpoint();
         let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
         let log = OpenOptions::new().create(true).append(true).open(self.log_path())?;
-        let child = Command::new(&bin)
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--listen-metrics-urls").arg(format!("http://127.0.0.1:{}", self.metrics_port));
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file").arg(&tls.cert).arg("--key-file").arg(&tls.key);
+            if let Some(ca) = &tls.client_ca {
+                cmd.arg("--client-cert-auth").arg("--trusted-ca-file").arg(ca);
+            }
+        }
+        let child = cmd
             .arg("--name")
             .arg("keel-test")
             .arg("--data-dir")
@@ -119,8 +155,9 @@ impl EtcdServer {
 
     /// One `/health` probe over plain HTTP; `Ok(false)` while etcd answers but is not healthy yet.
     fn healthy(&self) -> Result<bool, String> {
-        let mut s = TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, self.client_port).into(), Duration::from_secs(1))
-            .map_err(|e| format!("connect: {e}"))?;
+        let mut s =
+            TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, self.metrics_port).into(), Duration::from_secs(1))
+                .map_err(|e| format!("connect: {e}"))?;
         s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
         s.set_write_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
         s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").map_err(|e| format!("write: {e}"))?;
@@ -129,9 +166,56 @@ impl EtcdServer {
         Ok(body.contains("\"health\":\"true\""))
     }
 
-    /// The client URL, e.g. `http://127.0.0.1:23790`.
+    /// The client URL, e.g. `http://127.0.0.1:23790` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Turns on etcd authentication: a `root` user with `root_password`, and `user`/`password` with a role that
+    /// may read and write only the keys under `prefix`. `tls`: how etcdctl reaches a TLS client port.
+    pub fn enable_auth(
+        &self,
+        root_password: &str,
+        user: &str,
+        password: &str,
+        prefix: &str,
+        tls: Option<&EtcdctlTls>,
+    ) -> io::Result<()> {
+        let role = format!("{user}-role");
+        self.etcdctl(tls, None, &["user", "add", &format!("root:{root_password}"), "--interactive=false"])?;
+        self.etcdctl(tls, None, &["user", "grant-role", "root", "root"])?;
+        self.etcdctl(tls, None, &["role", "add", &role])?;
+        self.etcdctl(tls, None, &["role", "grant-permission", &role, "--prefix=true", "readwrite", prefix])?;
+        self.etcdctl(tls, None, &["user", "add", &format!("{user}:{password}"), "--interactive=false"])?;
+        self.etcdctl(tls, None, &["user", "grant-role", user, &role])?;
+        self.etcdctl(tls, None, &["auth", "enable"])?;
+        // Proves auth is on: root can still read.
+        self.etcdctl(tls, Some(&format!("root:{root_password}")), &["get", "--prefix", "/"])?;
+        Ok(())
+    }
+
+    /// Runs `etcdctl` (next to the etcd binary, or on the PATH) against this server.
+    pub fn etcdctl(&self, tls: Option<&EtcdctlTls>, user: Option<&str>, args: &[&str]) -> io::Result<String> {
+        let bin = Self::binary().with_file_name("etcdctl");
+        let bin = if bin.exists() { bin } else { PathBuf::from("etcdctl") };
+        let mut cmd = Command::new(&bin);
+        cmd.env("ETCDCTL_API", "3").arg("--endpoints").arg(self.endpoint()).arg("--dial-timeout=10s");
+        if let Some(t) = tls {
+            cmd.arg("--cacert").arg(&t.cacert).arg("--cert").arg(&t.cert).arg("--key").arg(&t.key);
+        }
+        if let Some(u) = user {
+            cmd.arg("--user").arg(u);
+        }
+        let out = cmd.args(args).stdin(Stdio::null()).output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "etcdctl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     pub fn client_port(&self) -> u16 {

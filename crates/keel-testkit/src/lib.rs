@@ -6,10 +6,12 @@
 
 mod cluster;
 mod etcd;
+mod pki;
 
-pub use cluster::{KeelCluster, KeelOptions};
-pub use etcd::EtcdServer;
-pub use keel::cluster_runner::{ClusterOptions, LocalCluster, NodeSpec};
+pub use cluster::{EtcdAuth, KeelCluster, KeelOptions};
+pub use etcd::{EtcdServer, EtcdServerTls, EtcdctlTls};
+pub use keel::cluster_runner::{ClusterOptions, LocalCluster, NodeSpec, SecurityOptions};
+pub use pki::{TestPki, KEY_PASSWORD};
 
 use std::io;
 use std::net::{Ipv4Addr, TcpListener};

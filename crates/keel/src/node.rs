@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use keel_core::member_state::MemberState;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::agent::failsafe::FailsafeState;
 use crate::agent::local::Local;
 use crate::agent::request_channel::{agent_channel, AgentHandle};
 use crate::agent::{Agent, AgentParts};
-use crate::api::server::{router, ApiBackend, ApiOptions, BasicAuth};
+use crate::api::server::{router, ApiBackend, ApiOptions};
 use crate::config::{self, Config};
 use crate::dcs::{self, Backend, ClusterStore, Store};
 use crate::status::NodeStatus;
@@ -91,19 +91,18 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&cfg.restapi.listen)
         .await
         .with_context(|| format!("cannot listen on restapi.listen {}: is the port in use?", cfg.restapi.listen))?;
-    let auth = cfg.restapi.authentication.as_ref().and_then(|a| match (&a.username, &a.password) {
-        (Some(u), Some(p)) => Some(BasicAuth { username: u.clone(), password: p.clone() }),
-        _ => None,
-    });
+    let (allowlist, auth) = crate::api::access::from_config(&cfg.restapi).await.map_err(anyhow::Error::msg)?;
+    if let Some(w) = crate::api::access::open_endpoints_warning(&allowlist, auth.as_ref()) {
+        warn!("{w}");
+    }
     let (handle, requests) = agent_channel(REPLY_TIMEOUT);
     let failsafe = Arc::new(FailsafeState::new());
     let api = AgentApi { status: status.clone(), store: api_store, handle, failsafe: failsafe.clone() };
-    let app = router(Arc::new(api), ApiOptions::with_auth(auth));
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            error!("REST API stopped: {e}");
-        }
-    });
-    let mut agent = Agent::new(AgentParts { cfg, store, local, status, requests, failsafe, config_path });
+    let rest_tls = crate::api::tls::from_config(&cfg.restapi)?.map(Arc::new);
+    // Peers' REST APIs are reached as patronictl reaches them (the ctl section's TLS settings).
+    let http = crate::cli::tls::http_client(&cfg, Duration::from_secs(5)).map_err(anyhow::Error::msg)?;
+    let app = router(Arc::new(api), ApiOptions { tls: rest_tls.clone(), allowlist, ..ApiOptions::with_auth(auth) });
+    tokio::spawn(crate::api::listener::serve(listener, app, rest_tls, crate::api::listener::Limits::default()));
+    let mut agent = Agent::new(AgentParts { cfg, store, local, status, requests, failsafe, http, config_path });
     agent.main_loop().await
 }

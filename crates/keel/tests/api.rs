@@ -117,6 +117,7 @@ async fn start_with<K: KvBackend>(api_kv: K, kv: MemoryBackend, options: ApiOpti
     let addr = listener.local_addr().unwrap();
     let app = router(fake.clone(), options);
     tokio::spawn(async move { axum::serve(listener, app).await });
+    keel::cli::tls::install_crypto_provider();
     Harness { base: format!("http://{addr}"), http: reqwest::Client::new(), kv, fake, seen }
 }
 
@@ -551,6 +552,13 @@ async fn failsafe_endpoints() {
     h.fake.failsafe.set_config(true, None);
     let (code, _) = h.send(reqwest::Method::POST, "/failsafe", Some(r#"{"api_url":"x"}"#)).await;
     assert_eq!(code, 400);
+    // Only members named in the failsafe key may announce themselves.
+    let (code, _) = h.send(reqwest::Method::POST, "/failsafe", Some(r#"{"name":"n1"}"#)).await;
+    assert_eq!(code, 403, "no failsafe key read yet");
+    let known = [("n1".to_string(), "http://h1:8008/patroni".to_string())].into_iter().collect();
+    h.fake.failsafe.set_config(true, Some(known));
+    let (code, _) = h.send(reqwest::Method::POST, "/failsafe", Some(r#"{"name":"n9"}"#)).await;
+    assert_eq!(code, 403, "not a member");
     let resp = h
         .http
         .post(h.url("/failsafe"))

@@ -136,14 +136,14 @@ fn run_with_a_missing_file_fails_clearly() {
 #[test]
 fn unimplemented_settings_are_refused_at_validate_and_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let yaml = GOOD.replace("  hosts: 127.0.0.1:2379\n", "  hosts: 127.0.0.1:2379\n  cacert: /etc/etcd/ca.pem\n")
+    let yaml = GOOD.replace("  hosts: 127.0.0.1:2379\n", "  hosts: 127.0.0.1:2379\n  key_password: secret\n")
         + "bootstrap:\n  dcs:\n    synchronous_mode: quorum\n";
     let path = write(dir.path(), "refused.yml", &yaml);
     for args in [&["validate", path.as_str()][..], &["run", path.as_str()]] {
         let out = keel(args);
         assert_ne!(out.status.code(), Some(0), "{args:?}");
         let err = text(&out.stderr);
-        assert!(err.contains("refused.yml:7: `etcd3.cacert`: etcd TLS and authentication"), "{args:?}: {err}");
+        assert!(err.contains("refused.yml:7: `etcd3.key_password`: Keel reads unencrypted"), "{args:?}: {err}");
         assert!(err.contains("refused.yml:14: `bootstrap.dcs.synchronous_mode`: quorum commit"), "{args:?}: {err}");
         assert!(!err.contains("warning"), "{args:?}: {err}");
     }
@@ -152,16 +152,37 @@ fn unimplemented_settings_are_refused_at_validate_and_at_start() {
     assert!(out.stdout.is_empty());
 }
 
+/// etcd TLS files without `protocol: https` would do nothing: refused by validate (and by `keel run` when it
+/// builds the store client, before connecting).
+#[test]
+fn etcd_tls_files_without_https_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = GOOD.replace("  hosts: 127.0.0.1:2379\n", "  hosts: 127.0.0.1:2379\n  cacert: /etc/etcd/ca.pem\n");
+    let path = write(dir.path(), "tls.yml", &yaml);
+    let out = keel(&["validate", &path]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("etcd3.cacert has no effect without TLS") && err.contains("protocol: https"), "{err}");
+    let https = yaml.replace("  cacert:", "  protocol: https\n  cacert:");
+    let path = write(dir.path(), "https.yml", &https);
+    let out = keel(&["validate", &path]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("127.0.0.1:2379"));
+}
+
 #[test]
 fn refused_environment_variables_name_the_variable() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "good.yml", GOOD);
     let out = Command::new(env!("CARGO_BIN_EXE_keel"))
         .args(["validate", &path])
-        .env("PATRONI_RESTAPI_CERTFILE", "/etc/ssl/api.pem")
+        .env("PATRONI_RESTAPI_HTTPS_EXTRA_HEADERS", "x")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
-    assert!(err.contains("PATRONI_RESTAPI_CERTFILE") && err.contains("restapi.certfile"), "{err}");
+    assert!(
+        err.contains("PATRONI_RESTAPI_HTTPS_EXTRA_HEADERS") && err.contains("restapi.https_extra_headers"),
+        "{err}"
+    );
 }

@@ -11,11 +11,14 @@ use crate::postgres::conf;
 use crate::postgres::process::RunAs;
 use crate::postgres::ConnParams;
 
-/// Credentials as (user, password).
+/// Credentials as (user, password), and the TLS settings of the connections made with them.
 #[derive(Debug, Clone)]
 pub struct Cred {
     pub user: String,
     pub password: Option<String>,
+    /// libpq `sslmode` (`None`: prefer).
+    pub sslmode: Option<String>,
+    pub ssl: crate::postgres::tls::SslFiles,
 }
 
 impl Cred {
@@ -23,6 +26,14 @@ impl Cred {
         Cred {
             user: auth.and_then(|a| a.username.clone()).unwrap_or_else(|| default_user.to_string()),
             password: auth.and_then(|a| a.password.clone()),
+            sslmode: auth.and_then(|a| a.sslmode.clone()),
+            ssl: crate::postgres::tls::SslFiles {
+                sslrootcert: auth.and_then(|a| a.sslrootcert.clone()),
+                sslcert: auth.and_then(|a| a.sslcert.clone()),
+                sslkey: auth.and_then(|a| a.sslkey.clone()),
+                sslcrl: auth.and_then(|a| a.sslcrl.clone()),
+                channel_binding: auth.and_then(|a| a.channel_binding.clone()),
+            },
         }
     }
 
@@ -30,6 +41,10 @@ impl Cred {
     pub fn params(&self, host: &str, port: u16, database: &str) -> ConnParams {
         let mut p = ConnParams::new(host, port, self.user.clone());
         p.dbname = database.to_string();
+        if let Some(mode) = &self.sslmode {
+            p.sslmode = mode.clone();
+        }
+        p.ssl = self.ssl.clone();
         match &self.password {
             Some(pw) => p.with_password(pw.clone()),
             None => p,
@@ -76,12 +91,40 @@ mod tests {
 
     #[test]
     fn one_escaped_line_per_user_with_a_password() {
-        let a = Cred { user: "replicator".into(), password: Some("a:b\\c".into()) };
-        let b = Cred { user: "postgres".into(), password: None };
-        let c = Cred { user: "replicator".into(), password: Some("a:b\\c".into()) };
+        let cred = |user: &str, password: Option<&str>| {
+            let auth = Auth { username: Some(user.into()), password: password.map(Into::into), ..Default::default() };
+            Cred::from(Some(&auth), "x")
+        };
+        let (a, b, c) =
+            (cred("replicator", Some("a:b\\c")), cred("postgres", None), cred("replicator", Some("a:b\\c")));
         assert_eq!(pgpass_text(&[&a, &b, &c]), "*:*:*:replicator:a\\:b\\\\c\n");
         let params = a.params("10.0.0.1", 5432, "app");
         assert_eq!(conf::passfile_lookup(&pgpass_text(&[&a]), &params).as_deref(), Some("a:b\\c"));
         assert_eq!(params.dbname, "app");
+    }
+
+    #[test]
+    fn tls_settings_reach_the_connection_parameters() {
+        let auth = Auth {
+            username: Some("replicator".into()),
+            sslmode: Some("verify-full".into()),
+            sslrootcert: Some("/ca.pem".into()),
+            sslcert: Some("/c.pem".into()),
+            sslkey: Some("/k.pem".into()),
+            sslcrl: Some("/crl.pem".into()),
+            channel_binding: Some("require".into()),
+            ..Default::default()
+        };
+        let info = Cred::from(Some(&auth), "x").params("10.0.0.1", 5432, "postgres").to_conninfo(false);
+        for part in [
+            "sslmode=verify-full",
+            "sslrootcert=/ca.pem",
+            "sslcert=/c.pem",
+            "sslkey=/k.pem",
+            "sslcrl=/crl.pem",
+            "channel_binding=require",
+        ] {
+            assert!(info.contains(part), "{part} missing from {info}");
+        }
     }
 }

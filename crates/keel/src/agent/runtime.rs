@@ -98,6 +98,8 @@ pub(crate) struct AgentParts<'a, B: KvBackend> {
     pub status: Arc<RwLock<NodeStatus>>,
     pub requests: mpsc::Receiver<AgentRequest>,
     pub failsafe: Arc<FailsafeState>,
+    /// The client for peers' REST APIs (with the `ctl` section's TLS settings).
+    pub http: reqwest::Client,
     pub config_path: &'a std::path::Path,
 }
 
@@ -115,7 +117,7 @@ impl<B: KvBackend> Agent<B> {
             store: p.store,
             local: p.local,
             status: p.status,
-            http: reqwest::Client::new(),
+            http: p.http,
             view: ClusterView::default(),
             last_good_config: None,
             last_lease_ok: None,

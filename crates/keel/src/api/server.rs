@@ -21,9 +21,12 @@ use keel_core::view::ClusterView;
 use serde_json::{Map, Value};
 use tracing::{info, warn};
 
+use super::access::{member_addresses, sender_is_member, Allowlist};
 use super::control::{self, ManualAction, ManualPlan, Refusal};
 use super::health::{passes, Check};
+use super::listener::Peer;
 use super::metrics;
+use super::tls::{ServerTls, VerifyClient};
 use crate::agent::failsafe::{FailsafeAnnouncement, FailsafeState};
 use crate::agent::request_channel::{AgentHandle, AgentReply, AgentRequest};
 use crate::clock::unix_ms;
@@ -67,7 +70,8 @@ impl BasicAuth {
         let Some(encoded) = value.strip_prefix("Basic ") else { return false };
         let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else { return false };
         let expected = format!("{}:{}", self.username, self.password);
-        decoded == expected.as_bytes()
+        // Constant time: how much of a guess matched must not show in the answer's timing.
+        bool::from(subtle::ConstantTimeEq::ct_eq(decoded.as_slice(), expected.as_bytes()))
     }
 }
 
@@ -81,11 +85,22 @@ pub struct ApiOptions {
     pub switchover_wait: Option<Duration>,
     /// The longest pause between two store reads while waiting (a store watch wakes the wait earlier).
     pub poll_interval: Duration,
+    /// HTTPS: reloaded from its files on `POST /reload`; with `verify_client`, unsafe requests need a client
+    /// certificate.
+    pub tls: Option<Arc<ServerTls>>,
+    /// `restapi.allowlist` and `allowlist_include_members` for unsafe methods.
+    pub allowlist: Allowlist,
 }
 
 impl Default for ApiOptions {
     fn default() -> Self {
-        ApiOptions { auth: None, switchover_wait: None, poll_interval: Duration::from_secs(1) }
+        ApiOptions {
+            auth: None,
+            switchover_wait: None,
+            poll_interval: Duration::from_secs(1),
+            tls: None,
+            allowlist: Allowlist::default(),
+        }
     }
 }
 
@@ -121,7 +136,37 @@ pub fn router<B: ApiBackend>(backend: Arc<B>, options: ApiOptions) -> Router {
         .route("/slots", get(get_slots::<B>))
         .route("/slots/recreate", post(post_slots_recreate::<B>))
         .fallback(any(health::<B>))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), access::<B>))
         .with_state(state)
+}
+
+/// Patroni's access check for unsafe methods (everything but GET, HEAD, OPTIONS), before any handler: the
+/// allowlist (403 "Access is denied"; the members' addresses count with `allowlist_include_members`, except for
+/// `POST /failsafe`), then with `verify_client` optional or required a valid client certificate (403). Basic
+/// auth is checked by each handler.
+async fn access<B: ApiBackend>(State(s): St<B>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(req).await;
+    }
+    let peer = req.extensions().get::<Peer>().copied();
+    let with_members = req.uri().path() != "/failsafe";
+    let allowlist = &s.options.allowlist;
+    if allowlist.applies(with_members) {
+        let members = if with_members && allowlist.include_members {
+            member_addresses(s.backend.store()).await
+        } else {
+            Vec::new()
+        };
+        // A request whose address is unknown cannot be on the list.
+        if !peer.is_some_and(|p| allowlist.allows(p.addr.ip(), &members)) {
+            return text(StatusCode::FORBIDDEN, "Access is denied");
+        }
+    }
+    let verify = s.options.tls.as_ref().map(|t| t.verify_client()).unwrap_or_default();
+    if verify != VerifyClient::None && !peer.is_some_and(|p| p.client_cert) {
+        return text(StatusCode::FORBIDDEN, "client certificate required");
+    }
+    next.run(req).await
 }
 
 async fn patroni<B: ApiBackend>(State(s): St<B>) -> Response {
@@ -456,6 +501,13 @@ async fn post_reload<B: ApiBackend>(State(s): St<B>, headers: HeaderMap) -> Resp
     if let Some(r) = unauthorized(&s, &headers) {
         return r;
     }
+    // A renewed certificate is served to new connections from now on; a broken one keeps the old in place.
+    if let Some(tls) = &s.options.tls {
+        match tls.reload() {
+            Ok(()) => info!("REST API certificate reloaded"),
+            Err(e) => warn!("{e}; the REST API keeps serving the previous certificate"),
+        }
+    }
     match s.backend.agent().call(|reply| AgentRequest::Reload { reply }).await {
         Ok(AgentReply::Failed(m)) | Ok(AgentReply::Conflict(m)) => text(StatusCode::SERVICE_UNAVAILABLE, m),
         Ok(_) => text(StatusCode::ACCEPTED, "reload scheduled"),
@@ -509,7 +561,12 @@ async fn post_reinitialize<B: ApiBackend>(State(s): St<B>, headers: HeaderMap, b
 
 // ---- failsafe -----------------------------------------------------------------------------------------------
 
-async fn post_failsafe<B: ApiBackend>(State(s): St<B>, headers: HeaderMap, body: Bytes) -> Response {
+async fn post_failsafe<B: ApiBackend>(
+    State(s): St<B>,
+    peer: Option<axum::Extension<Peer>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Some(r) = unauthorized(&s, &headers) {
         return r;
     }
@@ -526,6 +583,10 @@ async fn post_failsafe<B: ApiBackend>(State(s): St<B>, headers: HeaderMap, body:
         Ok(a) => a,
         Err(m) => return text(StatusCode::BAD_REQUEST, m),
     };
+    if let Err(why) = sender_is_member(fs.members().as_ref(), &announcement.name, peer.map(|p| p.0)).await {
+        warn!("POST /failsafe refused: {why}");
+        return text(StatusCode::FORBIDDEN, why);
+    }
     fs.record(announcement);
     let mut r = text(StatusCode::OK, "Accepted");
     let lsn = match (st.received_location, st.replayed_location) {
@@ -593,6 +654,7 @@ mod tests {
             ..Default::default()
         })
         .await;
+        crate::cli::tls::install_crypto_provider();
         let client = reqwest::Client::new();
         for (method, path, code) in [
             (Method::GET, "/", 200),

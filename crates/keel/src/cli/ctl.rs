@@ -108,7 +108,7 @@ impl Ctl {
 
     /// A client for the members' REST APIs, with `ctl.authentication` or `restapi.authentication` when configured.
     pub fn rest(&self) -> CtlResult<Rest> {
-        Rest::new(self.config.ctl_auth())
+        Rest::new(&self.config)
     }
 }
 

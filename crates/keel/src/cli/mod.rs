@@ -32,6 +32,7 @@ pub mod restart;
 pub mod slots_cmd;
 pub mod switchover;
 pub mod timefmt;
+pub mod tls;
 pub mod version;
 
 /// Exit status for success.
@@ -246,6 +247,23 @@ pub fn validate(path: &std::path::Path) -> u8 {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 eprintln!("warning: {w}");
+            }
+            if let Err(e) = loaded.config.etcd_security() {
+                eprintln!("error: {}: {e}", path.display());
+                return EXIT_USAGE;
+            }
+            if let Err(e) = crate::api::tls::from_config(&loaded.config.restapi) {
+                eprintln!("error: {}: {e}", path.display());
+                return EXIT_USAGE;
+            }
+            let access = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| rt.block_on(crate::api::access::from_config(&loaded.config.restapi)));
+            if let Err(e) = access {
+                eprintln!("error: {}: {e}", path.display());
+                return EXIT_USAGE;
             }
             println!("ok: {}", loaded.config.summary());
             EXIT_OK

@@ -1,13 +1,13 @@
 //! Calls to the members' REST APIs, as patronictl makes them: the member's `api_url` (e.g.
 //! `http://10.0.0.2:8008/patroni`) with its path replaced by the endpoint, basic auth from
-//! `restapi.authentication`.
+//! `ctl.authentication` or `restapi.authentication`, TLS from the `ctl` section (see [`crate::cli::tls`]).
 
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::cli::ctl::{CtlError, CtlResult};
-use crate::config::Auth;
+use crate::config::Config;
 
 /// How long connecting to a member may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,12 +42,10 @@ pub struct Rest {
 }
 
 impl Rest {
-    pub fn new(auth: Option<&Auth>) -> CtlResult<Rest> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .map_err(|e| CtlError::Failed(format!("cannot create the HTTP client: {e}")))?;
-        let auth = auth.and_then(|a| a.username.clone().map(|u| (u, a.password.clone())));
+    /// A client with the `ctl` section's TLS settings and its (or `restapi`'s) authentication, as patronictl.
+    pub fn new(config: &Config) -> CtlResult<Rest> {
+        let client = crate::cli::tls::http_client(config, CONNECT_TIMEOUT).map_err(CtlError::Usage)?;
+        let auth = config.ctl_auth().and_then(|a| a.username.clone().map(|u| (u, a.password.clone())));
         Ok(Rest { client, auth })
     }
 

@@ -141,7 +141,7 @@ fn every_row_states_the_fate_keel_gives() {
 #[test]
 fn the_table_notices_a_changed_fate() {
     // The judge itself: a refused and a warned key are told apart from an implemented one.
-    assert_eq!(fate_in_file("etcd3.cacert", &json!("/ca.pem")), Ok(Fate::Refused));
+    assert_eq!(fate_in_file("etcd3.key_password", &json!("x")), Ok(Fate::Refused));
     assert_eq!(fate_in_file("log.format", &json!("x")), Ok(Fate::Warned));
     assert_eq!(fate_in_file("tags.nosync", &json!(true)), Ok(Fate::Implemented));
     assert!(fate_in_file("etcd3.nonsense", &json!(1)).is_err());

@@ -19,17 +19,13 @@ const fn ignore(name: &'static str, why: &'static str) -> Field {
 }
 
 const OTHER_DCS: &str = "Keel speaks etcd v3 only: move the cluster to etcd and configure the etcd3 section";
-const ETCD_SECURITY: &str = "etcd TLS and authentication are not implemented yet: Keel would talk to etcd in plain \
-     text without credentials. Remove it only if your etcd accepts that; otherwise keep running Patroni for now";
+const ETCD_KEY_PASSWORD: &str = "Keel reads unencrypted PEM keys only: decrypt the key (openssl pkey -in enc.pem -out \
+     key.pem), protect the file with its permissions, and remove key_password";
 const ETCD_DISCOVERY: &str = "Keel connects to the etcd endpoints listed in host or hosts; use those instead";
-const REST_TLS: &str = "TLS for the REST API is not implemented yet: the API would answer in plain HTTP. Remove it \
-     only if that is acceptable; otherwise keep running Patroni for now";
-const REST_ACCESS: &str = "REST API access lists are not implemented yet (restapi.authentication is): remove it \
-     only if every host may call the API's unsafe endpoints";
 const REST_EXTRA: &str = "not implemented by Keel's REST server; remove it";
-const CTL_TLS: &str = "keel's control commands do not speak TLS yet; remove it";
-const PG_SSL: &str = "Keel connects to PostgreSQL with sslmode=prefer and no client certificate; TLS and GSS \
-     settings for these connections are not implemented yet. Remove it only if plain settings are acceptable";
+const PG_SSL: &str = "Keel implements sslmode, sslrootcert, sslcert, sslkey, sslcrl and channel_binding for its \
+     PostgreSQL connections; encrypted keys (sslpassword), CRL directories, direct TLS negotiation and GSS \
+     encryption are not implemented yet. Remove it only if the implemented settings are enough";
 const SCRIPT: &str = "Keel does not run user scripts (callbacks, pre_promote, before_stop, post_bootstrap, custom \
      bootstrap or replica methods); remove it";
 const LOG_FILES: &str = "Keel logs to stderr only; capture it with your service manager (journald, docker) and \
@@ -92,11 +88,11 @@ const LOG: &[Field] = &[
 
 const CTL: &[Field] = &[
     opt("authentication", Kind::Map(RESTAPI_AUTH)),
-    refuse("insecure", CTL_TLS),
-    refuse("cacert", CTL_TLS),
-    refuse("certfile", CTL_TLS),
-    refuse("keyfile", CTL_TLS),
-    refuse("keyfile_password", CTL_TLS),
+    opt("insecure", Kind::Bool),
+    opt("cacert", Kind::Str),
+    opt("certfile", Kind::Str),
+    opt("keyfile", Kind::Str),
+    opt("keyfile_password", Kind::Str),
 ];
 
 /// Checked further by `crate::fence::watchdog::WatchdogMode::parse` (an unknown mode is an error).
@@ -109,15 +105,23 @@ const RESTAPI: &[Field] = &[
     opt("connect_address", Kind::Address),
     opt("authentication", Kind::Map(RESTAPI_AUTH)),
     ignore("thread_pool_size", "Keel's REST server has no thread pool"),
-    refuse("certfile", REST_TLS),
-    refuse("keyfile", REST_TLS),
-    refuse("keyfile_password", REST_TLS),
-    refuse("cafile", REST_TLS),
-    refuse("ciphers", REST_TLS),
-    refuse("verify_client", REST_TLS),
-    refuse("https_extra_headers", REST_TLS),
-    refuse("allowlist", REST_ACCESS),
-    refuse("allowlist_include_members", REST_ACCESS),
+    opt("certfile", Kind::Str),
+    opt("keyfile", Kind::Str),
+    opt("keyfile_password", Kind::Str),
+    opt("cafile", Kind::Str),
+    opt("ciphers", Kind::Str),
+    opt(
+        "verify_client",
+        Kind::Limited(
+            &Kind::Str,
+            // Patroni lower-cases the value.
+            &["none", "optional", "required", "None", "Optional", "Required", "NONE", "OPTIONAL", "REQUIRED"],
+            "verify_client is none, optional or required",
+        ),
+    ),
+    refuse("https_extra_headers", REST_EXTRA),
+    opt("allowlist", Kind::StrList),
+    opt("allowlist_include_members", Kind::Bool),
     refuse("http_extra_headers", REST_EXTRA),
     refuse("request_queue_size", REST_EXTRA),
     refuse("server_tokens", REST_EXTRA),
@@ -126,14 +130,7 @@ const RESTAPI: &[Field] = &[
 const ETCD3: &[Field] = &[
     opt("host", Kind::Str),
     opt("hosts", Kind::StrList),
-    opt(
-        "protocol",
-        Kind::Limited(
-            &Kind::Str,
-            &["http"],
-            "https (TLS to etcd) is not implemented yet; use http or keep running Patroni",
-        ),
-    ),
+    opt("protocol", Kind::Str),
     opt(
         "use_proxies",
         Kind::Limited(
@@ -143,12 +140,12 @@ const ETCD3: &[Field] = &[
              member in hosts and drop use_proxies: false",
         ),
     ),
-    refuse("username", ETCD_SECURITY),
-    refuse("password", ETCD_SECURITY),
-    refuse("cacert", ETCD_SECURITY),
-    refuse("cert", ETCD_SECURITY),
-    refuse("key", ETCD_SECURITY),
-    refuse("key_password", ETCD_SECURITY),
+    opt("username", Kind::Str),
+    opt("password", Kind::Str),
+    opt("cacert", Kind::Str),
+    opt("cert", Kind::Str),
+    opt("key", Kind::Str),
+    refuse("key_password", ETCD_KEY_PASSWORD),
     refuse("url", ETCD_DISCOVERY),
     refuse("proxy", ETCD_DISCOVERY),
     refuse("srv", ETCD_DISCOVERY),
@@ -288,16 +285,26 @@ const POSTGRESQL: &[Field] = &[
 const PG_USER: &[Field] = &[
     opt("username", Kind::Str),
     opt("password", Kind::Str),
-    refuse("sslmode", PG_SSL),
-    refuse("sslkey", PG_SSL),
+    opt(
+        "sslmode",
+        Kind::Limited(
+            &Kind::Str,
+            &["disable", "allow", "prefer", "require", "verify-ca", "verify-full"],
+            "sslmode is disable, allow, prefer, require, verify-ca or verify-full",
+        ),
+    ),
+    opt("sslkey", Kind::Str),
     refuse("sslpassword", PG_SSL),
-    refuse("sslcert", PG_SSL),
-    refuse("sslrootcert", PG_SSL),
-    refuse("sslcrl", PG_SSL),
+    opt("sslcert", Kind::Str),
+    opt("sslrootcert", Kind::Str),
+    opt("sslcrl", Kind::Str),
     refuse("sslcrldir", PG_SSL),
     refuse("sslnegotiation", PG_SSL),
     refuse("gssencmode", PG_SSL),
-    refuse("channel_binding", PG_SSL),
+    opt(
+        "channel_binding",
+        Kind::Limited(&Kind::Str, &["disable", "prefer", "require"], "channel_binding is disable, prefer or require"),
+    ),
 ];
 
 const PG_AUTH: &[Field] =

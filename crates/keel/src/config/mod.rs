@@ -359,10 +359,12 @@ impl Config {
         out
     }
 
-    /// The REST API URL published in the member key: `http://<connect_address or listen>/patroni`.
+    /// The REST API URL published in the member key: `http(s)://<connect_address or listen>/patroni` (https when
+    /// `restapi.certfile` is set).
     pub fn restapi_url(&self) -> String {
         let addr = self.restapi.connect_address.as_deref().unwrap_or(&self.restapi.listen);
-        format!("http://{addr}/patroni")
+        let scheme = if self.restapi.certfile.is_some() { "https" } else { "http" };
+        format!("{scheme}://{addr}/patroni")
     }
 
     /// The PostgreSQL URL published in the member key: `postgres://<connect_address>/<database>`.
@@ -422,6 +424,8 @@ pub fn split_port(addr: &str) -> Option<(&str, u16)> {
     let port: u16 = port.parse().ok()?;
     Some((host, port))
 }
+
+mod etcd;
 
 #[cfg(test)]
 mod compat_tests;

@@ -90,28 +90,27 @@ fn unknown_key_names_path_and_line() {
 fn refused_settings_are_one_error_naming_each_with_what_to_do() {
     let yaml =
         format!("{MINIMAL}  callbacks:\n    on_start: /bin/true\n  config_dir: /etc/pg\nzookeeper:\n  hosts: [a]\n");
-    let yaml = yaml.replace("  listen: 127.0.0.1:8008\n", "  listen: 127.0.0.1:8008\n  certfile: /c.pem\n");
+    let yaml = yaml.replace("  listen: 127.0.0.1:8008\n", "  listen: 127.0.0.1:8008\n  https_extra_headers: {}\n");
     let yaml =
-        yaml.replace("  host: 127.0.0.1:2379\n", "  host: 127.0.0.1:2379\n  username: keel\n  cacert: /ca.pem\n");
+        yaml.replace("  host: 127.0.0.1:2379\n", "  host: 127.0.0.1:2379\n  username: keel\n  key_password: x\n");
     let e = err(&yaml);
     let ConfigError::Refused { refused, .. } = &e else { panic!("{e:?}") };
     let paths: Vec<&str> = refused.iter().map(|r| r.path.as_str()).collect();
     assert_eq!(
         paths,
         [
-            "restapi.certfile",
-            "etcd3.username",
-            "etcd3.cacert",
+            "restapi.https_extra_headers",
+            "etcd3.key_password",
             "postgresql.callbacks",
             "postgresql.config_dir",
             "zookeeper"
         ]
     );
     let msg = e.to_string();
-    assert!(msg.contains("<string>:5: `restapi.certfile`: TLS for the REST API is not implemented"), "{msg}");
-    assert!(msg.contains("`etcd3.username`: etcd TLS and authentication are not implemented"), "{msg}");
+    assert!(msg.contains("<string>:5: `restapi.https_extra_headers`: not implemented"), "{msg}");
+    assert!(msg.contains("`etcd3.key_password`: Keel reads unencrypted PEM keys only"), "{msg}");
     assert!(msg.contains("`zookeeper`: Keel speaks etcd v3 only"), "{msg}");
-    assert_eq!(e.path(), Some("restapi.certfile"));
+    assert_eq!(e.path(), Some("restapi.https_extra_headers"));
     assert_eq!(e.line(), Some(5));
 }
 
@@ -132,7 +131,7 @@ fn refused_values_name_the_setting() {
         assert_eq!(e.path(), Some(path), "{extra}: {e}");
         assert!(e.to_string().contains(hint), "{extra}: {e}");
     }
-    let e = err(&MINIMAL.replace("  host: 127.0.0.1:2379\n", "  host: 127.0.0.1:2379\n  protocol: https\n"));
+    let e = err(&MINIMAL.replace("  host: 127.0.0.1:2379\n", "  host: 127.0.0.1:2379\n  protocol: gopher\n"));
     assert_eq!(e.path(), Some("etcd3.protocol"));
     let yaml =
         format!("{MINIMAL}  create_replica_methods: [pgbackrest, basebackup]\n  pgbackrest:\n    command: /bin/r\n");
@@ -336,10 +335,9 @@ fn env_overrides_win_over_the_file() {
 
     // Every documented variable reaches the schema: refused settings are refused, naming the variable.
     for (var, path) in [
-        ("PATRONI_RESTAPI_CERTFILE", "restapi.certfile"),
-        ("PATRONI_ETCD3_CACERT", "etcd3.cacert"),
-        ("PATRONI_ETCD3_PROTOCOL", "etcd3.protocol"),
-        ("PATRONI_SUPERUSER_SSLMODE", "postgresql.authentication.superuser.sslmode"),
+        ("PATRONI_RESTAPI_HTTPS_EXTRA_HEADERS", "restapi.https_extra_headers"),
+        ("PATRONI_ETCD3_KEY_PASSWORD", "etcd3.key_password"),
+        ("PATRONI_SUPERUSER_GSSENCMODE", "postgresql.authentication.superuser.gssencmode"),
         ("PATRONI_KUBERNETES_NAMESPACE", "kubernetes"),
         ("PATRONI_LOG_DIR", "log.dir"),
     ] {

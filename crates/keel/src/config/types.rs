@@ -5,11 +5,17 @@ use serde_json::Value as J;
 
 use super::split_port;
 
-/// `username`/`password` pair.
+/// `username`/`password` pair; in `postgresql.authentication.*` also libpq's TLS settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct Auth {
     pub username: Option<String>,
     pub password: Option<String>,
+    pub sslmode: Option<String>,
+    pub sslrootcert: Option<String>,
+    pub sslcert: Option<String>,
+    pub sslkey: Option<String>,
+    pub sslcrl: Option<String>,
+    pub channel_binding: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -17,15 +23,50 @@ pub struct RestApi {
     pub listen: String,
     pub connect_address: Option<String>,
     pub authentication: Option<Auth>,
+    /// PEM server certificate: the API speaks HTTPS when set (may hold the key too).
+    pub certfile: Option<String>,
+    pub keyfile: Option<String>,
+    /// PEM CA certificates that client certificates must be signed by (`verify_client`).
+    pub cafile: Option<String>,
+    /// `none` (default), `optional` or `required`.
+    pub verify_client: Option<String>,
+    /// TLS 1.2 cipher suites, as an explicit list of names.
+    pub ciphers: Option<String>,
+    /// Password of an encrypted (PKCS#8) key.
+    pub keyfile_password: Option<String>,
+    /// Addresses, networks (CIDR) and host names that may call unsafe methods.
+    pub allowlist: Option<Vec<String>>,
+    /// The members' `api_url` hosts may call unsafe methods too (except `POST /failsafe`).
+    pub allowlist_include_members: Option<bool>,
 }
 
-/// `etcd3`: plain-text etcd v3 (TLS and authentication are refused until they are implemented).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `etcd3`: etcd v3, over TLS with `protocol: https`, with a user when `username` and `password` are set.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 pub struct Etcd3 {
     pub host: Option<String>,
     #[serde(default)]
     pub hosts: Vec<String>,
     pub protocol: Option<String>,
+    pub cacert: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Etcd3 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Etcd3")
+            .field("host", &self.host)
+            .field("hosts", &self.hosts)
+            .field("protocol", &self.protocol)
+            .field("cacert", &self.cacert)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// `ctl`: what keel's control commands use.
@@ -33,6 +74,16 @@ pub struct Etcd3 {
 pub struct CtlSettings {
     /// Basic auth for the REST API (default: `restapi.authentication`, as patronictl).
     pub authentication: Option<Auth>,
+    /// Without `certfile`: do not verify the server's certificate at all; with it: do not check host names.
+    #[serde(default)]
+    pub insecure: bool,
+    /// CA for the members' certificates (default: `restapi.cafile`, else the system's roots).
+    pub cacert: Option<String>,
+    /// Client certificate (and key) for APIs with `verify_client`.
+    pub certfile: Option<String>,
+    pub keyfile: Option<String>,
+    /// Password of an encrypted (PKCS#8) key.
+    pub keyfile_password: Option<String>,
 }
 
 /// `bootstrap`. `dcs` is the raw document that becomes the store's `config` key (always a JSON object).

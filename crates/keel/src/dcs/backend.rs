@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use keel_core::store::Txn;
 
-use super::etcd::{EtcdBackend, EtcdConfig};
+use super::etcd::EtcdBackend;
 use super::memory::MemoryBackend;
 use super::{ClusterStore, DcsError, KvBackend, Range, WatchKey, WatchSink};
 use crate::config::Config;
@@ -26,8 +26,8 @@ pub type Store = ClusterStore<Backend>;
 /// The store the configuration names, each call bounded by `call_timeout` (normally `retry_timeout`).
 /// Connecting happens on the first call.
 pub fn backend_from_config(config: &Config, call_timeout: Duration) -> Result<Backend, DcsError> {
-    let etcd = EtcdConfig::from_hosts(&config.etcd3_endpoints(), call_timeout);
-    Ok(Backend::Etcd(EtcdBackend::new(etcd)?))
+    // The etcd3 section with its TLS files and credentials, checked (see `Config::etcd_config`).
+    Ok(Backend::Etcd(EtcdBackend::new(config.etcd_config(call_timeout)?)?))
 }
 
 /// [`Store`] of member `config.name` in cluster `scope` (the configuration's `scope` when `None`).

@@ -18,6 +18,7 @@ use keel_core::view::RawEntry;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use super::etcd_tls::EtcdSecurity;
 use super::{DcsError, KvBackend, Range, WatchKey, WatchSink, WatchUpdate};
 
 /// The shortest time given to one endpoint when several are configured.
@@ -33,6 +34,8 @@ pub struct EtcdConfig {
     pub endpoints: Vec<String>,
     /// The most a single backend call may take, all retries included (Patroni's `retry_timeout`).
     pub timeout: Duration,
+    /// TLS (for `https://` endpoints) and credentials.
+    pub security: EtcdSecurity,
 }
 
 impl EtcdConfig {
@@ -45,7 +48,12 @@ impl EtcdConfig {
             .filter(|h| !h.is_empty())
             .map(|h| if h.contains("://") { h.to_string() } else { format!("http://{h}") })
             .collect();
-        EtcdConfig { endpoints, timeout }
+        EtcdConfig { endpoints, timeout, security: EtcdSecurity::default() }
+    }
+
+    /// With TLS settings and credentials.
+    pub fn with_security(self, security: EtcdSecurity) -> EtcdConfig {
+        EtcdConfig { security, ..self }
     }
 }
 
@@ -129,12 +137,14 @@ impl EtcdBackend {
             .with_connect_timeout(budget)
             .with_keep_alive(Duration::from_secs(5), budget.max(MIN_ATTEMPT))
             .with_keep_alive_while_idle(true);
+        let opts = self.cfg.security.apply(opts, endpoint)?;
         let connect = Client::connect([endpoint.as_str()], Some(opts));
         let client = match tokio::time::timeout(budget, connect).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
                 conn.current = (idx + 1) % self.cfg.endpoints.len();
-                return Err(classify(e, endpoint, op, LeaseHint::None));
+                let security = self.cfg.security.classify(&e, endpoint, op, true);
+                return Err(security.unwrap_or_else(|| classify(e, endpoint, op, LeaseHint::None)));
             }
             Err(_) => {
                 conn.current = (idx + 1) % self.cfg.endpoints.len();
@@ -182,7 +192,8 @@ impl EtcdBackend {
             match tokio::time::timeout(budget, f(client)).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => {
-                    let err = classify(e, endpoint, op, hint);
+                    let security = self.cfg.security.classify(&e, endpoint, op, false);
+                    let err = security.unwrap_or_else(|| classify(e, endpoint, op, hint));
                     if !err.is_unavailable() {
                         return Err(err);
                     }
@@ -409,7 +420,8 @@ impl KvBackend for EtcdBackend {
         match tokio::time::timeout_at(deadline, wait).await {
             Ok(Ok(changed)) => Ok(changed),
             Ok(Err(e)) => {
-                let err = classify(e, &endpoint, "watch", LeaseHint::None);
+                let security = self.cfg.security.classify(&e, &endpoint, "watch", false);
+                let err = security.unwrap_or_else(|| classify(e, &endpoint, "watch", LeaseHint::None));
                 if err.is_unavailable() {
                     self.failed(idx).await;
                 }

@@ -15,6 +15,7 @@
 mod backend;
 mod cluster_store;
 mod etcd;
+mod etcd_tls;
 mod follow;
 mod memory;
 
@@ -27,6 +28,7 @@ use keel_core::view::RawEntry;
 pub use backend::{backend_from_config, store_from_config, Backend, Store};
 pub use cluster_store::ClusterStore;
 pub use etcd::{EtcdBackend, EtcdConfig};
+pub use etcd_tls::{EtcdSecurity, EtcdTls, EtcdUser};
 pub use memory::MemoryBackend;
 
 /// Why a store call failed. Every message names what failed and what to do about it; `store` says which store
@@ -43,6 +45,16 @@ pub enum DcsError {
          the store is running"
     )]
     Unreachable { store: String, op: &'static str, detail: String },
+    #[error(
+        "TLS with the store ({store}) failed for {op}: {detail}; check etcd3.cacert (the CA that signed etcd's \
+         certificate), etcd3.cert and etcd3.key (the client certificate etcd trusts) and etcd3.protocol"
+    )]
+    Tls { store: String, op: &'static str, detail: String },
+    #[error(
+        "the store ({store}) refused the credentials of user {user:?} for {op}: {detail}; check etcd3.username and \
+         etcd3.password, and that the user's role may read and write the cluster's prefix"
+    )]
+    Auth { store: String, op: &'static str, user: Option<String>, detail: String },
     #[error("store lease {0} not found (expired or revoked); a new lease has to be granted")]
     LeaseNotFound(i64),
     #[error("the store ({store}) rejected {op}: {detail}; check the store's log and its version")]
@@ -57,7 +69,10 @@ impl DcsError {
     /// Whether the store could not be reached (as opposed to answering with an error): the HA loop treats this
     /// as "DCS unavailable".
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, DcsError::Timeout { .. } | DcsError::Unreachable { .. })
+        matches!(
+            self,
+            DcsError::Timeout { .. } | DcsError::Unreachable { .. } | DcsError::Tls { .. } | DcsError::Auth { .. }
+        )
     }
 }
 

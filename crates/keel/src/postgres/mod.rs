@@ -15,6 +15,8 @@ pub mod process;
 pub mod replication_slots;
 pub mod roles;
 pub mod slot_file;
+pub mod tls;
+pub mod tls_stream;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,6 +39,8 @@ pub struct ConnParams {
     pub connect_timeout: Duration,
     /// libpq `sslmode` (`prefer` when empty).
     pub sslmode: String,
+    /// libpq `sslrootcert`, `sslcert`, `sslkey`, `sslcrl`, `channel_binding`.
+    pub ssl: tls::SslFiles,
 }
 
 impl ConnParams {
@@ -52,6 +56,7 @@ impl ConnParams {
             application_name: None,
             connect_timeout: Duration::from_secs(5),
             sslmode: "prefer".to_string(),
+            ssl: tls::SslFiles::default(),
         }
     }
 
@@ -93,6 +98,18 @@ impl ConnParams {
         }
         let sslmode = if self.sslmode.is_empty() { "prefer" } else { &self.sslmode };
         parts.push(format!("sslmode={}", conninfo_value(sslmode)));
+        let ssl = &self.ssl;
+        for (key, value) in [
+            ("sslrootcert", &ssl.sslrootcert),
+            ("sslcert", &ssl.sslcert),
+            ("sslkey", &ssl.sslkey),
+            ("sslcrl", &ssl.sslcrl),
+            ("channel_binding", &ssl.channel_binding),
+        ] {
+            if let Some(v) = value {
+                parts.push(format!("{key}={}", conninfo_value(v)));
+            }
+        }
         let secs = self.connect_timeout.as_secs().max(1);
         parts.push(format!("connect_timeout={secs}"));
         parts.join(" ")

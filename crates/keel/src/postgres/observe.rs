@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 use keel_core::lsn::Lsn;
 use keel_core::view::Role;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Row, SimpleQueryMessage};
+use tokio_postgres::{Client, Row, SimpleQueryMessage};
 
 use super::conf::{self, ParamContext, Setting};
 use super::ConnParams;
@@ -13,7 +13,7 @@ use super::ConnParams;
 /// Why talking to PostgreSQL failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
-    #[error("could not connect to PostgreSQL at {target}: {source}")]
+    #[error("could not connect to PostgreSQL at {target}: {}", with_causes(.source))]
     Connect { target: String, source: tokio_postgres::Error },
     #[error("could not connect to PostgreSQL at {target}: no answer within {}s", .timeout.as_secs())]
     ConnectTimeout { target: String, timeout: Duration },
@@ -26,6 +26,22 @@ pub enum PgError {
         .timeout.as_secs()
     )]
     Timeout { what: String, timeout: Duration },
+    #[error("cannot connect to PostgreSQL at {target}: {source}")]
+    Tls { target: String, source: super::tls::PgTlsError },
+}
+
+/// `e` and its causes ("error performing TLS handshake: invalid peer certificate: UnknownIssuer").
+fn with_causes(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !text.contains(&s) {
+            text = format!("{text}: {s}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 impl PgError {
@@ -213,7 +229,12 @@ pub async fn connect(params: &ConnParams, statement_timeout: Duration) -> Result
         config.password(password);
     }
     config.application_name(params.application_name.as_deref().unwrap_or("keel"));
-    let connecting = config.connect(NoTls);
+    let tls_err = |source| PgError::Tls { target: target.clone(), source };
+    config.ssl_mode(super::tls::ssl_mode(&params.sslmode).map_err(tls_err)?);
+    if let Some(cb) = super::tls::channel_binding(params.ssl.channel_binding.as_deref()).map_err(tls_err)? {
+        config.channel_binding(cb);
+    }
+    let connecting = config.connect(super::tls::connector(params).map_err(tls_err)?);
     let (client, connection) = tokio::time::timeout(params.connect_timeout + Duration::from_secs(1), connecting)
         .await
         .map_err(|_| PgError::ConnectTimeout { target: target.clone(), timeout: params.connect_timeout })?

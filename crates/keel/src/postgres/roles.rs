@@ -1,5 +1,6 @@
 //! The roles Keel needs after bootstrap: superuser, replication user and rewind user, created or brought up to date
-//! idempotently. Names and passwords go through the server's `format('%I', '%L')`, never through string pasting.
+//! idempotently. Names and passwords go through the server's `format('%I', '%L')`, never through string pasting;
+//! passwords are sent as verifiers (SCRAM or md5), never in clear text.
 
 use super::observe::{PgError, Session};
 
@@ -59,9 +60,13 @@ pub async fn ensure_role(session: &Session, spec: &RoleSpec) -> Result<bool, PgE
         .and_then(|row| row.try_get(0))
         .map_err(|source| PgError::Query { what: what("looking up"), source })?;
     let template = template(spec, exists);
-    let row = match &spec.password {
-        Some(password) => {
-            client.query_one("SELECT format($1::text, $2::text, $3::text)", &[&template, &spec.name, password]).await
+    let verifier = match &spec.password {
+        Some(password) => Some(password_verifier(session, &spec.name, password).await?),
+        None => None,
+    };
+    let row = match &verifier {
+        Some(verifier) => {
+            client.query_one("SELECT format($1::text, $2::text, $3::text)", &[&template, &spec.name, verifier]).await
         }
         None => client.query_one("SELECT format($1::text, $2::text)", &[&template, &spec.name]).await,
     };
@@ -86,6 +91,23 @@ pub async fn ensure_role(session: &Session, spec: &RoleSpec) -> Result<bool, PgE
         }
     }
     Ok(!exists)
+}
+
+/// What the server stores for `password`, computed here so the clear text never reaches the server (whose
+/// statement log or error messages could show it): a SCRAM-SHA-256 verifier, or an md5 hash when the server's
+/// `password_encryption` is `md5`. The server takes either as the role's password.
+async fn password_verifier(session: &Session, role: &str, password: &str) -> Result<String, PgError> {
+    let encryption: String = session
+        .client()
+        .query_one("SELECT pg_catalog.current_setting('password_encryption')", &[])
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(|source| PgError::Query { what: "reading password_encryption".into(), source })?;
+    Ok(if encryption == "md5" {
+        postgres_protocol::password::md5(password.as_bytes(), role)
+    } else {
+        postgres_protocol::password::scram_sha_256(password.as_bytes())
+    })
 }
 
 /// [`ensure_role`] for each spec, in order.

@@ -89,6 +89,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_node_missing_from_the_key_cannot_stay() {
+        crate::cli::tls::install_crypto_provider();
         let client = reqwest::Client::new();
         let mut m = BTreeMap::new();
         m.insert("other".to_string(), "http://127.0.0.1:9/patroni".to_string());
