@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use keel::postgres::bins::PgBinaries;
 use keel::postgres::conf;
-use keel::postgres::pg_ctl::{InitdbOption, InitdbParams, PgCtl};
 use keel::postgres::observe::{self, Session};
+use keel::postgres::pg_ctl::{InitdbOption, InitdbParams, PgCtl};
 use keel::postgres::roles::{self, RoleKind, RoleSpec};
 use keel::postgres::ConnParams;
 use keel_testkit::TestPki;

@@ -6,6 +6,7 @@
 mod cost;
 mod dynamic;
 pub mod failsafe;
+mod fencing;
 pub mod follower;
 mod host;
 pub mod local;

@@ -3,7 +3,6 @@
 //! PostgreSQL, asks the core (`keel_core::ha::decide`), has the core's executor carry the decision out through the
 //! agent's host, then runs the per-cycle duties (synchronous mode, slots, parameters) and publishes.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -11,9 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use keel_core::dynconfig::DynamicConfig;
 use keel_core::exec::{Context, ExecError, Executor};
-use keel_core::fence::{Arming, FenceInput};
 use keel_core::ha::{self, Action, AgentState, Decision, HaInput};
-use keel_core::lsn::Lsn;
 use keel_core::time::Millis;
 use keel_core::view::{ClusterKey, ClusterView, Status};
 use tokio::signal::unix::{signal, SignalKind};
@@ -29,7 +26,7 @@ use super::{cost as cycle_cost, probe};
 use crate::clock::unix_ms;
 use crate::config::Config;
 use crate::dcs::{ClusterStore, KvBackend};
-use crate::fence::watchdog::{Watchdog, WatchdogMode};
+use crate::fence::watchdog::Watchdog;
 use crate::fence::Fence;
 use crate::postgres::observe::Observation;
 use crate::status::NodeStatus;
@@ -391,54 +388,5 @@ impl<B: KvBackend> Agent<B> {
         if let Err(e) = self.local.apply_parameters(is_primary).await {
             warn!("cannot apply PostgreSQL parameters: {e:#}");
         }
-    }
-
-    /// Arms the fence while this node is a writable leader (with the last refresh, or now when failsafe mode
-    /// confirmed it), disarms it otherwise.
-    fn update_fence(&mut self, input: &HaInput, is_primary: bool, now: Millis) {
-        let unobserved_but_running = self.last_obs.is_none() && self.local.ctl.is_running();
-        let failsafe_confirmed = self.failsafe_active && self.exec.holds_leader;
-        let fence_input = FenceInput {
-            holds_leader: self.exec.holds_leader,
-            may_write: is_primary || unobserved_but_running,
-            paused: input.config.pause,
-            refreshed: if failsafe_confirmed { Some(now) } else { self.exec.last_leader_refresh },
-            ttl_secs: input.config.timing.ttl,
-            safety_margin_secs: self.watchdog.config().fence_margin_secs(input.config.timing.ttl),
-        };
-        let arming = keel_core::fence::arming(&fence_input);
-        self.fence.set(arming);
-        match arming {
-            Arming::Armed { .. } => self.watchdog.keepalive(input.config.timing.ttl),
-            Arming::Disarmed => self.watchdog.disable(),
-        }
-    }
-
-    /// `watchdog.mode: required` and the device cannot be used (an open device is in use).
-    fn watchdog_unavailable(&self) -> bool {
-        let w = self.watchdog.config();
-        w.mode == WatchdogMode::Required && !self.watchdog.is_open() && !w.device_usable()
-    }
-
-    /// Failsafe mode: with the store down, a primary that was the leader asks every member listed in the
-    /// `failsafe` key to accept it. Runs only in that situation; when all accepted, each member's reported WAL
-    /// position (the `lsn` header).
-    async fn failsafe_exchange(
-        &self,
-        store_ok: bool,
-        pg: &keel_core::ha::PgObservation,
-        config: &DynamicConfig,
-    ) -> Option<BTreeMap<String, Option<Lsn>>> {
-        let was_leader = self.view.leader.as_ref().is_some_and(|l| l.name == self.cfg.name);
-        if store_ok || !config.failsafe_mode || !was_leader || !pg.is_running_primary() {
-            return None;
-        }
-        let slots = self.last_status.as_ref().map(|s| s.slots.clone()).unwrap_or_default();
-        let body = super::failsafe::announcement(&self.cfg.name, &self.conn_url, &self.api_url, &slots);
-        let auth = self.cfg.restapi.authentication.as_ref().and_then(|a| match (&a.username, &a.password) {
-            (Some(u), Some(p)) => Some((u.as_str(), p.as_str())),
-            _ => None,
-        });
-        super::failsafe::confirm(&self.http, &self.cfg.name, self.view.failsafe.as_ref(), &body, auth).await
     }
 }

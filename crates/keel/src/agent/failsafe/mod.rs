@@ -3,6 +3,7 @@
 //! received, shared between the REST API (which records announcements) and the HA loop (which reads them).
 
 pub mod exchange;
+mod primary;
 pub mod state;
 
 pub use exchange::{announcement, confirm, FAILSAFE_TIMEOUT};
