@@ -13,7 +13,7 @@ use keel_core::slots::readiness::{
     Xid,
 };
 use keel_core::slots::recopy::{advance_event, recopy_wanted};
-use keel_core::slots::{self, ActualSlots, DesiredSlots, SlotKind, SlotsReadiness, WalStatus};
+use keel_core::slots::{self, ActualSlot, ActualSlots, DesiredSlots, SlotKind, SlotsReadiness, WalStatus};
 use keel_core::view::Member;
 use tracing::{info, warn};
 
@@ -25,6 +25,14 @@ use crate::postgres::replication_slots::{self as pg_slots, PgSlot};
 const LEADER_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The leader's slots as this cycle read them.
+/// What the copy check of one slot reads besides the slot's name.
+struct CopyInputs<'a> {
+    copy: Option<&'a ActualSlot>,
+    on_leader: &'a LeaderSlots,
+    oldest: Option<Lsn>,
+    progress: &'a BTreeMap<String, SlotProgress>,
+}
+
 struct LeaderSlots {
     physical: PrimaryPhysicalSlot,
     /// `None`: the leader could not be asked.
@@ -118,63 +126,69 @@ impl SlotManager {
         let oldest = oldest_wal(local).await;
         let progress = self.progress.lock().map(|p| p.clone()).unwrap_or_default();
         for (name, database) in &logical {
-            let copy = have.get(name);
-            let (event, failure) = self.advance_event(name, progress.get(name));
-            let primary = match &on_leader.logical {
-                None => PrimarySlot::Unknown,
-                Some(m) => m.get(name).map_or(PrimarySlot::Missing, |s| PrimarySlot::Known(positions(s))),
-            };
-            let verdict = check_copy(&CopyCheckInput {
-                database,
-                copy: copy
-                    .map(|a| SlotPositions { restart_lsn: a.restart_lsn, confirmed_flush_lsn: a.confirmed_flush_lsn }),
-                primary,
-                oldest_wal: oldest,
-                made_here: self.made_here.contains(name),
-                rebuilt: self.rebuilt.get(name).copied(),
-                failure,
-            });
-            if recopy_wanted(&verdict, &self.recopies.get(name).copied().unwrap_or_default(), c.now) {
-                self.recopy.insert(name.clone());
-            }
-            let problem = verdict.problem().cloned();
-            match &problem {
-                Some(p) => self.problems.insert(name.clone(), p.clone()),
-                None => self.problems.remove(name),
-            };
-            let obs = ReadinessObservation {
-                event,
-                local: copy.map(|a| LocalLogicalSlot {
-                    catalog_xmin: a.catalog_xmin,
-                    restart_lsn: a.restart_lsn,
-                    confirmed_flush_lsn: a.confirmed_flush_lsn,
-                    wal_status: a.wal_status,
-                    invalidated: a.wal_status == Some(WalStatus::Lost),
-                }),
-                replay_lsn: c.replay_lsn,
-                primary_physical: on_leader.physical,
-                primary_logical_catalog_xmin: on_leader
-                    .logical
-                    .as_ref()
-                    .and_then(|m| m.get(name))
-                    .and_then(|s| s.catalog_xmin)
-                    .map(Xid),
-                problem,
-            };
-            let prev = self.readiness.get(name).cloned().unwrap_or(SlotReadiness::MISSING);
-            let (next, reason) = readiness::step(&prev, &obs);
-            self.log_change(name, &prev, &next, &reason);
-            if next.is_ready() {
-                self.recopies.remove(name);
-            }
-            self.reasons.insert(name.clone(), reason);
-            self.readiness.insert(name.clone(), next);
+            let inputs = CopyInputs { copy: have.get(name), on_leader: &on_leader, oldest, progress: &progress };
+            self.check_one(c, name, database, &inputs);
         }
         let names: Vec<&str> = logical.iter().map(|(n, _)| n.as_str()).collect();
         self.readiness.retain(|n, _| names.contains(&n.as_str()));
         self.reasons.retain(|n, _| names.contains(&n.as_str()));
         self.problems.retain(|n, _| names.contains(&n.as_str()));
         self.summary = Some(SlotsReadiness::summarize(names, &self.readiness));
+    }
+
+    /// The copy check and the readiness step of one logical copy.
+    fn check_one(&mut self, c: &SlotCycle<'_>, name: &str, database: &str, inputs: &CopyInputs<'_>) {
+        let (copy, on_leader, oldest) = (inputs.copy, inputs.on_leader, inputs.oldest);
+        let (event, failure) = self.advance_event(name, inputs.progress.get(name));
+        let primary = match &on_leader.logical {
+            None => PrimarySlot::Unknown,
+            Some(m) => m.get(name).map_or(PrimarySlot::Missing, |s| PrimarySlot::Known(positions(s))),
+        };
+        let verdict = check_copy(&CopyCheckInput {
+            database,
+            copy: copy
+                .map(|a| SlotPositions { restart_lsn: a.restart_lsn, confirmed_flush_lsn: a.confirmed_flush_lsn }),
+            primary,
+            oldest_wal: oldest,
+            made_here: self.made_here.contains(name),
+            rebuilt: self.rebuilt.get(name).copied(),
+            failure,
+        });
+        if recopy_wanted(&verdict, &self.recopies.get(name).copied().unwrap_or_default(), c.now) {
+            self.recopy.insert(name.to_string());
+        }
+        let problem = verdict.problem().cloned();
+        match &problem {
+            Some(p) => self.problems.insert(name.to_string(), p.clone()),
+            None => self.problems.remove(name),
+        };
+        let obs = ReadinessObservation {
+            event,
+            local: copy.map(|a| LocalLogicalSlot {
+                catalog_xmin: a.catalog_xmin,
+                restart_lsn: a.restart_lsn,
+                confirmed_flush_lsn: a.confirmed_flush_lsn,
+                wal_status: a.wal_status,
+                invalidated: a.wal_status == Some(WalStatus::Lost),
+            }),
+            replay_lsn: c.replay_lsn,
+            primary_physical: on_leader.physical,
+            primary_logical_catalog_xmin: on_leader
+                .logical
+                .as_ref()
+                .and_then(|m| m.get(name))
+                .and_then(|s| s.catalog_xmin)
+                .map(Xid),
+            problem,
+        };
+        let prev = self.readiness.get(name).cloned().unwrap_or(SlotReadiness::MISSING);
+        let (next, reason) = readiness::step(&prev, &obs);
+        self.log_change(name, &prev, &next, &reason);
+        if next.is_ready() {
+            self.recopies.remove(name);
+        }
+        self.reasons.insert(name.to_string(), reason);
+        self.readiness.insert(name.to_string(), next);
     }
 
     /// One line per change: stage changes as info, a new reason that makes the copy unusable as a warning.

@@ -68,6 +68,48 @@ impl SlotManager {
         self.slot_errors.insert(slot.to_string(), error);
     }
 
+    async fn create_logical(
+        &mut self,
+        local: &mut Local,
+        slot: &str,
+        database: &str,
+        plugin: &str,
+        reason: &impl std::fmt::Debug,
+    ) {
+        let created: Result<Lsn> = async {
+            let s = local.session_on(database).await?;
+            Ok(pg_slots::create_logical(&s, slot, plugin).await?)
+        }
+        .await;
+        match created {
+            Ok(lsn) => {
+                self.slot_errors.remove(slot);
+                info!("created logical replication slot {slot} in {database} with {plugin} at {lsn} ({reason:?})");
+            }
+            Err(e) => self.create_failed(slot, database, &e),
+        }
+    }
+
+    async fn drop_slot(&mut self, local: &mut Local, slot: &str, reason: &impl std::fmt::Display) -> Result<()> {
+        pg_slots::drop(local.local_session().await?, slot).await.map_err(|e| anyhow!(e))?;
+        info!("dropped replication slot {slot} ({reason})");
+        self.readiness.remove(slot);
+        self.made_here.remove(slot);
+        self.rebuilt.remove(slot);
+        Ok(())
+    }
+
+    fn record_break(&mut self, slot: &str, last_published: Lsn) {
+        if self.breaks.insert(slot.to_string(), last_published).is_none() {
+            error!(
+                "CONTINUITY BREAK: permanent logical slot {slot} was at {last_published} on the old primary but does \
+                 not exist here. Keel will not re-create it silently, because its consumers would skip changes. \
+                 Re-create it on purpose with `keel slots recreate {slot}` (consumers must resynchronise), or remove \
+                 it from the configuration."
+            );
+        }
+    }
+
     pub(super) async fn execute(
         &mut self,
         plan: &[SlotAction],
@@ -91,21 +133,7 @@ impl SlotManager {
                     .await
                 }
                 SlotAction::CreateLogical { slot, database, plugin, reason } => {
-                    let created: Result<Lsn> = async {
-                        let s = local.session_on(database).await?;
-                        Ok(pg_slots::create_logical(&s, slot, plugin).await?)
-                    }
-                    .await;
-                    match created {
-                        Ok(lsn) => {
-                            self.slot_errors.remove(slot);
-                            info!(
-                                "created logical replication slot {slot} in {database} with {plugin} at {lsn} \
-                                 ({reason:?})"
-                            );
-                        }
-                        Err(e) => self.create_failed(slot, database, &e),
-                    }
+                    self.create_logical(local, slot, database, plugin, reason).await;
                     Ok(())
                 }
                 SlotAction::CopyLogical { slot, database, plugin, .. } => {
@@ -126,32 +154,14 @@ impl SlotManager {
                     .await
                 }
                 SlotAction::Drop { slot, reason } => {
-                    async {
-                        match pg_slots::drop(local.local_session().await?, slot).await {
-                            Ok(()) => {
-                                info!("dropped replication slot {slot} ({reason})");
-                                self.readiness.remove(slot);
-                                self.made_here.remove(slot);
-                                self.rebuilt.remove(slot);
-                                Ok(())
-                            }
-                            Err(e) => {
-                                skip.insert(slot.clone());
-                                Err(anyhow!(e))
-                            }
-                        }
+                    let dropped = self.drop_slot(local, slot, reason).await;
+                    if dropped.is_err() {
+                        skip.insert(slot.clone());
                     }
-                    .await
+                    dropped
                 }
                 SlotAction::ContinuityBreak { slot, last_published } => {
-                    if self.breaks.insert(slot.clone(), *last_published).is_none() {
-                        error!(
-                            "CONTINUITY BREAK: permanent logical slot {slot} was at {last_published} on the old \
-                             primary but does not exist here. Keel will not re-create it silently, because its \
-                             consumers would skip changes. Re-create it on purpose with `keel slots recreate \
-                             {slot}` (consumers must resynchronise), or remove it from the configuration."
-                        );
-                    }
+                    self.record_break(slot, *last_published);
                     Ok(())
                 }
             };

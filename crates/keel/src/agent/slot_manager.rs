@@ -170,6 +170,66 @@ impl SlotManager {
     }
 
     /// One cycle. Returns the `status` the leader should publish (only on the leader).
+    /// The local slots as PostgreSQL lists them (`Unknown` when they cannot be read).
+    async fn list_actual(&mut self, local: &mut Local) -> ActualSlots {
+        let session = match local.local_session().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("cannot connect to list replication slots: {e:#}");
+                return ActualSlots::Unknown;
+            }
+        };
+        match pg_slots::list(session).await {
+            Ok(list) => {
+                self.last_actual = list.clone();
+                ActualSlots::Known(list.iter().map(|s| (s.name.clone(), exec::to_actual(s))).collect())
+            }
+            Err(e) => {
+                warn!("cannot list replication slots: {e}");
+                ActualSlots::Unknown
+            }
+        }
+    }
+
+    /// Logs when failsafe mode starts or stops holding logical copies back.
+    fn note_failsafe(&mut self, active: bool) {
+        if active == self.copies_paused {
+            return;
+        }
+        self.copies_paused = active;
+        if active {
+            warn!("failsafe mode is active: logical slot copies wait until the store is reachable again");
+        } else {
+            info!("the store is reachable again: logical slot copies resume");
+        }
+    }
+
+    /// The leader's part of a cycle: the promotion check, and the `status` to publish.
+    fn publish_as_leader(
+        &mut self,
+        c: &SlotCycle<'_>,
+        config: &SlotsConfig,
+        desired: &DesiredSlots,
+        actual: &ActualSlots,
+        pg_major: u32,
+    ) -> Status {
+        self.check_promotion(c, desired, actual);
+        self.follow(None);
+        let clock = self.retain.get_or_insert_with(|| RetainClock::on_promotion(&c.view.status.retain_slots, c.now));
+        let publish =
+            slots::PublishInput { me: c.me, view: c.view, config, desired, actual, flush_lsn: c.flush_lsn, pg_major };
+        let (status, notes) = published_status(&publish, clock, c.now);
+        for n in notes {
+            info!("{n}");
+        }
+        // Readiness describes copies on replicas; a leader serves the originals.
+        self.summary = None;
+        self.readiness.clear();
+        self.reasons.clear();
+        self.problems.clear();
+        status
+    }
+
     pub async fn cycle(&mut self, c: &SlotCycle<'_>, local: &mut Local) -> Option<Status> {
         let config = SlotsConfig::from_dynamic(c.dynamic);
         let role = if c.leader_primary { NodeRole::Primary } else { NodeRole::Replica };
@@ -191,36 +251,14 @@ impl SlotManager {
             self.follow(None);
             return None;
         }
-        let actual = match local.local_session().await {
-            Ok(s) => match pg_slots::list(s).await {
-                Ok(list) => {
-                    self.last_actual = list.clone();
-                    ActualSlots::Known(list.iter().map(|s| (s.name.clone(), exec::to_actual(s))).collect())
-                }
-                Err(e) => {
-                    warn!("cannot list replication slots: {e}");
-                    ActualSlots::Unknown
-                }
-            },
-            Err(e) => {
-                warn!("cannot connect to list replication slots: {e:#}");
-                ActualSlots::Unknown
-            }
-        };
+        let actual = self.list_actual(local).await;
         self.apply_rebuild(c.leader_primary, &actual);
         let leader = match &c.view.leader {
             None => LeaderState::NoLeader,
             Some(l) if l.name == c.me => LeaderState::Me,
             Some(l) => LeaderState::Other(l.name.clone()),
         };
-        if c.failsafe_active != self.copies_paused {
-            self.copies_paused = c.failsafe_active;
-            if c.failsafe_active {
-                warn!("failsafe mode is active: logical slot copies wait until the store is reachable again");
-            } else {
-                info!("the store is reachable again: logical slot copies resume");
-            }
-        }
+        self.note_failsafe(c.failsafe_active);
         let recreate = std::mem::take(&mut self.recreate);
         let recopy = std::mem::take(&mut self.recopy);
         let ctx = ReconcileContext {
@@ -241,29 +279,7 @@ impl SlotManager {
         self.slot_errors.retain(|n, _| desired.logical_names().any(|d| d == n));
 
         if c.leader_primary {
-            self.check_promotion(c, &desired, &actual);
-            self.follow(None);
-            let clock =
-                self.retain.get_or_insert_with(|| RetainClock::on_promotion(&c.view.status.retain_slots, c.now));
-            let publish = slots::PublishInput {
-                me: c.me,
-                view: c.view,
-                config: &config,
-                desired: &desired,
-                actual: &actual,
-                flush_lsn: c.flush_lsn,
-                pg_major: local.bins.major,
-            };
-            let (status, notes) = published_status(&publish, clock, c.now);
-            for n in notes {
-                info!("{n}");
-            }
-            // Readiness describes copies on replicas; a leader serves the originals.
-            self.summary = None;
-            self.readiness.clear();
-            self.reasons.clear();
-            self.problems.clear();
-            return Some(status);
+            return Some(self.publish_as_leader(c, &config, &desired, &actual, local.bins.major));
         }
 
         // A replica: follow the leader's positions and track readiness of logical copies.

@@ -46,7 +46,7 @@ impl Local {
         };
         let state = self.ctl.postmaster_state();
         let running = matches!(state, PostmasterState::Running { .. });
-        let mut obs = PgObservation {
+        let obs = PgObservation {
             running: match state {
                 PostmasterState::Running { .. } => PgRunning::Running,
                 PostmasterState::Stopped => PgRunning::Stopped,
@@ -69,19 +69,26 @@ impl Local {
             return (obs, None);
         }
         if !running {
-            self.session = None;
-            if self.down_since.is_none() {
-                self.down_since = Some(now);
-            }
-            obs.down_since = self.down_since;
-            if let DataDir::Initialized { .. } = obs.data_dir {
-                if let Ok(cd) = datadir::controldata(&self.data_dir, &self.bins, &self.run_as).await {
-                    obs.timeline = Some(cd.timeline);
-                    obs.current_lsn = Some(cd.checkpoint_lsn);
-                }
-            }
-            return (obs, None);
+            return (self.observe_stopped(obs, now).await, None);
         }
+        self.observe_running(obs, now).await
+    }
+
+    /// A stopped server: how long it has been down, and where its WAL ends (from `pg_controldata`).
+    async fn observe_stopped(&mut self, mut obs: PgObservation, now: Millis) -> PgObservation {
+        self.session = None;
+        obs.down_since = Some(*self.down_since.get_or_insert(now));
+        if let DataDir::Initialized { .. } = obs.data_dir {
+            if let Ok(cd) = datadir::controldata(&self.data_dir, &self.bins, &self.run_as).await {
+                obs.timeline = Some(cd.timeline);
+                obs.current_lsn = Some(cd.checkpoint_lsn);
+            }
+        }
+        obs
+    }
+
+    /// A running server: the per-cycle query, or "starting" while it does not answer.
+    async fn observe_running(&mut self, mut obs: PgObservation, now: Millis) -> (PgObservation, Option<Observation>) {
         let observed = match self.session().await {
             Ok(s) => s.observe().await.map_err(anyhow::Error::from),
             Err(e) => Err(e),
