@@ -81,11 +81,11 @@ impl Local {
         }
         let cd = datadir::controldata(&self.data_dir, &self.bins, &self.run_as).await?;
         if !cd.cluster_state.is_clean_shutdown() {
-            info!("running crash recovery before pg_rewind");
-            let recovery = self.recovery_for(None)?;
-            self.write_conf(Some(recovery))?;
-            self.start().await?;
-            self.stop_pg(StopMode::Fast, false).await?;
+            // pg_rewind (13+) finishes crash recovery itself in single-user mode: no connection can reach the
+            // server meanwhile, and there is no start and stop to wait for. Single-user mode refuses standby mode,
+            // so the recovery settings go first; they are written again after the rewind.
+            info!("not shut down cleanly: pg_rewind runs crash recovery first (single-user mode)");
+            self.write_conf(None)?;
         }
         let params = self.with_pgpass(self.member_params(leader, &self.rewind)?)?;
         info!("running pg_rewind from {}", leader.name);
