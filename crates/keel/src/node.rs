@@ -102,7 +102,14 @@ pub async fn run(config_path: &Path) -> Result<()> {
     // Peers' REST APIs are reached as patronictl reaches them (the ctl section's TLS settings).
     let http = crate::cli::tls::http_client(&cfg, Duration::from_secs(5)).map_err(anyhow::Error::msg)?;
     let app = router(Arc::new(api), ApiOptions { tls: rest_tls.clone(), allowlist, ..ApiOptions::with_auth(auth) });
-    tokio::spawn(crate::api::listener::serve(listener, app, rest_tls, crate::api::listener::Limits::default()));
-    let mut agent = Agent::new(AgentParts { cfg, store, local, status, requests, failsafe, http, config_path });
+    tokio::spawn(crate::api::listener::serve(listener, app, rest_tls.clone(), crate::api::listener::Limits::default()));
+    let on_reload: Option<Box<dyn Fn() + Send>> = rest_tls.map(|tls| {
+        Box::new(move || match tls.reload() {
+            Ok(()) => info!("REST API certificate reloaded"),
+            Err(e) => warn!("cannot reload the REST API certificate: {e}"),
+        }) as Box<dyn Fn() + Send>
+    });
+    let parts = AgentParts { cfg, store, local, status, requests, failsafe, http, on_reload, config_path };
+    let mut agent = Agent::new(parts);
     agent.main_loop().await
 }

@@ -294,6 +294,15 @@ fn pause_prevents_automatic_failover() {
     })
     .unwrap();
 
+    // SIGHUP reloads the configuration file, as Patroni's does (systemctl reload).
+    let replica_agent = c.agent_pid(&replica).expect("the replica's agent runs");
+    send_signal(replica_agent, libc::SIGHUP).expect("SIGHUP");
+    let log = c.node(&replica).log_path.clone();
+    c.wait("the agent reloaded on SIGHUP", Duration::from_secs(30), || {
+        Ok(std::fs::read_to_string(&log).unwrap_or_default().contains("SIGHUP: reloading").then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.agent_exit(&replica).is_none(), "the agent exited on SIGHUP");
     // Stopping an agent in maintenance mode leaves PostgreSQL running and the leader key in place, as Patroni.
     assert!(c.stop_agent(&leader, Duration::from_secs(90)), "the leader's agent did not stop on SIGTERM");
     assert!(c.writable(&leader), "PostgreSQL stopped with its agent while paused\n{}", c.table());

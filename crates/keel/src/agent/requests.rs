@@ -89,6 +89,17 @@ impl<B: KvBackend> Agent<B> {
         result.map(|()| "restarted successfully".to_string())
     }
 
+    /// SIGHUP, as Patroni: re-read the configuration file and renew what a reload renews (the REST certificate).
+    pub(super) fn on_hangup(&mut self) {
+        info!("SIGHUP: reloading the configuration");
+        if let Err(e) = self.reload_config() {
+            warn!("reload failed: {e:#}");
+        }
+        if let Some(hook) = &self.on_reload {
+            hook();
+        }
+    }
+
     /// Re-reads the configuration file and applies what can change at run time (PostgreSQL parameters, pg_hba).
     fn reload_config(&mut self) -> Result<()> {
         let loaded = Config::load(&self.config_path, &config::env::from_process())?;

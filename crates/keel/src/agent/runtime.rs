@@ -85,6 +85,8 @@ pub(crate) struct Agent<B: KvBackend> {
     /// Patroni's `watchdog` device, fed while this node is a writable leader.
     pub(super) watchdog: Watchdog,
     pub(super) config_path: PathBuf,
+    /// What else a reload (SIGHUP) renews, e.g. the REST API's certificate.
+    pub(super) on_reload: Option<Box<dyn Fn() + Send>>,
 }
 
 /// What the agent is built from (see `crate::node`).
@@ -97,6 +99,8 @@ pub(crate) struct AgentParts<'a, B: KvBackend> {
     pub failsafe: Arc<FailsafeState>,
     /// The client for peers' REST APIs (with the `ctl` section's TLS settings).
     pub http: reqwest::Client,
+    /// What else a reload (SIGHUP) renews, e.g. the REST API's certificate.
+    pub on_reload: Option<Box<dyn Fn() + Send>>,
     pub config_path: &'a std::path::Path,
 }
 
@@ -131,6 +135,7 @@ impl<B: KvBackend> Agent<B> {
             next_soon: false,
             after_quick: false,
             config_path: p.config_path.to_path_buf(),
+            on_reload: p.on_reload,
         }
     }
 }
@@ -182,6 +187,7 @@ impl<B: KvBackend> Agent<B> {
     pub(crate) async fn main_loop(&mut self) -> Result<()> {
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sighup = signal(SignalKind::hangup())?;
         loop {
             let started = Instant::now();
             let cost = cycle_cost::CycleCost::start();
@@ -202,6 +208,10 @@ impl<B: KvBackend> Agent<B> {
                 r = self.requests.recv() => r,
                 _ = sigterm.recv() => return self.shutdown().await,
                 _ = sigint.recv() => return self.shutdown().await,
+                _ = sighup.recv() => {
+                    self.on_hangup();
+                    None
+                }
             };
             let now = Millis(unix_ms());
             if let Some(r) = request {
