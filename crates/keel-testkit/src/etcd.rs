@@ -238,7 +238,18 @@ impl EtcdServer {
 
     /// Freezes the process (SIGSTOP): connections stay open but nothing answers, like a hung server.
     pub fn pause(&self) -> io::Result<()> {
-        self.signal(libc::SIGSTOP)
+        self.signal(libc::SIGSTOP)?;
+        // SIGSTOP takes effect asynchronously: a thread already running may answer one more request. Return only
+        // once every thread is stopped, so that "paused" means no answer from here on.
+        let pid = self.pid().ok_or_else(|| io::Error::other("etcd is already stopped"))?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !all_threads_stopped(pid) {
+            if std::time::Instant::now() > deadline {
+                return Err(io::Error::other("etcd did not stop within 5 s of SIGSTOP"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Ok(())
     }
 
     /// Thaws a paused process (SIGCONT).
@@ -267,6 +278,17 @@ impl Drop for EtcdServer {
     fn drop(&mut self) {
         let _ = self.stop();
     }
+}
+
+/// Whether every thread of `pid` is in the stopped state (`T` in `/proc/<pid>/task/*/stat`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.filter_map(Result::ok).all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|stat| stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next().map(str::to_string)))
+            .is_some_and(|state| state == "T" || state == "t")
+    })
 }
 
 #[cfg(test)]

@@ -12,3 +12,4 @@ pub mod fence;
 pub mod node;
 pub mod postgres;
 pub mod status;
+pub mod tls_verify;

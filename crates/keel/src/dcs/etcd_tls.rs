@@ -116,25 +116,18 @@ impl EtcdSecurity {
         if let Some(detail) = find_tls_error(e, tls_endpoint) {
             return Some(DcsError::Tls { store: endpoint.to_string(), op, detail });
         }
-        let etcd_client::Error::GRpcStatus(status) = e else { return None };
-        if tls_endpoint && status.code() == Code::Cancelled {
-            // With TLS 1.3 a server refusing the client certificate (missing, or from a CA it does not trust) may
-            // just close the connection after the handshake: the request sees "canceled" rather than the alert.
-            let offered = if self.tls.as_ref().is_some_and(|t| t.cert.is_some()) {
-                "the client certificate offered may not be signed by a CA etcd trusts"
-            } else {
-                "no client certificate was offered"
-            };
-            return Some(DcsError::Tls {
-                store: endpoint.to_string(),
-                op,
-                detail: format!(
-                    "etcd closed the TLS connection ({}); {offered}: if etcd runs with --client-cert-auth, set \
-                     etcd3.cert and etcd3.key to a certificate its --trusted-ca-file signed",
-                    status.message()
-                ),
-            });
+        // With TLS 1.3 a server refusing the client certificate (missing, or from a CA it does not trust) may just
+        // close the connection after the handshake: the request sees "canceled", or a bare transport error when
+        // the close comes first, rather than the alert. A refused or unreachable address is not that.
+        let closed = match e {
+            etcd_client::Error::GRpcStatus(status) => status.code() == Code::Cancelled,
+            etcd_client::Error::TransportError(t) => !network_unreachable(t),
+            _ => false,
+        };
+        if tls_endpoint && closed {
+            return Some(self.closed_after_handshake(e, endpoint, op));
         }
+        let etcd_client::Error::GRpcStatus(status) = e else { return None };
         let auth = match status.code() {
             Code::Unauthenticated | Code::PermissionDenied => true,
             Code::InvalidArgument => connecting && self.user.is_some(),
@@ -150,6 +143,43 @@ impl EtcdSecurity {
             detail: format!("{:?}: {}", status.code(), status.message()),
         })
     }
+}
+
+impl EtcdSecurity {
+    fn closed_after_handshake(&self, e: &etcd_client::Error, endpoint: &str, op: &'static str) -> DcsError {
+        let offered = if self.tls.as_ref().is_some_and(|t| t.cert.is_some()) {
+            "the client certificate offered may not be signed by a CA etcd trusts"
+        } else {
+            "no client certificate was offered"
+        };
+        DcsError::Tls {
+            store: endpoint.to_string(),
+            op,
+            detail: format!(
+                "etcd closed the TLS connection ({e}); {offered}: if etcd runs with --client-cert-auth, set \
+                 etcd3.cert and etcd3.key to a certificate its --trusted-ca-file signed"
+            ),
+        }
+    }
+}
+
+/// Whether the transport error's causes include an address that refused or could not be reached (by I/O error
+/// kind): etcd is down or the host wrong, not a TLS refusal.
+fn network_unreachable(e: &(dyn StdError + 'static)) -> bool {
+    use std::io::ErrorKind as K;
+    let mut cause: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                K::ConnectionRefused | K::TimedOut | K::HostUnreachable | K::NetworkUnreachable | K::AddrNotAvailable
+            ) {
+                return true;
+            }
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn find_tls_error(e: &etcd_client::Error, tls_endpoint: bool) -> Option<String> {
