@@ -102,6 +102,74 @@ impl FailoverSlotReadiness {
     }
 }
 
+/// Keel's `failover_slots`: how replicas keep copies of permanent logical slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailoverSlotsMode {
+    /// Native on PostgreSQL 17 and newer, copy on 16 and older.
+    #[default]
+    Auto,
+    /// PostgreSQL's own failover slots (`failover = true`, the slotsync worker): 17 and newer only.
+    Native,
+    /// Keel makes and advances the copies itself, on every major.
+    Copy,
+}
+
+/// The way copies are kept on a given major: what [`FailoverSlotsMode`] resolves to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotSyncMethod {
+    /// PostgreSQL's slotsync worker keeps the copies (17+).
+    Native,
+    /// Keel creates and advances the copies.
+    Copy,
+}
+
+impl SlotSyncMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotSyncMethod::Native => "native",
+            SlotSyncMethod::Copy => "copy",
+        }
+    }
+}
+
+/// The first major with native failover slots.
+pub const NATIVE_SLOT_SYNC_MAJOR: u32 = 17;
+
+impl FailoverSlotsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailoverSlotsMode::Auto => "auto",
+            FailoverSlotsMode::Native => "native",
+            FailoverSlotsMode::Copy => "copy",
+        }
+    }
+
+    /// The method in force on `major`. `native` on a major without native failover slots falls back to copy
+    /// (the configuration note [`SlotNote::NativeNeedsPg17`] says so).
+    pub fn method(self, major: u32) -> SlotSyncMethod {
+        match self {
+            FailoverSlotsMode::Copy => SlotSyncMethod::Copy,
+            FailoverSlotsMode::Auto | FailoverSlotsMode::Native if major >= NATIVE_SLOT_SYNC_MAJOR => {
+                SlotSyncMethod::Native
+            }
+            FailoverSlotsMode::Auto | FailoverSlotsMode::Native => SlotSyncMethod::Copy,
+        }
+    }
+
+    fn parse(v: Option<&Value>, notes: &mut Vec<SlotNote>) -> FailoverSlotsMode {
+        match v {
+            None | Some(Value::Null) => FailoverSlotsMode::default(),
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("auto") => FailoverSlotsMode::Auto,
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("native") => FailoverSlotsMode::Native,
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("copy") => FailoverSlotsMode::Copy,
+            Some(other) => {
+                notes.push(SlotNote::BadFailoverSlotsMode { value: other.to_string() });
+                FailoverSlotsMode::default()
+            }
+        }
+    }
+}
+
 /// A problem in the slot configuration or the slot topology, for the caller to log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SlotNote {
@@ -125,6 +193,10 @@ pub enum SlotNote {
     BadReadinessPolicy { value: String },
     /// `failover_slot_recreate` is not a boolean.
     BadRecreateFlag { value: String },
+    /// `failover_slots` is not `auto`, `native` or `copy`.
+    BadFailoverSlotsMode { value: String },
+    /// `failover_slots: native` on a major without native failover slots.
+    NativeNeedsPg17 { major: u32 },
     /// A retained member slot expired on the leader.
     RetainedSlotExpired { slot: String, after_secs: u64 },
 }
@@ -164,6 +236,14 @@ impl fmt::Display for SlotNote {
             SlotNote::BadRecreateFlag { value } => {
                 write!(f, "failover_slot_recreate: expected a boolean, got {value}; using false")
             }
+            SlotNote::BadFailoverSlotsMode { value } => {
+                write!(f, "failover_slots: expected auto, native or copy, got {value}; using auto")
+            }
+            SlotNote::NativeNeedsPg17 { major } => write!(
+                f,
+                "failover_slots: native needs PostgreSQL {NATIVE_SLOT_SYNC_MAJOR} or newer, this is {major}; Keel \
+                 copies the slots instead"
+            ),
             SlotNote::RetainedSlotExpired { slot, after_secs } => {
                 write!(f, "Replication slot '{slot}' for absent cluster member is expired after {after_secs} sec.")
             }
@@ -185,6 +265,8 @@ pub struct SlotsConfig {
     /// `failover_slot_recreate: true`: a permanent logical slot missing on the primary is created again even though
     /// its consumers lose their position (otherwise Keel reports a continuity break and waits for an operator).
     pub recreate_missing_logical: bool,
+    /// `failover_slots` (default `auto`); [`SlotsConfig::sync_method`] resolves it for a major.
+    pub failover_slots: FailoverSlotsMode,
     pub notes: Vec<SlotNote>,
 }
 
@@ -296,6 +378,7 @@ impl SlotsConfig {
                 false
             }),
         };
+        let failover_slots = FailoverSlotsMode::parse(obj.get("failover_slots"), &mut notes);
         SlotsConfig {
             use_slots: cfg.use_slots,
             member_slots_ttl: cfg.member_slots_ttl,
@@ -303,8 +386,20 @@ impl SlotsConfig {
             ignore,
             readiness,
             recreate_missing_logical,
+            failover_slots,
             notes,
         }
+    }
+
+    /// How copies of permanent logical slots are kept on `major`.
+    pub fn sync_method(&self, major: u32) -> SlotSyncMethod {
+        self.failover_slots.method(major)
+    }
+
+    /// The configuration notes that depend on the server's major (to log once it is known).
+    pub fn notes_for_major(&self, major: u32) -> Vec<SlotNote> {
+        let native_unavailable = self.failover_slots == FailoverSlotsMode::Native && major < NATIVE_SLOT_SYNC_MAJOR;
+        native_unavailable.then_some(SlotNote::NativeNeedsPg17 { major }).into_iter().collect()
     }
 
     /// Whether any `ignore_slots` matcher matches this slot.

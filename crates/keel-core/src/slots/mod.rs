@@ -27,7 +27,10 @@ pub mod status;
 pub use advance::{
     advance_goal, advance_step, advance_target, can_advance_slots, AdvanceInput, AdvanceStep, SLOT_ADVANCE_MAJOR,
 };
-pub use config::{FailoverSlotReadiness, IgnoreMatcher, PermanentSlot, SlotKind, SlotNote, SlotsConfig};
+pub use config::{
+    FailoverSlotReadiness, FailoverSlotsMode, IgnoreMatcher, PermanentSlot, SlotKind, SlotNote, SlotSyncMethod,
+    SlotsConfig, NATIVE_SLOT_SYNC_MAJOR,
+};
 pub use desired::{
     desired_slots, enforce_hot_standby_feedback, has_permanent_slots, should_query_slots, slot_name_on_primary,
     DesiredInput, DesiredSlot, DesiredSlots, NodeRole, SlotOrigin,

@@ -139,6 +139,31 @@ fn keel_options() {
     }
 }
 
+#[test]
+fn failover_slots_mode_per_major() {
+    use SlotSyncMethod::{Copy, Native};
+    let table = [
+        (json!({}), [(15, Copy), (16, Copy), (17, Native), (18, Native)]),
+        (json!({"failover_slots": "auto"}), [(15, Copy), (16, Copy), (17, Native), (18, Native)]),
+        (json!({"failover_slots": "Native"}), [(15, Copy), (16, Copy), (17, Native), (18, Native)]),
+        (json!({"failover_slots": "copy"}), [(15, Copy), (16, Copy), (17, Copy), (18, Copy)]),
+    ];
+    for (doc, want) in table {
+        let c = cfg(doc.clone());
+        assert!(c.notes.is_empty(), "{doc}: {:?}", c.notes);
+        for (major, method) in want {
+            assert_eq!(c.sync_method(major), method, "{doc} on {major}");
+        }
+    }
+    let native = cfg(json!({"failover_slots": "native"}));
+    assert!(matches!(native.notes_for_major(16)[..], [SlotNote::NativeNeedsPg17 { major: 16 }]));
+    assert!(native.notes_for_major(17).is_empty() && cfg(json!({})).notes_for_major(15).is_empty());
+    let bad = cfg(json!({"failover_slots": true}));
+    assert_eq!(bad.failover_slots, FailoverSlotsMode::Auto);
+    assert!(matches!(bad.notes[..], [SlotNote::BadFailoverSlotsMode { .. }]));
+    assert!(bad.notes[0].to_string().contains("auto, native or copy"));
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Desired slots.
 

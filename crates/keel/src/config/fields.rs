@@ -176,6 +176,7 @@ pub const DCS: &[Field] = &[
     // Keel's failover-slot settings (read by keel_core::slots from the dynamic configuration).
     opt("failover_slot_readiness", Kind::Str),
     opt("failover_slot_recreate", Kind::Bool),
+    opt("failover_slots", Kind::Str),
     opt("ttl", Kind::Seconds),
     opt("loop_wait", Kind::Seconds),
     opt("retry_timeout", Kind::Seconds),
