@@ -37,6 +37,17 @@ mod tests {
             "slots": {"cdc": {"type": "logical", "database": "app", "plugin": "pgoutput"}}});
         assert_eq!(check(&ok).unwrap(), Vec::<String>::new());
         assert!(check(&json!({})).is_ok());
+        let slots = json!({"failover_slots": "native", "failover_slot_readiness": "strict"});
+        assert_eq!(check(&slots).unwrap(), Vec::<String>::new());
+    }
+
+    /// Keel's own slot settings take one of their documented values, on every path (file, REST, edit-config).
+    #[test]
+    fn slot_modes_outside_their_values_are_refused() {
+        for (key, value) in [("failover_slots", "sometimes"), ("failover_slot_readiness", "maybe")] {
+            let err = check(&json!({ key: value })).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]

@@ -174,9 +174,19 @@ const BOOTSTRAP: &[Field] = &[
 /// REST API).
 pub const DCS: &[Field] = &[
     // Keel's failover-slot settings (read by keel_core::slots from the dynamic configuration).
-    opt("failover_slot_readiness", Kind::Str),
+    opt(
+        "failover_slot_readiness",
+        Kind::Limited(&Kind::Str, &["strict", "prefer", "off"], "failover_slot_readiness is strict, prefer or off"),
+    ),
     opt("failover_slot_recreate", Kind::Bool),
-    opt("failover_slots", Kind::Str),
+    opt(
+        "failover_slots",
+        Kind::Limited(
+            &Kind::Str,
+            &["auto", "native", "copy"],
+            "failover_slots is auto (native on PostgreSQL 17+, copy below), native or copy",
+        ),
+    ),
     opt("ttl", Kind::Seconds),
     opt("loop_wait", Kind::Seconds),
     opt("retry_timeout", Kind::Seconds),
