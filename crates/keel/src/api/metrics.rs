@@ -274,5 +274,18 @@ mod tests {
                 format!("keel_slot_unusable{{scope=\"batman\",name=\"n1\",slot=\"{slot}\",reason=\"{reason}\"}} 1");
             assert!(text.contains(&series), "{text}");
         }
+        let st = NodeStatus {
+            slots: serde_json::json!({"consumers_ahead": [
+                {"slot": "cdc", "member": "n2", "bytes": 4096, "sent_beyond": true},
+                {"slot": "cdc", "member": "n3", "bytes": null, "sent_beyond": false},
+            ]}),
+            ..st
+        };
+        let text = render(&st).unwrap();
+        let l = |m: &str| format!("{{scope=\"batman\",name=\"n1\",slot=\"cdc\",member=\"{m}\"}}");
+        assert!(text.contains(&format!("keel_slot_consumer_ahead_bytes{} 4096", l("n2"))), "{text}");
+        assert!(!text.contains(&format!("keel_slot_consumer_ahead_bytes{}", l("n3"))), "{text}");
+        assert!(text.contains(&format!("keel_slot_consumer_sent_beyond{} 1", l("n2"))), "{text}");
+        assert!(text.contains(&format!("keel_slot_consumer_sent_beyond{} 0", l("n3"))), "{text}");
     }
 }
