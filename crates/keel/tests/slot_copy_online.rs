@@ -224,6 +224,9 @@ fn cascading_replica_keeps_ready_copies() {
     let before: Vec<String> = [&upstream, &cascade].iter().map(|r| postmaster(&c, r).unwrap()).collect();
 
     create_database(&c, &leader);
+    for n in c.names() {
+        wait_slot(&c, &n, SLOT, true, SLOTS);
+    }
     let out = c.dir().join("cascade.out");
     let _consumer = Consumer::start(&c, &leader, &stream(), &out);
     let writer = Writer::start(&c, &leader, "app");

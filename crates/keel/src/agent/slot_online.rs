@@ -1,12 +1,13 @@
 //! Copies created on this standby without a restart (PostgreSQL 16+, `keel_core::slots::online_copy`): each
-//! logical slot is created with `pg_create_logical_replication_slot` in its own database while the leader is asked
-//! for running-xacts records (`pg_log_standby_snapshot()`, once a second) so the creation finds its consistent
-//! point soon; the creation has a deadline. Where the creation fails with a SQLSTATE that a file copy avoids, the
+//! logical slot is created with `pg_create_logical_replication_slot` in its own database (several at once) while
+//! the leader is asked for running-xacts records (`pg_log_standby_snapshot()`, once a second) so the creations find
+//! their consistent point soon; each creation has a deadline. Where the creation fails with a SQLSTATE that a file copy avoids, the
 //! slot is handed back for the file copy and restart, named in the log.
 
 use std::time::Duration;
 
 use anyhow::Result;
+use futures::StreamExt;
 use keel_core::lsn::Lsn;
 use keel_core::slots::copycheck::SlotPositions;
 use keel_core::slots::online_copy::{create_failed, start_point, CopyTechnique, CreateFailure, CreateRemedy};
@@ -24,6 +25,8 @@ use crate::postgres::replication_slots::{self as pg_slots, PgSlot};
 
 /// How long one creation may wait for its consistent point (the server cancels it then: 57014).
 const CREATE_DEADLINE: Duration = Duration::from_secs(10);
+/// Creations under way at once (each holds a connection to this standby).
+const CONCURRENT_CREATES: usize = 8;
 /// How often the leader is asked for a running-xacts record while a creation waits.
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 
@@ -42,32 +45,35 @@ impl SlotManager {
     ) -> Result<Vec<Wanted>> {
         let leader_session = local.leader_session(leader, local.database()).await?;
         let on_leader = pg_slots::list(&leader_session).await?;
-        let mut by_file = Vec::new();
-        for want in copies {
-            let src = on_leader.iter().find(|s| s.name == want.0);
-            if !source_ok(want, src) {
-                continue;
-            }
-            let h = self.recopies.entry(want.0.clone()).or_default();
+        let wanted: Vec<&Wanted> =
+            copies.iter().filter(|w| source_ok(w, on_leader.iter().find(|s| s.name == w.0))).collect();
+        for w in &wanted {
+            let h = self.recopies.entry(w.0.clone()).or_default();
             h.attempts += 1;
             h.last = Some(now);
-            match create_one(local, &leader_session, want).await {
-                Ok(lsn) => self.created(&want.0, lsn, src),
-                Err(failure) => {
-                    let (slot, db) = (&want.0, &want.1);
-                    match create_failed(&failure) {
-                        CreateRemedy::FallBackToFileCopy => {
-                            warn!(
-                                "creating logical slot {slot} on this standby in {db} failed: {failure}; falling back \
-                                 to the {} (PostgreSQL restarts)",
-                                CopyTechnique::FileAndRestart
-                            );
-                            by_file.push(want.clone());
-                        }
-                        CreateRemedy::RetryLater => {
-                            warn!("creating logical slot {slot} on this standby in {db} failed: {failure}; trying again later")
-                        }
-                    }
+        }
+        let results = create_all(local, &leader_session, &wanted).await;
+        let mut by_file = Vec::new();
+        for (want, result) in wanted.into_iter().zip(results) {
+            let (slot, db) = (&want.0, &want.1);
+            let failure = match result {
+                Ok(lsn) => {
+                    self.created(slot, lsn, on_leader.iter().find(|s| &s.name == slot));
+                    continue;
+                }
+                Err(failure) => failure,
+            };
+            match create_failed(&failure) {
+                CreateRemedy::FallBackToFileCopy => {
+                    warn!(
+                        "creating logical slot {slot} on this standby in {db} failed: {failure}; falling back to the \
+                         {} (PostgreSQL restarts)",
+                        CopyTechnique::FileAndRestart
+                    );
+                    by_file.push(want.clone());
+                }
+                CreateRemedy::RetryLater => {
+                    warn!("creating logical slot {slot} on this standby in {db} failed: {failure}; trying again later")
                 }
             }
         }
@@ -114,33 +120,43 @@ fn source_ok((slot, database, plugin): &Wanted, src: Option<&PgSlot>) -> bool {
     }
 }
 
-/// Creates one slot on this standby, asking the leader for running-xacts records meanwhile. The creation's
-/// session has `statement_timeout` = [`CREATE_DEADLINE`], so the server cancels a creation that waits too long.
-async fn create_one(
-    local: &Local,
-    leader: &observe::Session,
-    (slot, database, plugin): &Wanted,
-) -> Result<Lsn, CreateFailure> {
-    let mut params = local.local_params();
-    params.dbname = database.clone();
-    let session = observe::connect(&params, CREATE_DEADLINE).await.map_err(|e| failure(&e))?;
-    let creating = session.within(format!("creating {slot}"), pg_slots::create_logical(&session, slot, plugin));
+/// Creates every copy on this standby, [`CONCURRENT_CREATES`] at a time (they all wait for the same running-xacts
+/// record), while the leader writes one every [`SNAPSHOT_EVERY`]. The results are in the order of `wanted`.
+async fn create_all(local: &Local, leader: &observe::Session, wanted: &[&Wanted]) -> Vec<Result<Lsn, CreateFailure>> {
+    let creating = futures::stream::iter(wanted.iter().enumerate())
+        .map(|(i, w)| async move { (i, create_one(local, w).await) })
+        .buffer_unordered(CONCURRENT_CREATES)
+        .collect::<Vec<_>>();
     tokio::pin!(creating);
     let mut tick = tokio::time::interval(SNAPSHOT_EVERY);
     let mut refused = false;
-    loop {
+    let mut done = loop {
         tokio::select! {
-            done = &mut creating => return done.map_err(|e| failure(&e)),
+            done = &mut creating => break done,
             _ = tick.tick(), if !refused => {
                 let asked = tokio::time::timeout(COPY_QUERY_TIMEOUT, online_slots::log_standby_snapshot(leader)).await;
                 if let Ok(Err(e)) = asked {
-                    // Without it, the creation waits for the leader's own running-xacts records (every 15 s).
-                    warn!("pg_log_standby_snapshot() on the leader failed: {e}; the creation of {slot} may take longer");
+                    // Without it, the creations wait for the leader's own running-xacts records (every 15 s).
+                    warn!("pg_log_standby_snapshot() on the leader failed: {e}; creating slot copies may take longer");
                     refused = true;
                 }
             }
         }
-    }
+    };
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
+}
+
+/// Creates one slot on this standby. The creation's session has `statement_timeout` = [`CREATE_DEADLINE`], so the
+/// server cancels a creation that waits too long (and the client gives up shortly after).
+async fn create_one(local: &Local, (slot, database, plugin): &Wanted) -> Result<Lsn, CreateFailure> {
+    let mut params = local.local_params();
+    params.dbname = database.clone();
+    let session = observe::connect(&params, CREATE_DEADLINE).await.map_err(|e| failure(&e))?;
+    session
+        .within(format!("creating {slot}"), pg_slots::create_logical(&session, slot, plugin))
+        .await
+        .map_err(|e| failure(&e))
 }
 
 fn failure(e: &PgError) -> CreateFailure {
