@@ -83,7 +83,10 @@ impl SlotManager {
     /// Bookkeeping for a copy created here at `lsn`: readiness starts over, and the copy waits for the leader's
     /// consumer to confirm past its start.
     fn created(&mut self, slot: &str, lsn: Lsn, src: Option<&PgSlot>) {
-        info!("created logical slot {slot} on this standby at {lsn} ({}, no restart)", CopyTechnique::CreateOnStandby);
+        info!(
+            "created logical slot {slot} on this standby at {lsn}, without a restart; it counts once the leader's \
+             consumer has confirmed past it"
+        );
         self.readiness.insert(slot.to_string(), SlotReadiness::MISSING);
         self.events.insert(slot.to_string(), ReadinessEvent::Copied);
         self.made_here.insert(slot.to_string());
