@@ -9,14 +9,18 @@
 //! - [`promotion`]: at promotion, each logical copy against what its consumers may have seen.
 //! - [`readiness`]: whether a copied logical slot is safe to use after promoting this replica.
 //! - [`recopy`]: the re-copy backoff, whether to re-copy a checked copy, whether the leader's slot may be copied.
+//! - [`online_copy`]: copies created on a 16+ standby without a restart, and when they count.
+//! - [`ahead`]: how far each logical slot's consumer is ahead of each failover candidate (on the primary).
 //! - [`copycheck`]: typed advance failures (by SQLSTATE), stale copies, copies needing missing WAL, re-copy backoff.
 //!
 //! See `crates/keel-core/SLOTS.md` for the life cycle of a slot.
 
 pub mod advance;
+pub mod ahead;
 pub mod config;
 pub mod copycheck;
 pub mod desired;
+pub mod online_copy;
 pub mod promotion;
 pub mod readiness;
 pub mod reconcile;

@@ -183,6 +183,12 @@ pub enum ReadinessReason {
         confirmed_flush: Lsn,
         replay: Option<Lsn>,
     },
+    /// A copy created on this standby (16+) starts at `start`; the primary's consumer has confirmed only up to
+    /// `primary` (`super::online_copy`).
+    WaitingForPrimaryConsumer {
+        start: Option<Lsn>,
+        primary: Option<Lsn>,
+    },
     Ready,
 }
 
@@ -212,6 +218,10 @@ impl fmt::Display for ReadinessReason {
             AheadOfReplay { confirmed_flush, replay } => {
                 write!(f, "confirmed_flush {confirmed_flush} is ahead of replay {replay:?}")
             }
+            WaitingForPrimaryConsumer { start, primary } => {
+                let at = |l: &Option<Lsn>| l.map_or_else(|| "unknown".to_string(), |l| l.to_string());
+                write!(f, "created here at {}; the primary's consumer has confirmed only {}", at(start), at(primary))
+            }
             Ready => write!(f, "safe to use after a failover"),
         }
     }
@@ -236,6 +246,7 @@ impl ReadinessReason {
             Unhealthy => "unhealthy",
             WaitingForLocalSnapshot => "waiting_for_local_snapshot",
             AheadOfReplay { .. } => "ahead_of_replay",
+            WaitingForPrimaryConsumer { .. } => "waiting_for_primary_consumer",
             Ready => "ready",
         }
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use keel_core::lsn::Lsn;
 use keel_core::slots::copycheck::{check_copy, CopyCheckInput, CopyFailure, PrimarySlot, SlotPositions};
+use keel_core::slots::online_copy::{self, OnlineGate};
 use keel_core::slots::readiness::{
     self, LocalLogicalSlot, PrimaryPhysicalSlot, ReadinessEvent, ReadinessObservation, ReadinessReason, SlotReadiness,
     Xid,
@@ -154,6 +155,11 @@ impl SlotManager {
             rebuilt: self.rebuilt.get(name).copied(),
             failure,
         });
+        let gate = self.online_gate(name, on_leader);
+        let verdict = match &gate {
+            Some(g) => online_copy::gate_verdict(verdict, g),
+            None => verdict,
+        };
         if recopy_wanted(&verdict, &self.recopies.get(name).copied().unwrap_or_default(), c.now) {
             self.recopy.insert(name.to_string());
         }
@@ -183,12 +189,30 @@ impl SlotManager {
         };
         let prev = self.readiness.get(name).cloned().unwrap_or(SlotReadiness::MISSING);
         let (next, reason) = readiness::step(&prev, &obs);
+        let (next, reason) = match &gate {
+            Some(g) => online_copy::gate_readiness(next, reason, g),
+            None => (next, reason),
+        };
         self.log_change(name, &prev, &next, &reason);
         if next.is_ready() {
             self.recopies.remove(name);
         }
         self.reasons.insert(name.to_string(), reason);
         self.readiness.insert(name.to_string(), next);
+    }
+
+    /// The start-point gate of a copy created on this standby (`None`: not one, or its gate has passed, which
+    /// is remembered). A leader that could not be asked keeps the gate closed.
+    fn online_gate(&mut self, name: &str, on_leader: &LeaderSlots) -> Option<OnlineGate> {
+        let start = *self.online_start.get(name)?;
+        let primary = on_leader.logical.as_ref().and_then(|m| m.get(name)).and_then(|s| s.confirmed_flush_lsn);
+        let gate = online_copy::online_gate(start, primary);
+        if gate == OnlineGate::Passed {
+            info!("logical slot {name}: the leader's consumer confirmed past this copy's start; it is advanced from now on");
+            self.online_start.remove(name);
+            return None;
+        }
+        Some(gate)
     }
 
     /// One line per change: stage changes as info, a new reason that makes the copy unusable as a warning.

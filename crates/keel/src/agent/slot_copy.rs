@@ -61,6 +61,7 @@ impl SlotManager {
             self.readiness.insert(name.clone(), SlotReadiness::MISSING);
             self.events.insert(name.clone(), ReadinessEvent::Copied);
             self.made_here.insert(name.clone());
+            self.online_start.remove(name);
         }
         for (name, bytes, expectation) in &files {
             // The copy's own position, as the leader had persisted it: validated once more, it cannot fail here.

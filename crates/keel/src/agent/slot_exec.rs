@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use keel_core::lsn::Lsn;
 use keel_core::slots::copycheck::{self, recopy_due, CopyFailure, FailureContext};
+use keel_core::slots::online_copy::{copy_technique, CopyTechnique};
 use keel_core::slots::readiness::Xid;
 use keel_core::slots::{ActualSlot, SlotAction, SlotKind, WalStatus};
 use keel_core::time::Millis;
@@ -95,6 +96,7 @@ impl SlotManager {
         info!("dropped replication slot {slot} ({reason})");
         self.readiness.remove(slot);
         self.made_here.remove(slot);
+        self.online_start.remove(slot);
         self.rebuilt.remove(slot);
         Ok(())
     }
@@ -171,13 +173,32 @@ impl SlotManager {
         }
         if !copies.is_empty() {
             match leader {
-                Some(l) => {
-                    if let Err(e) = self.copy_logical(&copies, local, l, now).await {
-                        warn!("copying logical slots from {} failed: {e:#}", l.name);
-                    }
-                }
+                Some(l) => self.copy_all(copies, local, l, now).await,
                 None => warn!("cannot copy logical slots: no leader"),
             }
+        }
+    }
+}
+
+impl SlotManager {
+    /// Makes the copies with the technique for this node's major (`keel_core::slots::online_copy`): created on a
+    /// 16+ standby without a restart, by file copy and restart otherwise and for creations that fell back.
+    async fn copy_all(&mut self, copies: Vec<(String, String, String)>, local: &mut Local, l: &Member, now: Millis) {
+        let by_file = match copy_technique(local.bins.major) {
+            CopyTechnique::FileAndRestart => copies,
+            CopyTechnique::CreateOnStandby => match self.create_on_standby(&copies, local, l, now).await {
+                Ok(rest) => rest,
+                Err(e) => {
+                    warn!("creating logical slot copies on this standby failed: {e:#}; trying again later");
+                    Vec::new()
+                }
+            },
+        };
+        if by_file.is_empty() {
+            return;
+        }
+        if let Err(e) = self.copy_logical(&by_file, local, l, now).await {
+            warn!("copying logical slots from {} failed: {e:#}", l.name);
         }
     }
 }

@@ -37,6 +37,8 @@ mod checks;
 mod copy;
 #[path = "slot_exec.rs"]
 mod exec;
+#[path = "slot_online.rs"]
+mod online;
 #[path = "slot_report.rs"]
 mod report;
 
@@ -80,6 +82,11 @@ pub struct SlotManager {
     /// The leader's `confirmed_flush_lsn` of each slot when this agent copied it: a position the old leader is
     /// known to have reached, for the promotion check (the follower's reads start over with each copy).
     copied_at: BTreeMap<String, Lsn>,
+    /// Copies created on this standby (16+) whose start the leader's consumer has not confirmed yet: slot →
+    /// start (`keel_core::slots::online_copy`). Removed once the gate passes or the copy is replaced.
+    online_start: BTreeMap<String, Option<Lsn>>,
+    /// On the leader: each logical slot's consumer against each failover candidate (`keel_core::slots::ahead`).
+    pub consumers_ahead: Vec<keel_core::slots::ahead::ConsumerAhead>,
     /// A rebuild (pg_rewind, pg_basebackup) seen by `Local` and not yet applied to the slot list.
     pending_rebuild: Option<Rebuild>,
     /// Logical slots found after a rebuild, stale until copied again.
@@ -136,6 +143,8 @@ impl SlotManager {
             recopies: BTreeMap::new(),
             made_here: BTreeSet::new(),
             copied_at: BTreeMap::new(),
+            online_start: BTreeMap::new(),
+            consumers_ahead: Vec::new(),
             pending_rebuild: None,
             rebuilt: BTreeMap::new(),
             slot_errors: BTreeMap::new(),
@@ -279,11 +288,13 @@ impl SlotManager {
         self.slot_errors.retain(|n, _| desired.logical_names().any(|d| d == n));
 
         if c.leader_primary {
+            self.measure_ahead(c, local).await;
             return Some(self.publish_as_leader(c, &config, &desired, &actual, local.bins.major));
         }
 
         // A replica: follow the leader's positions and track readiness of logical copies.
         self.slot_errors.clear();
+        self.consumers_ahead.clear();
         self.follow_leader(local, &desired, &actual, leader_member.as_ref());
         self.update_readiness(c, local, &desired, &actual, leader_member.as_ref()).await;
         None

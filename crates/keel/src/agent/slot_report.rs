@@ -1,7 +1,10 @@
 //! What the slot manager reports: the promotion check run on the first cycle as leader, and the node's slots for
 //! `GET /slots` (and from there `keel slots` and the `keel_slot_*` metrics).
 
+use std::time::Duration;
+
 use keel_core::lsn::Lsn;
+use keel_core::slots::ahead;
 use keel_core::slots::promotion::{self, PromotionInput, SlotComparison, Verdict};
 use keel_core::slots::{ActualSlots, DesiredSlots};
 use keel_core::time::Millis;
@@ -10,6 +13,8 @@ use serde_json::{json, Value};
 use tracing::{error, info, warn};
 
 use super::{SlotCycle, SlotManager};
+use crate::agent::local::Local;
+use crate::postgres::online_slots;
 
 /// The result of the promotion check.
 pub struct PromotionReport {
@@ -18,7 +23,34 @@ pub struct PromotionReport {
     pub slots: Vec<SlotComparison>,
 }
 
+/// How long the leader's read of consumer and standby positions may take.
+const AHEAD_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl SlotManager {
+    /// On the leader: each logical slot's consumer against each failover candidate
+    /// (`keel_core::slots::ahead`). Cleared when the positions cannot be read: stale figures would mislead.
+    pub(super) async fn measure_ahead(&mut self, c: &SlotCycle<'_>, local: &mut Local) {
+        let read = async {
+            let session = local.local_session().await?;
+            Ok::<_, anyhow::Error>(online_slots::consumer_positions(session).await?)
+        };
+        let (slots, walsenders) = match tokio::time::timeout(AHEAD_QUERY_TIMEOUT, read).await {
+            Ok(Ok(positions)) => positions,
+            Ok(Err(e)) => {
+                warn!("cannot read consumer and standby positions: {e:#}");
+                self.consumers_ahead.clear();
+                return;
+            }
+            Err(_) => {
+                warn!("reading consumer and standby positions took more than {AHEAD_QUERY_TIMEOUT:?}");
+                self.consumers_ahead.clear();
+                return;
+            }
+        };
+        let candidates = ahead::candidates(c.view, c.me);
+        self.consumers_ahead = ahead::consumers_ahead(&slots, &candidates, &walsenders);
+    }
+
     /// The promotion check: each permanent logical slot here against its last known position on the old primary,
     /// and whether its copy was usable when this node was promoted.
     pub(super) fn check_promotion(&mut self, c: &SlotCycle<'_>, desired: &DesiredSlots, actual: &ActualSlots) {
@@ -118,6 +150,10 @@ impl SlotManager {
             "continuity_breaks": breaks,
             "promotion": promotion,
             "copies_paused": self.copies_paused,
+            "consumers_ahead": self.consumers_ahead.iter().map(|a| json!({
+                "slot": a.slot, "member": a.member, "bytes": a.bytes, "sent_beyond": a.sent_beyond,
+                "candidate_flush": a.candidate_flush.map(|l| l.to_string()), "source": a.source,
+            })).collect::<Vec<_>>(),
             "ready": self.summary.as_ref().map(|s| s.ready),
         })
     }

@@ -176,6 +176,34 @@ pub fn render(st: &NodeStatus) -> Result<String, std::fmt::Error> {
         "At this node's last promotion: bytes a logical slot's copy trailed the old primary (sent again).",
         redelivery,
     );
+    // On the primary: how far each logical slot's consumer is ahead of each failover candidate's flushed WAL.
+    let ahead_bytes = Family::<Labels, Gauge>::default();
+    let sent_beyond = Family::<Labels, Gauge>::default();
+    for a in listed("consumers_ahead") {
+        let (Some(slot), Some(member)) =
+            (a.get("slot").and_then(|v| v.as_str()), a.get("member").and_then(|v| v.as_str()))
+        else {
+            continue;
+        };
+        let mut l = labels.clone();
+        l.push(("slot".into(), slot.to_string()));
+        l.push(("member".into(), member.to_string()));
+        if let Some(b) = a.get("bytes").and_then(serde_json::Value::as_i64) {
+            ahead_bytes.get_or_create(&l).set(b);
+        }
+        let beyond = a.get("sent_beyond").and_then(serde_json::Value::as_bool).unwrap_or(false);
+        sent_beyond.get_or_create(&l).set(i64::from(beyond));
+    }
+    registry.register(
+        "keel_slot_consumer_ahead_bytes",
+        "On the primary: bytes a logical slot's consumer confirmed past what a failover candidate has flushed.",
+        ahead_bytes,
+    );
+    registry.register(
+        "keel_slot_consumer_sent_beyond",
+        "On the primary: 1 if a logical slot's consumer was sent a change a failover candidate has not flushed.",
+        sent_beyond,
+    );
     let mut out = String::new();
     encode(&mut out, &registry)?;
     Ok(out)
@@ -246,5 +274,18 @@ mod tests {
                 format!("keel_slot_unusable{{scope=\"batman\",name=\"n1\",slot=\"{slot}\",reason=\"{reason}\"}} 1");
             assert!(text.contains(&series), "{text}");
         }
+        let st = NodeStatus {
+            slots: serde_json::json!({"consumers_ahead": [
+                {"slot": "cdc", "member": "n2", "bytes": 4096, "sent_beyond": true},
+                {"slot": "cdc", "member": "n3", "bytes": null, "sent_beyond": false},
+            ]}),
+            ..st
+        };
+        let text = render(&st).unwrap();
+        let l = |m: &str| format!("{{scope=\"batman\",name=\"n1\",slot=\"cdc\",member=\"{m}\"}}");
+        assert!(text.contains(&format!("keel_slot_consumer_ahead_bytes{} 4096", l("n2"))), "{text}");
+        assert!(!text.contains(&format!("keel_slot_consumer_ahead_bytes{}", l("n3"))), "{text}");
+        assert!(text.contains(&format!("keel_slot_consumer_sent_beyond{} 1", l("n2"))), "{text}");
+        assert!(text.contains(&format!("keel_slot_consumer_sent_beyond{} 0", l("n3"))), "{text}");
     }
 }

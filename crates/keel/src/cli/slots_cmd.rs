@@ -1,6 +1,7 @@
 //! `keel slots [-f FORMAT]`: every member's replication slots (type, position, lag behind the primary, readiness
 //! and its reason, WAL retained), from each member's `GET /slots`; continuity breaks the leader recorded, and what
-//! a member's last promotion check found (consumers ahead of its WAL, or changes to be delivered again).
+//! a member's last promotion check found (consumers ahead of its WAL, or changes to be delivered again), and on
+//! the leader, consumers ahead of a failover candidate's flushed WAL.
 //! `keel slots recreate NAME`: ask the leader to re-create a permanent logical slot after a continuity break.
 
 use std::time::Duration;
@@ -83,6 +84,18 @@ pub fn notes(member: &str, doc: &Value) -> Vec<String> {
             text(b, "slot"),
             text(b, "last_published")
         ));
+    }
+    for a in doc.get("consumers_ahead").and_then(Value::as_array).into_iter().flatten() {
+        let bytes = a.get("bytes").and_then(Value::as_u64).unwrap_or(0);
+        let sent = a.get("sent_beyond") == Some(&Value::Bool(true));
+        if bytes > 0 || sent {
+            out.push(format!(
+                "{member}: consumer of slot {} is {bytes} bytes ahead of {}'s flushed WAL{}",
+                text(a, "slot"),
+                text(a, "member"),
+                if sent { " (and was sent changes it lacks)" } else { "" }
+            ));
+        }
     }
     let promotion = doc.get("promotion").filter(|p| !p.is_null());
     for s in promotion.and_then(|p| p.get("slots")).and_then(Value::as_array).into_iter().flatten() {
@@ -206,5 +219,19 @@ mod tests {
         assert_eq!(n[1], "node3: no usable copy of slot cdc2: needs WAL from 0/1000000 (needs_missing_wal)");
         assert!(n[2].contains("CONTINUITY BREAK") && n[2].contains("needs WAL"), "{}", n[2]);
         assert!(n[3].contains("32 bytes past 0/10") && n[3].contains("skip"), "{}", n[3]);
+    }
+
+    #[test]
+    fn notes_name_consumers_ahead_of_a_candidate() {
+        let doc = json!({"consumers_ahead": [
+            {"slot": "cdc", "member": "n2", "bytes": 0, "sent_beyond": false},
+            {"slot": "cdc", "member": "n3", "bytes": 4096, "sent_beyond": true},
+            {"slot": "cdc", "member": "n4", "bytes": null, "sent_beyond": false},
+        ]});
+        let n = notes("n1", &doc);
+        assert_eq!(
+            n,
+            ["n1: consumer of slot cdc is 4096 bytes ahead of n3's flushed WAL (and was sent changes it lacks)"]
+        );
     }
 }

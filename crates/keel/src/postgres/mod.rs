@@ -9,6 +9,7 @@ pub mod bins;
 pub mod conf;
 pub mod datadir;
 pub mod observe;
+pub mod online_slots;
 pub mod pg_ctl;
 pub mod postmaster;
 pub mod process;

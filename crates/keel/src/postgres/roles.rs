@@ -42,6 +42,11 @@ pub const REWIND_FUNCTIONS: [&str; 4] = [
     "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)",
 ];
 
+/// On PostgreSQL 16+ the rewind role may also write a running-xacts record, so that a replica creating a logical
+/// slot copy (it connects to the leader with these credentials) finds its consistent point soon.
+const STANDBY_SNAPSHOT_GRANT: &str = "DO $keel$ BEGIN IF to_regprocedure('pg_catalog.pg_log_standby_snapshot()') \
+     IS NOT NULL THEN GRANT EXECUTE ON FUNCTION pg_catalog.pg_log_standby_snapshot() TO %I; END IF; END $keel$";
+
 /// The statement template for `spec`: `%I` is the name, `%L` the password (when set).
 fn template(spec: &RoleSpec, exists: bool) -> String {
     let verb = if exists { "ALTER" } else { "CREATE" };
@@ -77,8 +82,9 @@ pub async fn ensure_role(session: &Session, spec: &RoleSpec) -> Result<bool, PgE
         .await
         .map_err(|source| PgError::Query { what: what(if exists { "altering" } else { "creating" }), source })?;
     if spec.kind == RoleKind::Rewind {
-        for function in REWIND_FUNCTIONS {
-            let template = format!("GRANT EXECUTE ON FUNCTION {function} TO %I");
+        let grants = REWIND_FUNCTIONS.map(|f| (f, format!("GRANT EXECUTE ON FUNCTION {f} TO %I")));
+        let snapshot = ("pg_catalog.pg_log_standby_snapshot()", STANDBY_SNAPSHOT_GRANT.to_string());
+        for (function, template) in grants.into_iter().chain([snapshot]) {
             let statement: String = client
                 .query_one("SELECT format($1::text, $2::text)", &[&template, &spec.name])
                 .await
