@@ -9,6 +9,8 @@
 //! - [`promotion`]: at promotion, each logical copy against what its consumers may have seen.
 //! - [`readiness`]: whether a copied logical slot is safe to use after promoting this replica.
 //! - [`recopy`]: the re-copy backoff, whether to re-copy a checked copy, whether the leader's slot may be copied.
+//! - [`native`]: native failover slots (17+): no own copies, `failover` switches, leftovers, readiness.
+//! - [`standby_slots`]: the managed `synchronized_standby_slots` of a native-mode primary.
 //! - [`copycheck`]: typed advance failures (by SQLSTATE), stale copies, copies needing missing WAL, re-copy backoff.
 //!
 //! See `crates/keel-core/SLOTS.md` for the life cycle of a slot.
@@ -17,11 +19,13 @@ pub mod advance;
 pub mod config;
 pub mod copycheck;
 pub mod desired;
+pub mod native;
 pub mod promotion;
 pub mod readiness;
 pub mod reconcile;
 pub mod recopy;
 pub mod risk;
+pub mod standby_slots;
 pub mod status;
 
 pub use advance::{

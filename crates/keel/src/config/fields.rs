@@ -177,6 +177,7 @@ pub const DCS: &[Field] = &[
     opt("failover_slot_readiness", Kind::Str),
     opt("failover_slot_recreate", Kind::Bool),
     opt("failover_slots", Kind::Str),
+    opt("failover_slots_max_lag", Kind::Int),
     opt("ttl", Kind::Seconds),
     opt("loop_wait", Kind::Seconds),
     opt("retry_timeout", Kind::Seconds),
