@@ -72,10 +72,7 @@ pub fn leftovers(here: &[NativeSlot], primary: Option<&BTreeMap<String, NativeSl
     here.iter()
         .filter(|s| !s.synced && !s.temporary)
         .filter(|s| primary.get(&s.name).is_some_and(|p| p.failover && !p.temporary))
-        .map(|s| SlotAction::Drop {
-            slot: s.name.clone(),
-            reason: DropReason::NativeLeftover { failover: s.failover },
-        })
+        .map(|s| SlotAction::Drop { slot: s.name.clone(), reason: DropReason::NativeLeftover { failover: s.failover } })
         .collect()
 }
 
@@ -83,16 +80,23 @@ pub fn leftovers(here: &[NativeSlot], primary: Option<&BTreeMap<String, NativeSl
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum NativeState {
-    Ready { behind: u64 },
+    Ready {
+        behind: u64,
+    },
     /// No copy here yet.
     Missing,
     /// A slot of that name exists here but was not made by the slotsync worker.
     NotSynced,
     /// The worker made it but it is not sync-ready (it would be lost at promotion).
     Temporary,
-    Invalidated { reason: String },
+    Invalidated {
+        reason: String,
+    },
     /// The copy trails the primary's `confirmed_flush_lsn` by more than the bound (or has none).
-    Behind { behind: Option<u64>, bound: u64 },
+    Behind {
+        behind: Option<u64>,
+        bound: u64,
+    },
     /// A permanent logical slot the primary does not have (yet) as a failover slot.
     NotOnPrimary,
     /// The primary could not be asked and nothing is known from before.

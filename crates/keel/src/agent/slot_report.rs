@@ -119,6 +119,8 @@ impl SlotManager {
             "promotion": promotion,
             "copies_paused": self.copies_paused,
             "ready": self.summary.as_ref().map(|s| s.ready),
+            "failover_slots_mode": self.native.method.map(|m| m.as_str()),
+            "native": self.native.to_json(),
         })
     }
 }

@@ -57,6 +57,29 @@ pub fn rows(member: &str, role: &str, doc: &Value) -> Vec<Vec<Value>> {
         .collect()
 }
 
+/// Native failover slots: the mode, synced copies that are not ready, and the managed
+/// `synchronized_standby_slots` with each member's reason.
+fn native_notes(member: &str, doc: &Value) -> Vec<String> {
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+    let mut out = Vec::new();
+    if let Some(mode) = doc.get("failover_slots_mode").and_then(Value::as_str) {
+        out.push(format!("{member}: failover slots: {mode}"));
+    }
+    let native = doc.get("native").cloned().unwrap_or(Value::Null);
+    for r in native.get("readiness").and_then(Value::as_array).into_iter().flatten() {
+        if r.get("ready") != Some(&json!(true)) {
+            out.push(format!("{member}: synced slot {} not ready: {}", text(r, "slot"), text(r, "reason")));
+        }
+    }
+    if let Some(sss) = native.get("synchronized_standby_slots").filter(|v| !v.is_null()) {
+        out.push(format!("{member}: synchronized_standby_slots = '{}'", text(sss, "value")));
+        for m in sss.get("members").and_then(Value::as_array).into_iter().flatten() {
+            out.push(format!("{member}:   {}: {}", text(m, "member"), text(m, "reason")));
+        }
+    }
+    out
+}
+
 /// The lines printed under the table for one member: slots it could not create as leader, logical slots it has
 /// no copy of and why, continuity breaks it recorded as leader, and what its last promotion check found other
 /// than "in step".
@@ -77,6 +100,7 @@ pub fn notes(member: &str, doc: &Value) -> Vec<String> {
             out.push(format!("{member}: no usable copy of slot {slot}: {} ({})", text(u, "reason"), text(u, "code")));
         }
     }
+    out.extend(native_notes(member, doc));
     for b in doc.get("continuity_breaks").and_then(Value::as_array).into_iter().flatten() {
         out.push(format!(
             "{member}: continuity break on slot {} (last published {})",

@@ -1,0 +1,401 @@
+//! Native failover slots (PostgreSQL 17+): executes what `keel_core::slots::native` decides each cycle, and runs
+//! the primary's fast check of the managed `synchronized_standby_slots` (`keel_core::slots::standby_slots`).
+//!
+//! - primary: permanent logical slots still without `failover` are switched with the replication command
+//!   `ALTER_REPLICATION_SLOT name (FAILOVER true)` (17 has no SQL function for it), run by `psql` on a
+//!   `replication=database` connection with a deadline; failures are classified by SQLSTATE;
+//! - standby: reads the primary's failover slots (with a deadline), drops `synced = false` leftovers the core
+//!   names, and publishes readiness from PostgreSQL's own state;
+//! - the standby-slots task: every [`STANDBY_TICK`], on a native primary, observes the physical slots, asks the
+//!   core for the list and applies it with `ALTER SYSTEM` + reload when it changed, logging each member's move with
+//!   its reason. Anywhere else it resets the setting once (demotion, copy mode).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use keel_core::slots::native::{self, NativeReadinessInput, NativeSlot, NativeState};
+use keel_core::slots::standby_slots::{standby_slots, StandbyCandidate, StandbySlots, StandbySlotsInput};
+use keel_core::slots::{DesiredSlots, SlotSyncMethod, SlotsConfig};
+use keel_core::view::{ClusterView, Member};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::{SlotCycle, SlotManager};
+use crate::agent::local::Local;
+use crate::postgres::observe::{self, PgError};
+use crate::postgres::replication_slots as pg_slots;
+use crate::postgres::ConnParams;
+
+/// How often the primary re-checks `synchronized_standby_slots`.
+pub const STANDBY_TICK: Duration = Duration::from_millis(500);
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+const PSQL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the standby-slots task should do.
+#[derive(Debug, Clone, PartialEq)]
+enum StandbyOrder {
+    /// Before 17, or not yet known: leave the setting alone.
+    Idle,
+    /// Not a native primary: the setting should be empty.
+    Reset {
+        local: ConnParams,
+    },
+    Manage {
+        local: ConnParams,
+        candidates: Vec<StandbyCandidate>,
+        max_lag: u64,
+        synchronous_mode: bool,
+    },
+}
+
+/// The native side of the slot manager.
+pub struct NativeSlots {
+    pub method: Option<SlotSyncMethod>,
+    verdicts: BTreeMap<String, NativeState>,
+    switch_errors: BTreeMap<String, String>,
+    order: watch::Sender<StandbyOrder>,
+    /// The task's last decision (for `GET /slots`).
+    standby: Arc<Mutex<Option<StandbySlots>>>,
+}
+
+impl NativeSlots {
+    pub fn new() -> NativeSlots {
+        let (order, rx) = watch::channel(StandbyOrder::Idle);
+        let standby = Arc::new(Mutex::new(None));
+        tokio::spawn(standby_task(rx, standby.clone()));
+        NativeSlots { method: None, verdicts: BTreeMap::new(), switch_errors: BTreeMap::new(), order, standby }
+    }
+
+    fn send(&self, order: StandbyOrder) {
+        self.order.send_if_modified(|cur| {
+            let changed = *cur != order;
+            *cur = order;
+            changed
+        });
+    }
+
+    /// The `native` part of `GET /slots`.
+    pub fn to_json(&self) -> Value {
+        let standby = self.standby.lock().ok().and_then(|s| s.clone());
+        json!({
+            "readiness": self.verdicts.iter().map(|(n, s)| json!({
+                "slot": n, "ready": s.is_ready(), "state": s, "reason": s.to_string(),
+            })).collect::<Vec<_>>(),
+            "switch_errors": self.switch_errors,
+            "synchronized_standby_slots": standby.map(|s| json!({
+                "value": s.value(),
+                "members": s.members.iter().map(|(m, p)| json!({
+                    "member": m, "listed": p.listed(), "detail": p, "reason": p.to_string(),
+                })).collect::<Vec<_>>(),
+            })),
+        })
+    }
+}
+
+impl Default for NativeSlots {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn candidates(view: &ClusterView, me: &str) -> Vec<StandbyCandidate> {
+    let sync: BTreeSet<&str> =
+        view.sync.as_ref().map(|s| s.value.sync_standby.iter().map(String::as_str).collect()).unwrap_or_default();
+    view.members
+        .values()
+        .filter(|m| m.name != me)
+        .map(|m| StandbyCandidate {
+            member: m.name.clone(),
+            slot: keel_core::slots::slot_name_from_member_name(&m.name),
+            nofailover: m.tags.no_failover(),
+            synchronous: sync.contains(m.name.as_str()),
+        })
+        .collect()
+}
+
+impl SlotManager {
+    /// The native part of a cycle; returns whether native mode is in force (the caller then skips Keel's copies).
+    pub(super) async fn native_cycle(
+        &mut self,
+        c: &SlotCycle<'_>,
+        local: &mut Local,
+        config: &SlotsConfig,
+        desired: &DesiredSlots,
+        leader: Option<&Member>,
+    ) {
+        let major = local.bins.major;
+        if major < keel_core::slots::NATIVE_SLOT_SYNC_MAJOR {
+            return;
+        }
+        let native = self.native.method == Some(SlotSyncMethod::Native);
+        let order = match (native && c.leader_primary, c.running) {
+            (_, false) => StandbyOrder::Idle,
+            (true, true) => StandbyOrder::Manage {
+                local: local.local_params(),
+                candidates: candidates(c.view, c.me),
+                max_lag: native::lag_bound(c.dynamic),
+                synchronous_mode: c.dynamic.synchronous_mode != keel_core::dynconfig::SynchronousMode::Off,
+            },
+            (false, true) => StandbyOrder::Reset { local: local.local_params() },
+        };
+        self.native.send(order);
+        if !native || !c.running {
+            self.native.verdicts.clear();
+            return;
+        }
+        if c.leader_primary {
+            self.native.verdicts.clear();
+            self.switch_to_failover(local, desired).await;
+        } else {
+            self.native_standby(local, config, leader, native::lag_bound(c.dynamic)).await;
+        }
+    }
+
+    async fn switch_to_failover(&mut self, local: &mut Local, desired: &DesiredSlots) {
+        let here = match local_native(local).await {
+            Ok(h) => h,
+            Err(e) => return warn!("cannot list logical slots for native failover: {e:#}"),
+        };
+        for name in native::failover_switches(desired, &here) {
+            let database = here.iter().find(|s| s.name == name).map(|s| s.database.clone()).unwrap_or_default();
+            match enable_failover(local, &name, &database).await {
+                Ok(()) => {
+                    self.native.switch_errors.remove(&name);
+                    info!("switched logical slot {name} to failover = true: standbys now synchronise it");
+                }
+                Err(e) => {
+                    let text = format!("{e:#}");
+                    if self.native.switch_errors.get(&name) != Some(&text) {
+                        warn!("cannot switch logical slot {name} to failover = true: {text}");
+                    }
+                    self.native.switch_errors.insert(name, text);
+                }
+            }
+        }
+    }
+
+    async fn native_standby(&mut self, local: &mut Local, config: &SlotsConfig, leader: Option<&Member>, bound: u64) {
+        let here = match local_native(local).await {
+            Ok(h) => h,
+            Err(e) => {
+                warn!("cannot list logical slots for native readiness: {e:#}");
+                self.summary = None;
+                return;
+            }
+        };
+        let primary = match leader {
+            Some(l) => match primary_failover_slots(local, l).await {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    warn!("cannot read the failover slots of {}: {e:#}", l.name);
+                    None
+                }
+            },
+            None => None,
+        };
+        let drops = native::leftovers(&here, primary.as_ref());
+        if !drops.is_empty() {
+            self.execute(&drops, local, leader, keel_core::time::Millis(0)).await;
+        }
+        let permanent: BTreeSet<String> =
+            config.permanent.iter().filter(|(_, s)| s.kind.is_logical()).map(|(n, _)| n.clone()).collect();
+        let verdicts = native::readiness(&NativeReadinessInput {
+            permanent: &permanent,
+            here: &here,
+            primary: primary.as_ref(),
+            previous: &self.native.verdicts,
+            bound,
+        });
+        for (name, state) in &verdicts {
+            if self.native.verdicts.get(name).map(NativeState::is_ready) != Some(state.is_ready()) {
+                info!("failover slot {name} on this standby: {state}");
+            }
+        }
+        self.summary = Some(native::summarize(&verdicts));
+        self.native.verdicts = verdicts;
+    }
+}
+
+async fn local_native(local: &mut Local) -> Result<Vec<NativeSlot>> {
+    let s = local.local_session().await?;
+    Ok(tokio::time::timeout(QUERY_TIMEOUT, pg_slots::list_native(s, false))
+        .await
+        .map_err(|_| anyhow!("no answer within {}s", QUERY_TIMEOUT.as_secs()))??)
+}
+
+async fn primary_failover_slots(local: &Local, leader: &Member) -> Result<BTreeMap<String, NativeSlot>> {
+    let read = async {
+        let s = local.leader_session(leader, local.database()).await?;
+        Ok::<_, anyhow::Error>(pg_slots::list_native(&s, true).await?)
+    };
+    let slots = tokio::time::timeout(QUERY_TIMEOUT, read)
+        .await
+        .map_err(|_| anyhow!("no answer within {}s", QUERY_TIMEOUT.as_secs()))??;
+    Ok(slots.into_iter().map(|s| (s.name.clone(), s)).collect())
+}
+
+/// Why `ALTER_REPLICATION_SLOT ... (FAILOVER true)` failed, by SQLSTATE.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    #[error("the slot is in use (SQLSTATE 55006); it is switched once its consumer disconnects")]
+    InUse,
+    #[error("the slot no longer exists (SQLSTATE 42704)")]
+    Missing,
+    #[error("not allowed (SQLSTATE {0}): the agent's superuser needs the REPLICATION attribute and pg_hba a replication line")]
+    NotAllowed(String),
+    #[error("PostgreSQL refused with SQLSTATE {code}: {message}")]
+    Other { code: String, message: String },
+    #[error("psql did not finish within {}s", .0.as_secs())]
+    Timeout(Duration),
+    #[error("could not run psql at {path}: {source}")]
+    Spawn { path: String, source: std::io::Error },
+    #[error("psql failed without a SQLSTATE: {0}")]
+    NoCode(String),
+}
+
+/// Classifies psql's stderr under `VERBOSITY=sqlstate` (`ERROR:  55006`): by code, never by message text.
+pub fn classify_switch(stderr: &str) -> SwitchError {
+    let words: Vec<&str> = stderr.split_whitespace().collect();
+    let code = words
+        .windows(2)
+        .find(|w| matches!(w[0], "ERROR:" | "FATAL:"))
+        .map(|w| w[1])
+        .filter(|c| c.len() == 5 && c.chars().all(|ch| ch.is_ascii_digit() || ch.is_ascii_uppercase()));
+    match code {
+        Some("55006") => SwitchError::InUse,
+        Some("42704") => SwitchError::Missing,
+        Some(c @ ("42501" | "28000" | "28P01")) => SwitchError::NotAllowed(c.to_string()),
+        Some(c) => SwitchError::Other { code: c.to_string(), message: stderr.trim().to_string() },
+        None => SwitchError::NoCode(stderr.trim().to_string()),
+    }
+}
+
+/// `ALTER_REPLICATION_SLOT slot (FAILOVER true)` over a `replication=database` connection to the slot's database.
+async fn enable_failover(local: &Local, slot: &str, database: &str) -> Result<(), SwitchError> {
+    let mut p = local.local_params();
+    p.dbname = database.to_string();
+    let conninfo = format!("{} replication=database", p.to_conninfo(false));
+    let path = local.bins.dir.join("psql");
+    let mut cmd = tokio::process::Command::new(&path);
+    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=sqlstate", "-d", &conninfo])
+        .args(["-c", &format!("ALTER_REPLICATION_SLOT {slot} (FAILOVER true)")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(pw) = &p.password {
+        cmd.env("PGPASSWORD", pw);
+    }
+    let out = tokio::time::timeout(PSQL_TIMEOUT, cmd.output())
+        .await
+        .map_err(|_| SwitchError::Timeout(PSQL_TIMEOUT))?
+        .map_err(|source| SwitchError::Spawn { path: path.display().to_string(), source })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(classify_switch(&String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// The primary's fast check of `synchronized_standby_slots`.
+async fn standby_task(mut rx: watch::Receiver<StandbyOrder>, shared: Arc<Mutex<Option<StandbySlots>>>) {
+    let mut session: Option<(ConnParams, observe::Session)> = None;
+    let mut last: Option<StandbySlots> = None;
+    let mut reset_done = false;
+    loop {
+        let order = rx.borrow_and_update().clone();
+        let result = match &order {
+            StandbyOrder::Idle => Ok(()),
+            StandbyOrder::Reset { local } => {
+                last = None;
+                set_shared(&shared, None);
+                if reset_done {
+                    Ok(())
+                } else {
+                    reset(&mut session, local).await.map(|()| reset_done = true)
+                }
+            }
+            StandbyOrder::Manage { local, candidates, max_lag, synchronous_mode } => {
+                reset_done = false;
+                manage(&mut session, local, candidates, *max_lag, *synchronous_mode, &mut last, &shared).await
+            }
+        };
+        if let Err(e) = result {
+            warn!("synchronized_standby_slots: {e:#}");
+            session = None;
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(STANDBY_TICK) => {}
+        }
+    }
+}
+
+fn set_shared(shared: &Arc<Mutex<Option<StandbySlots>>>, value: Option<StandbySlots>) {
+    if let Ok(mut s) = shared.lock() {
+        *s = value;
+    }
+}
+
+async fn connect<'a>(
+    session: &'a mut Option<(ConnParams, observe::Session)>,
+    params: &ConnParams,
+) -> Result<&'a observe::Session, PgError> {
+    if session.as_ref().is_none_or(|(p, _)| p != params) {
+        *session = Some((params.clone(), observe::connect(params, QUERY_TIMEOUT).await?));
+    }
+    session.as_ref().map(|(_, s)| s).ok_or(PgError::BadValue { what: "session", value: String::new() })
+}
+
+async fn reset(session: &mut Option<(ConnParams, observe::Session)>, local: &ConnParams) -> Result<()> {
+    let s = connect(session, local).await?;
+    if !pg_slots::synchronized_standby_slots(s).await?.is_empty() {
+        pg_slots::set_synchronized_standby_slots(s, None).await?;
+        info!("synchronized_standby_slots reset: this node is not a primary with native failover slots");
+    }
+    Ok(())
+}
+
+async fn manage(
+    session: &mut Option<(ConnParams, observe::Session)>,
+    local: &ConnParams,
+    candidates: &[StandbyCandidate],
+    max_lag: u64,
+    synchronous_mode: bool,
+    last: &mut Option<StandbySlots>,
+    shared: &Arc<Mutex<Option<StandbySlots>>>,
+) -> Result<()> {
+    let s = connect(session, local).await?;
+    let (primary_flush, slots) = pg_slots::physical_streaming(s).await?;
+    let now = standby_slots(&StandbySlotsInput { candidates, slots: &slots, primary_flush, max_lag, synchronous_mode });
+    let before = last.clone().unwrap_or_default();
+    let value = now.value();
+    if last.is_none() || before.value() != value {
+        if pg_slots::synchronized_standby_slots(s).await? != value {
+            pg_slots::set_synchronized_standby_slots(s, Some(&value)).await?;
+        }
+        let moves: Vec<String> = now.changes(&before).iter().map(|(m, p)| format!("{m}: {p}")).collect();
+        info!("synchronized_standby_slots = '{value}' ({})", moves.join("; "));
+    }
+    set_shared(shared, Some(now.clone()));
+    *last = Some(now);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switch_errors_are_classified_by_sqlstate() {
+        assert!(matches!(classify_switch("psql:<stdin>:1: ERROR:  55006\n"), SwitchError::InUse));
+        assert!(matches!(classify_switch("ERROR:  42704"), SwitchError::Missing));
+        assert!(matches!(classify_switch("FATAL:  28000"), SwitchError::NotAllowed(_)));
+        assert!(matches!(classify_switch("ERROR:  XX000"), SwitchError::Other { .. }));
+        assert!(matches!(classify_switch("connection refused"), SwitchError::NoCode(_)));
+    }
+}
