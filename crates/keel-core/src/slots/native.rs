@@ -107,6 +107,20 @@ impl NativeState {
     pub fn is_ready(&self) -> bool {
         matches!(self, NativeState::Ready { .. })
     }
+
+    /// A stable code for the API and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            NativeState::Ready { .. } => "ready",
+            NativeState::Missing => "not_synced_yet",
+            NativeState::NotSynced => "not_synced_slot",
+            NativeState::Temporary => "temporary",
+            NativeState::Invalidated { .. } => "invalidated",
+            NativeState::Behind { .. } => "behind",
+            NativeState::NotOnPrimary => "not_on_primary",
+            NativeState::PrimaryUnknown => "primary_unknown",
+        }
+    }
 }
 
 impl fmt::Display for NativeState {

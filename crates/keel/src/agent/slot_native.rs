@@ -78,6 +78,21 @@ impl NativeSlots {
         });
     }
 
+    /// Native readiness of `slot` as `GET /slots` shows every mode's: stage (`Ready` or `Synced`), reason, code.
+    pub fn slot_readiness(&self, slot: &str) -> Option<(&'static str, String, &'static str)> {
+        let v = self.verdicts.get(slot)?;
+        Some((if v.is_ready() { "Ready" } else { "Synced" }, v.to_string(), v.code()))
+    }
+
+    /// The failover slots whose copy here is not ready, as `GET /slots` lists them in `unready`.
+    pub fn unready_json(&self) -> Vec<Value> {
+        self.verdicts
+            .iter()
+            .filter(|(_, v)| !v.is_ready())
+            .map(|(n, v)| json!({"slot": n, "code": v.code(), "reason": v.to_string()}))
+            .collect()
+    }
+
     /// The `native` part of `GET /slots`.
     pub fn to_json(&self) -> Value {
         let standby = self.standby.lock().ok().and_then(|s| s.clone());
@@ -147,6 +162,10 @@ impl SlotManager {
             self.native.verdicts.clear();
             return;
         }
+        // Copy mode's tracking says nothing about the slotsync worker's copies.
+        self.readiness.clear();
+        self.reasons.clear();
+        self.problems.clear();
         if c.leader_primary {
             self.native.verdicts.clear();
             self.switch_to_failover(local, desired).await;
