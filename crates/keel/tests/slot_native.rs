@@ -143,6 +143,28 @@ fn native_failover_slots_survive_failover_and_switchover_without_restarts() {
         Ok((slot_flags(&c, &first, &s.slot)? == "t|f|f").then_some(()))
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(40)));
+    // A logical slot made by hand without failover, then declared permanent: Keel switches it to failover.
+    c.psql_db(
+        &first,
+        &s.database,
+        &format!("SELECT pg_create_logical_replication_slot('legacy', '{}')", s.plugin.name()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let set = |k: &str, v: &str| format!("slots.legacy.{k}={v}");
+    let (t, d, p) = (set("type", "logical"), set("database", &s.database), set("plugin", s.plugin.name()));
+    let out = c.ctl(&first, &["edit-config", "--force", "--quiet", "-s", &t, "-s", &d, "-s", &p]);
+    assert!(out.status.success(), "keel edit-config: {}", String::from_utf8_lossy(&out.stderr));
+    c.wait("the hand-made slot switched to failover", SLOTS, || {
+        Ok((slot_flags(&c, &first, "legacy")? == "t|f|f").then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(40)));
+    // Nobody consumes it: PostgreSQL would keep its synced copies temporary (never sync-ready). Retire it.
+    let out = c.ctl(&first, &["edit-config", "--force", "--quiet", "-s", "slots.legacy=null"]);
+    assert!(out.status.success(), "keel edit-config: {}", String::from_utf8_lossy(&out.stderr));
+    c.wait("the hand-made slot dropped", SLOTS, || {
+        Ok(c.psql(&first, "SELECT pg_drop_replication_slot('legacy')").is_ok().then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(40)));
     for r in &reps {
         assert_eq!(c.psql(r, "SHOW sync_replication_slots").unwrap(), "on", "{r}");
         assert_eq!(c.psql(r, "SHOW hot_standby_feedback").unwrap(), "on", "{r}");
@@ -221,6 +243,10 @@ fn native_failover_slots_survive_failover_and_switchover_without_restarts() {
     assert_eq!(third, survivor);
     consumer.stop();
     assert_no_phantoms(&c, &third, &s, &files, "switchover");
+    c.wait(&format!("synchronized_standby_slots reset on the demoted {second}"), SLOTS, || {
+        Ok(standby_slots_setting(&c, &second)?.is_empty().then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(40)));
     writer.point_at(&c, &third);
     files.push(dir.join("consumer3.out"));
     consumer = Consumer::start(&c, &third, &s, &files[2]);

@@ -325,6 +325,7 @@ async fn standby_task(mut rx: watch::Receiver<StandbyOrder>, shared: Arc<Mutex<O
     let mut session: Option<(ConnParams, observe::Session)> = None;
     let mut last: Option<StandbySlots> = None;
     let mut reset_done = false;
+    let mut last_error = String::new();
     loop {
         let order = rx.borrow_and_update().clone();
         let result = match &order {
@@ -343,9 +344,17 @@ async fn standby_task(mut rx: watch::Receiver<StandbyOrder>, shared: Arc<Mutex<O
                 manage(&mut session, local, candidates, *max_lag, *synchronous_mode, &mut last, &shared).await
             }
         };
-        if let Err(e) = result {
-            warn!("synchronized_standby_slots: {e:#}");
-            session = None;
+        match result {
+            // Logged once per cause: the check runs every tick.
+            Err(e) => {
+                let text = format!("{e:#}");
+                if text != last_error {
+                    warn!("synchronized_standby_slots: {text}");
+                }
+                last_error = text;
+                session = None;
+            }
+            Ok(()) => last_error.clear(),
         }
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return },

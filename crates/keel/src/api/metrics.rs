@@ -292,4 +292,32 @@ mod tests {
             assert!(text.contains(&series), "{text}");
         }
     }
+
+    #[test]
+    fn renders_the_native_failover_slot_series() {
+        let st = NodeStatus {
+            scope: "batman".into(),
+            name: "n1".into(),
+            slots: serde_json::json!({
+                "failover_slots_mode": "native",
+                "native": {
+                    "readiness": [{"slot": "cdc", "ready": true}, {"slot": "own", "ready": false}],
+                    "synchronized_standby_slots": {"value": "n2", "members": [
+                        {"member": "n2", "listed": true}, {"member": "n3", "listed": false},
+                    ]},
+                },
+            }),
+            ..Default::default()
+        };
+        let text = render(&st).unwrap();
+        for series in [
+            "keel_failover_slots_mode{scope=\"batman\",name=\"n1\",mode=\"native\"} 1",
+            "keel_failover_slot_synced_ready{scope=\"batman\",name=\"n1\",slot=\"cdc\"} 1",
+            "keel_failover_slot_synced_ready{scope=\"batman\",name=\"n1\",slot=\"own\"} 0",
+            "keel_synchronized_standby_slot_listed{scope=\"batman\",name=\"n1\",member=\"n2\"} 1",
+            "keel_synchronized_standby_slot_listed{scope=\"batman\",name=\"n1\",member=\"n3\"} 0",
+        ] {
+            assert!(text.contains(series), "{series} missing in {text}");
+        }
+    }
 }
