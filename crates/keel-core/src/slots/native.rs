@@ -9,7 +9,9 @@
 //!   that slot (an old primary's originals after a switchover, or copy mode's copies);
 //! - [`readiness`]: from PostgreSQL's own state: the synced copy exists, is persistent, is not invalidated, and its
 //!   `confirmed_flush_lsn` is within the lag bound of the primary's; every failover slot on the primary counts,
-//!   the ones consumers created themselves too;
+//!   the ones consumers created themselves too; a standby that is not in the primary's managed
+//!   `synchronized_standby_slots` is not ready (consumers are not held back for it), so the gate agrees with the
+//!   list;
 //! - [`lag_bound`]: `failover_slots_max_lag`, else `maximum_lag_on_failover` (also the bound of
 //!   [`super::standby_slots`]).
 
@@ -99,6 +101,9 @@ pub enum NativeState {
     },
     /// A permanent logical slot the primary does not have (yet) as a failover slot.
     NotOnPrimary,
+    /// This standby is not in the primary's `synchronized_standby_slots`: consumers may have received changes
+    /// its WAL lacks.
+    NotListed,
     /// The primary could not be asked and nothing is known from before.
     PrimaryUnknown,
 }
@@ -118,6 +123,7 @@ impl NativeState {
             NativeState::Invalidated { .. } => "invalidated",
             NativeState::Behind { .. } => "behind",
             NativeState::NotOnPrimary => "not_on_primary",
+            NativeState::NotListed => "not_in_synchronized_standby_slots",
             NativeState::PrimaryUnknown => "primary_unknown",
         }
     }
@@ -134,6 +140,10 @@ impl fmt::Display for NativeState {
             NativeState::Behind { behind: Some(b), bound } => write!(f, "{b} bytes behind the primary, bound {bound}"),
             NativeState::Behind { behind: None, .. } => write!(f, "no confirmed position yet"),
             NativeState::NotOnPrimary => write!(f, "not a failover slot on the primary yet"),
+            NativeState::NotListed => write!(
+                f,
+                "this standby is not in the primary's synchronized_standby_slots: consumers may be ahead of its WAL"
+            ),
             NativeState::PrimaryUnknown => write!(f, "the primary's slots could not be read"),
         }
     }
@@ -152,6 +162,8 @@ pub struct NativeReadinessInput<'a> {
     /// when the gate is read).
     pub previous: &'a BTreeMap<String, NativeState>,
     pub bound: u64,
+    /// Whether this standby's slot is in the primary's `synchronized_standby_slots` (`None`: not known).
+    pub listed: Option<bool>,
 }
 
 /// Per slot, whether this standby's copy could serve its consumers after a promotion.
@@ -192,6 +204,9 @@ fn slot_state(name: &str, copy: Option<&NativeSlot>, input: &NativeReadinessInpu
     let Some(primary) = primary else {
         return input.previous.get(name).cloned().unwrap_or(NativeState::PrimaryUnknown);
     };
+    if input.listed == Some(false) {
+        return NativeState::NotListed;
+    }
     let behind = match (primary.confirmed_flush, copy.confirmed_flush) {
         (Some(p), Some(c)) => Some(p.0.saturating_sub(c.0)),
         (None, Some(_)) => Some(0),

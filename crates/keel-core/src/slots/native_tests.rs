@@ -93,7 +93,7 @@ fn ready_input<'a>(
     primary: Option<&'a BTreeMap<String, NativeSlot>>,
     previous: &'a BTreeMap<String, NativeState>,
 ) -> NativeReadinessInput<'a> {
-    NativeReadinessInput { permanent, here, primary, previous, bound: 100 }
+    NativeReadinessInput { permanent, here, primary, previous, bound: 100, listed: Some(true) }
 }
 
 #[test]
@@ -176,4 +176,17 @@ fn primary_unknown_keeps_the_last_verdict_but_not_over_local_failures() {
 fn no_failover_slots_at_all_is_ready() {
     let got = readiness(&ready_input(&BTreeSet::new(), &[], Some(&BTreeMap::new()), &BTreeMap::new()));
     assert!(summarize(&got).ready);
+}
+
+#[test]
+fn a_standby_off_the_list_is_not_ready_until_it_is_back() {
+    let permanent: BTreeSet<String> = ["cdc".to_string()].into();
+    let p = primary(&[slot("cdc", true, false, Some(1_000))]);
+    let here = [slot("cdc", true, true, Some(1_000))];
+    let none = BTreeMap::new();
+    let off = NativeReadinessInput { listed: Some(false), ..ready_input(&permanent, &here, Some(&p), &none) };
+    assert_eq!(readiness(&off)["cdc"], NativeState::NotListed);
+    let unknown = NativeReadinessInput { listed: None, ..ready_input(&permanent, &here, Some(&p), &none) };
+    assert!(readiness(&unknown)["cdc"].is_ready());
+    assert!(readiness(&ready_input(&permanent, &here, Some(&p), &none))["cdc"].is_ready());
 }

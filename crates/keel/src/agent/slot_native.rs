@@ -170,7 +170,7 @@ impl SlotManager {
             self.native.verdicts.clear();
             self.switch_to_failover(local, desired).await;
         } else {
-            self.native_standby(local, config, leader, native::lag_bound(c.dynamic)).await;
+            self.native_standby(c.me, local, config, leader, native::lag_bound(c.dynamic)).await;
         }
     }
 
@@ -197,7 +197,14 @@ impl SlotManager {
         }
     }
 
-    async fn native_standby(&mut self, local: &mut Local, config: &SlotsConfig, leader: Option<&Member>, bound: u64) {
+    async fn native_standby(
+        &mut self,
+        me: &str,
+        local: &mut Local,
+        config: &SlotsConfig,
+        leader: Option<&Member>,
+        bound: u64,
+    ) {
         let here = match local_native(local).await {
             Ok(h) => h,
             Err(e) => {
@@ -206,15 +213,18 @@ impl SlotManager {
                 return;
             }
         };
-        let primary = match leader {
+        let (primary, listed) = match leader {
             Some(l) => match primary_failover_slots(local, l).await {
-                Ok(p) => Some(p),
+                Ok((p, list)) => {
+                    let mine = keel_core::slots::slot_name_from_member_name(me);
+                    (Some(p), Some(list.split(',').any(|s| s.trim() == mine)))
+                }
                 Err(e) => {
                     warn!("cannot read the failover slots of {}: {e:#}", l.name);
-                    None
+                    (None, None)
                 }
             },
-            None => None,
+            None => (None, None),
         };
         let drops = native::leftovers(&here, primary.as_ref());
         if !drops.is_empty() {
@@ -228,6 +238,7 @@ impl SlotManager {
             primary: primary.as_ref(),
             previous: &self.native.verdicts,
             bound,
+            listed,
         });
         for (name, state) in &verdicts {
             if self.native.verdicts.get(name).map(NativeState::is_ready) != Some(state.is_ready()) {
@@ -246,15 +257,17 @@ async fn local_native(local: &mut Local) -> Result<Vec<NativeSlot>> {
         .map_err(|_| anyhow!("no answer within {}s", QUERY_TIMEOUT.as_secs()))??)
 }
 
-async fn primary_failover_slots(local: &Local, leader: &Member) -> Result<BTreeMap<String, NativeSlot>> {
+/// The primary's failover slots and its `synchronized_standby_slots`.
+async fn primary_failover_slots(local: &Local, leader: &Member) -> Result<(BTreeMap<String, NativeSlot>, String)> {
     let read = async {
         let s = local.leader_session(leader, local.database()).await?;
-        Ok::<_, anyhow::Error>(pg_slots::list_native(&s, true).await?)
+        let slots = pg_slots::list_native(&s, true).await?;
+        Ok::<_, anyhow::Error>((slots, pg_slots::synchronized_standby_slots(&s).await?))
     };
-    let slots = tokio::time::timeout(QUERY_TIMEOUT, read)
+    let (slots, list) = tokio::time::timeout(QUERY_TIMEOUT, read)
         .await
         .map_err(|_| anyhow!("no answer within {}s", QUERY_TIMEOUT.as_secs()))??;
-    Ok(slots.into_iter().map(|s| (s.name.clone(), s)).collect())
+    Ok((slots.into_iter().map(|s| (s.name.clone(), s)).collect(), list))
 }
 
 /// Why `ALTER_REPLICATION_SLOT ... (FAILOVER true)` failed, by SQLSTATE.
