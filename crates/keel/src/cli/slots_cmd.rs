@@ -57,7 +57,7 @@ pub fn rows(member: &str, role: &str, doc: &Value) -> Vec<Vec<Value>> {
         .collect()
 }
 
-/// Native failover slots: the mode, synced copies that are not ready, and the managed
+/// Native failover slots: the mode and the managed
 /// `synchronized_standby_slots` with each member's reason.
 fn native_notes(member: &str, doc: &Value) -> Vec<String> {
     let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
@@ -65,12 +65,8 @@ fn native_notes(member: &str, doc: &Value) -> Vec<String> {
     if let Some(mode) = doc.get("failover_slots_mode").and_then(Value::as_str) {
         out.push(format!("{member}: failover slots: {mode}"));
     }
+    // Unready synced copies are in the table and in `unready` like copy mode's.
     let native = doc.get("native").cloned().unwrap_or(Value::Null);
-    for r in native.get("readiness").and_then(Value::as_array).into_iter().flatten() {
-        if r.get("ready") != Some(&json!(true)) {
-            out.push(format!("{member}: synced slot {} not ready: {}", text(r, "slot"), text(r, "reason")));
-        }
-    }
     if let Some(sss) = native.get("synchronized_standby_slots").filter(|v| !v.is_null()) {
         out.push(format!("{member}: synchronized_standby_slots = '{}'", text(sss, "value")));
         for m in sss.get("members").and_then(Value::as_array).into_iter().flatten() {
@@ -230,5 +226,26 @@ mod tests {
         assert_eq!(n[1], "node3: no usable copy of slot cdc2: needs WAL from 0/1000000 (needs_missing_wal)");
         assert!(n[2].contains("CONTINUITY BREAK") && n[2].contains("needs WAL"), "{}", n[2]);
         assert!(n[3].contains("32 bytes past 0/10") && n[3].contains("skip"), "{}", n[3]);
+    }
+
+    #[test]
+    fn notes_name_the_mode_and_the_standby_slots_with_reasons() {
+        let doc = json!({
+            "failover_slots_mode": "native",
+            "native": {"synchronized_standby_slots": {"value": "node2", "members": [
+                {"member": "node2", "listed": true, "reason": "listed: streaming, 0 bytes behind"},
+                {"member": "node3", "listed": false, "reason": "not listed: not streaming from this primary"},
+            ]}},
+        });
+        let n = notes("node1", &doc);
+        assert_eq!(
+            n,
+            [
+                "node1: failover slots: native",
+                "node1: synchronized_standby_slots = 'node2'",
+                "node1:   node2: listed: streaming, 0 bytes behind",
+                "node1:   node3: not listed: not streaming from this primary",
+            ]
+        );
     }
 }
