@@ -6,9 +6,8 @@
 //!   `replication=database` connection with a deadline; failures are classified by SQLSTATE;
 //! - standby: reads the primary's failover slots (with a deadline), drops `synced = false` leftovers the core
 //!   names, and publishes readiness from PostgreSQL's own state;
-//! - the standby-slots task: every [`STANDBY_TICK`], on a native primary, observes the physical slots, asks the
-//!   core for the list and applies it with `ALTER SYSTEM` + reload when it changed, logging each member's move with
-//!   its reason. Anywhere else it resets the setting once (demotion, copy mode).
+//! - the standby-slots task (`slot_standby_task.rs`): on a native primary, every 500 ms, applies the core's
+//!   list; anywhere else it resets the setting once (demotion, copy mode).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
@@ -17,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use keel_core::slots::native::{self, NativeReadinessInput, NativeSlot, NativeState};
-use keel_core::slots::standby_slots::{standby_slots, StandbyCandidate, StandbySlots, StandbySlotsInput};
+use keel_core::slots::standby_slots::{StandbyCandidate, StandbySlots};
 use keel_core::slots::{DesiredSlots, SlotSyncMethod, SlotsConfig};
 use keel_core::view::{ClusterView, Member};
 use serde_json::{json, Value};
@@ -25,32 +24,15 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{SlotCycle, SlotManager};
-use crate::agent::local::Local;
-use crate::postgres::observe::{self, PgError};
-use crate::postgres::replication_slots as pg_slots;
-use crate::postgres::ConnParams;
+use standby_task::{standby_task, StandbyOrder};
 
-/// How often the primary re-checks `synchronized_standby_slots`.
-pub const STANDBY_TICK: Duration = Duration::from_millis(500);
+#[path = "slot_standby_task.rs"]
+mod standby_task;
+use crate::agent::local::Local;
+use crate::postgres::replication_slots as pg_slots;
+
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 const PSQL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What the standby-slots task should do.
-#[derive(Debug, Clone, PartialEq)]
-enum StandbyOrder {
-    /// Before 17, or not yet known: leave the setting alone.
-    Idle,
-    /// Not a native primary: the setting should be empty.
-    Reset {
-        local: ConnParams,
-    },
-    Manage {
-        local: ConnParams,
-        candidates: Vec<StandbyCandidate>,
-        max_lag: u64,
-        synchronous_mode: bool,
-    },
-}
 
 /// The native side of the slot manager.
 pub struct NativeSlots {
@@ -331,100 +313,6 @@ async fn enable_failover(local: &Local, slot: &str, database: &str) -> Result<()
     } else {
         Err(classify_switch(&String::from_utf8_lossy(&out.stderr)))
     }
-}
-
-/// The primary's fast check of `synchronized_standby_slots`.
-async fn standby_task(mut rx: watch::Receiver<StandbyOrder>, shared: Arc<Mutex<Option<StandbySlots>>>) {
-    let mut session: Option<(ConnParams, observe::Session)> = None;
-    let mut last: Option<StandbySlots> = None;
-    let mut reset_done = false;
-    let mut last_error = String::new();
-    loop {
-        let order = rx.borrow_and_update().clone();
-        let result = match &order {
-            StandbyOrder::Idle => Ok(()),
-            StandbyOrder::Reset { local } => {
-                last = None;
-                set_shared(&shared, None);
-                if reset_done {
-                    Ok(())
-                } else {
-                    reset(&mut session, local).await.map(|()| reset_done = true)
-                }
-            }
-            StandbyOrder::Manage { local, candidates, max_lag, synchronous_mode } => {
-                reset_done = false;
-                manage(&mut session, local, candidates, *max_lag, *synchronous_mode, &mut last, &shared).await
-            }
-        };
-        match result {
-            // Logged once per cause: the check runs every tick.
-            Err(e) => {
-                let text = format!("{e:#}");
-                if text != last_error {
-                    warn!("synchronized_standby_slots: {text}");
-                }
-                last_error = text;
-                session = None;
-            }
-            Ok(()) => last_error.clear(),
-        }
-        tokio::select! {
-            changed = rx.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep(STANDBY_TICK) => {}
-        }
-    }
-}
-
-fn set_shared(shared: &Arc<Mutex<Option<StandbySlots>>>, value: Option<StandbySlots>) {
-    if let Ok(mut s) = shared.lock() {
-        *s = value;
-    }
-}
-
-async fn connect<'a>(
-    session: &'a mut Option<(ConnParams, observe::Session)>,
-    params: &ConnParams,
-) -> Result<&'a observe::Session, PgError> {
-    if session.as_ref().is_none_or(|(p, _)| p != params) {
-        *session = Some((params.clone(), observe::connect(params, QUERY_TIMEOUT).await?));
-    }
-    session.as_ref().map(|(_, s)| s).ok_or(PgError::BadValue { what: "session", value: String::new() })
-}
-
-async fn reset(session: &mut Option<(ConnParams, observe::Session)>, local: &ConnParams) -> Result<()> {
-    let s = connect(session, local).await?;
-    if !pg_slots::synchronized_standby_slots(s).await?.is_empty() {
-        pg_slots::set_synchronized_standby_slots(s, None).await?;
-        info!("synchronized_standby_slots reset: this node is not a primary with native failover slots");
-    }
-    Ok(())
-}
-
-async fn manage(
-    session: &mut Option<(ConnParams, observe::Session)>,
-    local: &ConnParams,
-    candidates: &[StandbyCandidate],
-    max_lag: u64,
-    synchronous_mode: bool,
-    last: &mut Option<StandbySlots>,
-    shared: &Arc<Mutex<Option<StandbySlots>>>,
-) -> Result<()> {
-    let s = connect(session, local).await?;
-    let (primary_flush, slots) = pg_slots::physical_streaming(s).await?;
-    let now = standby_slots(&StandbySlotsInput { candidates, slots: &slots, primary_flush, max_lag, synchronous_mode });
-    let before = last.clone().unwrap_or_default();
-    let value = now.value();
-    if last.is_none() || before.value() != value {
-        if pg_slots::synchronized_standby_slots(s).await? != value {
-            pg_slots::set_synchronized_standby_slots(s, Some(&value)).await?;
-        }
-        let moves: Vec<String> = now.changes(&before).iter().map(|(m, p)| format!("{m}: {p}")).collect();
-        info!("synchronized_standby_slots = '{value}' ({})", moves.join("; "));
-    }
-    set_shared(shared, Some(now.clone()));
-    *last = Some(now);
-    Ok(())
 }
 
 #[cfg(test)]
