@@ -16,7 +16,7 @@ start=$SECONDS
 cargo test --workspace --all-targets --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 echo "test: cargo test took $((SECONDS - start)) s"
-# The failover-slot scenarios again on PostgreSQL 16 and 18 (the runs above use Debian's 15): slot files, slot
+# The failover-slot scenarios again on PostgreSQL 16 (copy) and 18 (native) (the runs above use Debian's 15): slot files, slot
 # functions, their views, and which database pg_replication_slot_advance accepts differ between majors. Any suite
 # runs on any of 15-18 the same way, by hand; the store-outage scenarios (about 8 minutes a major) run on 15 here
 # and on 18 by hand, to keep CI under 45 minutes:
@@ -35,6 +35,13 @@ if [ "$status" = 0 ] && [ $# = 0 ]; then
             [ "$suite_status" = 0 ] || status=$suite_status
         done
     done
+    # Native failover slots (17+; on 18 the suites above run native too, failover_slots defaulting to auto).
+    echo "test: slot_native on PostgreSQL 17"
+    start=$SECONDS
+    KEEL_TEST_PG_VERSION=17 cargo test -p keel --test slot_native 2>&1 | tee -a "$log"
+    suite_status=${PIPESTATUS[0]}
+    echo "test: slot_native on PostgreSQL 17 took $((SECONDS - start)) s"
+    [ "$suite_status" = 0 ] || status=$suite_status
 fi
 set -e
 # One closing line with the totals over every test binary.

@@ -48,10 +48,14 @@ fn stream() -> Stream {
 }
 
 /// The permanent slots and the ignore list, at the `bootstrap.dcs` level.
+/// Keel's own copies on every major (`failover_slots: copy`): these scenarios are about copy mode's mechanics
+/// (stages, file copies, continuity breaks); native mode on 17+ has `slot_native.rs`, and `slot_databases.rs`
+/// runs with the default (native on 17+).
 fn slots_yaml() -> String {
     let plugin = plugin().name();
     format!(
-        "    slots:
+        "    failover_slots: copy
+    slots:
       test_logical:
         type: logical
         database: postgres

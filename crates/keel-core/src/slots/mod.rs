@@ -11,6 +11,8 @@
 //! - [`recopy`]: the re-copy backoff, whether to re-copy a checked copy, whether the leader's slot may be copied.
 //! - [`online_copy`]: copies created on a 16+ standby without a restart, and when they count.
 //! - [`ahead`]: how far each logical slot's consumer is ahead of each failover candidate (on the primary).
+//! - [`native`]: native failover slots (17+): no own copies, `failover` switches, leftovers, readiness.
+//! - [`standby_slots`]: the managed `synchronized_standby_slots` of a native-mode primary.
 //! - [`copycheck`]: typed advance failures (by SQLSTATE), stale copies, copies needing missing WAL, re-copy backoff.
 //!
 //! See `crates/keel-core/SLOTS.md` for the life cycle of a slot.
@@ -20,12 +22,14 @@ pub mod ahead;
 pub mod config;
 pub mod copycheck;
 pub mod desired;
+pub mod native;
 pub mod online_copy;
 pub mod promotion;
 pub mod readiness;
 pub mod reconcile;
 pub mod recopy;
 pub mod risk;
+pub mod standby_slots;
 pub mod status;
 
 pub use advance::{

@@ -168,6 +168,9 @@ pub enum DropReason {
     NoRestartLsn,
     /// Replica: a logical copy that cannot be used (see [`ReconcileContext::recopy_requested`]).
     UnusableCopy,
+    /// Standby, native mode: a `synced = false` slot the primary has as a failover slot; it blocks the slotsync
+    /// worker ([`super::native::leftovers`]). `failover`: the leftover's own flag.
+    NativeLeftover { failover: bool },
 }
 
 impl fmt::Display for DropReason {
@@ -179,6 +182,11 @@ impl fmt::Display for DropReason {
             DropReason::Xmin { xmin } => write!(f, "inactive physical slot holds xmin {}", xmin.0),
             DropReason::NoRestartLsn => write!(f, "physical slot has no restart_lsn"),
             DropReason::UnusableCopy => write!(f, "the logical copy cannot be used; copying it again"),
+            DropReason::NativeLeftover { failover } => write!(
+                f,
+                "synced=false leftover (failover={failover}) of a failover slot the primary has; it blocks the \
+                 slotsync worker"
+            ),
         }
     }
 }

@@ -73,6 +73,8 @@ pub struct Local {
     pub synchronous_standby_names: Option<String>,
     /// `hot_standby_feedback` forced on for logical slots.
     force_hsf: bool,
+    /// Native failover slots (17+): `sync_replication_slots = on` (reloadable; PostgreSQL ignores it on a primary).
+    slot_sync: bool,
     /// `postgresql.conf`/`pg_hba.conf`/`pg_ident.conf` must be written again even if the parameters did not change.
     rewrite_conf: bool,
     /// Set when pg_rewind or pg_basebackup rebuilt the data directory; the slot manager takes it and treats every
@@ -149,6 +151,7 @@ impl Local {
             pending_restart: Vec::new(),
             synchronous_standby_names: None,
             force_hsf: false,
+            slot_sync: false,
             rewrite_conf: false,
             rebuilt: None,
         })

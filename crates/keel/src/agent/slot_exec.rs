@@ -77,15 +77,23 @@ impl SlotManager {
         plugin: &str,
         reason: &impl std::fmt::Debug,
     ) {
+        let failover = self.native.method == Some(keel_core::slots::SlotSyncMethod::Native);
         let created: Result<Lsn> = async {
             let s = local.session_on(database).await?;
-            Ok(pg_slots::create_logical(&s, slot, plugin).await?)
+            if failover {
+                Ok(pg_slots::create_logical_failover(&s, slot, plugin).await?)
+            } else {
+                Ok(pg_slots::create_logical(&s, slot, plugin).await?)
+            }
         }
         .await;
         match created {
             Ok(lsn) => {
                 self.slot_errors.remove(slot);
-                info!("created logical replication slot {slot} in {database} with {plugin} at {lsn} ({reason:?})");
+                info!(
+                    "created logical replication slot {slot} in {database} with {plugin} at {lsn} (failover = \
+                     {failover}, {reason:?})"
+                );
             }
             Err(e) => self.create_failed(slot, database, &e),
         }

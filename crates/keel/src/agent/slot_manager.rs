@@ -20,7 +20,8 @@ use keel_core::slots::copycheck::{CopyProblem, Rebuild, RecopyHistory};
 use keel_core::slots::readiness::{ReadinessEvent, ReadinessReason, SlotReadiness};
 use keel_core::slots::{
     self, desired_slots, enforce_hot_standby_feedback, published_status, reconcile, ActualSlots, DesiredInput,
-    DesiredSlots, LeaderState, NodeRole, ReconcileContext, RetainClock, SlotKind, SlotsConfig, SlotsReadiness,
+    DesiredSlots, LeaderState, NodeRole, ReconcileContext, RetainClock, SlotKind, SlotSyncMethod, SlotsConfig,
+    SlotsReadiness,
 };
 use keel_core::time::Millis;
 use keel_core::view::{ClusterView, Member, Status, Tags};
@@ -37,6 +38,8 @@ mod checks;
 mod copy;
 #[path = "slot_exec.rs"]
 mod exec;
+#[path = "slot_native.rs"]
+pub mod native;
 #[path = "slot_online.rs"]
 mod online;
 #[path = "slot_report.rs"]
@@ -111,6 +114,8 @@ pub struct SlotManager {
     pub promotion: Option<PromotionReport>,
     /// Logical copies are paused because failsafe mode is active.
     copies_paused: bool,
+    /// Native failover slots (17+): readiness from PostgreSQL, the managed `synchronized_standby_slots`.
+    pub native: native::NativeSlots,
 }
 
 /// What was known at the moment of promotion.
@@ -151,6 +156,7 @@ impl SlotManager {
             pending_promotion: None,
             promotion: None,
             copies_paused: false,
+            native: native::NativeSlots::new(),
         }
     }
 
@@ -248,7 +254,11 @@ impl SlotManager {
         let mut notes: Vec<String> = config.notes.iter().map(|n| n.to_string()).collect();
         notes.extend(desired.notes.iter().map(|n| n.to_string()));
         self.log_notes(notes);
-        local.force_hot_standby_feedback(enforce_hot_standby_feedback(&input));
+        let method = config.sync_method(local.bins.major);
+        let native_mode = method == SlotSyncMethod::Native;
+        self.native.method = Some(method);
+        local.force_hot_standby_feedback(enforce_hot_standby_feedback(&input) || native_mode);
+        local.set_slot_sync(native_mode);
 
         if !c.leader_primary {
             self.retain = None;
@@ -282,9 +292,10 @@ impl SlotManager {
             recreate_requested: &recreate,
             recopy_requested: &recopy,
         };
-        let plan = reconcile(&desired, &actual, &ctx);
+        let plan = slots::native::plan_for_method(method, role, reconcile(&desired, &actual, &ctx));
         let leader_member = c.view.leader_member().filter(|m| m.name != c.me).cloned();
         self.execute(&plan, local, leader_member.as_ref(), c.now).await;
+        self.native_cycle(c, local, &config, &desired, leader_member.as_ref()).await;
         self.slot_errors.retain(|n, _| desired.logical_names().any(|d| d == n));
 
         if c.leader_primary {
@@ -296,7 +307,9 @@ impl SlotManager {
         self.slot_errors.clear();
         self.consumers_ahead.clear();
         self.follow_leader(local, &desired, &actual, leader_member.as_ref());
-        self.update_readiness(c, local, &desired, &actual, leader_member.as_ref()).await;
+        if !native_mode {
+            self.update_readiness(c, local, &desired, &actual, leader_member.as_ref()).await;
+        }
         None
     }
 
@@ -341,6 +354,10 @@ impl SlotManager {
         let mut published = BTreeMap::new();
         for (name, want) in &desired.slots {
             if want.expected_active || !have.contains_key(name) {
+                continue;
+            }
+            // Native mode: the slotsync worker moves logical copies (PostgreSQL refuses advances of synced slots).
+            if want.kind.is_logical() && self.native.method == Some(SlotSyncMethod::Native) {
                 continue;
             }
             let database = match &want.kind {

@@ -55,7 +55,14 @@ impl SlotManager {
     /// and whether its copy was usable when this node was promoted.
     pub(super) fn check_promotion(&mut self, c: &SlotCycle<'_>, desired: &DesiredSlots, actual: &ActualSlots) {
         let ActualSlots::Known(have) = actual else { return };
-        let Some(pending) = self.pending_promotion.take() else { return };
+        let Some(mut pending) = self.pending_promotion.take() else { return };
+        // A synced copy (native mode) only ever holds positions the old primary's slot had.
+        for (n, a) in have.iter().filter(|(_, a)| a.synced && a.kind.is_logical()) {
+            if let Some(at) = a.confirmed_flush_lsn {
+                let known = pending.followed.entry(n.clone()).or_insert(at);
+                *known = (*known).max(at);
+            }
+        }
         let input = PromotionInput {
             logical: desired.logical_names().collect(),
             published: Some(&c.view.status.slots),
@@ -102,6 +109,7 @@ impl SlotManager {
                     _ => None,
                 };
                 let reason = self.reasons.get(&s.name);
+                let native = self.native.slot_readiness(&s.name);
                 json!({
                     "name": s.name,
                     "type": s.slot_type,
@@ -114,21 +122,23 @@ impl SlotManager {
                     "seconds_since_caught_up": p.and_then(|p| p.caught_up_at).map(|t| t.elapsed().as_secs_f64()),
                     "wal_retained_bytes": retained,
                     "wal_status": s.wal_status,
-                    "readiness": self.readiness.get(&s.name).map(|r| format!("{:?}", r.stage)),
-                    "readiness_reason": reason.map(ToString::to_string),
-                    "readiness_code": reason.map(|r| r.code()),
+                    "readiness": native.as_ref().map(|n| n.0.to_string())
+                        .or_else(|| self.readiness.get(&s.name).map(|r| format!("{:?}", r.stage))),
+                    "readiness_reason": native.as_ref().map(|n| n.1.clone()).or(reason.map(ToString::to_string)),
+                    "readiness_code": native.as_ref().map(|n| n.2).or(reason.map(|r| r.code())),
                     "last_error": p.and_then(|p| p.last_error.as_ref()).map(|e| json!({
                         "code": e.failure.code(), "reason": e.failure.to_string(), "message": e.message,
                     })),
                 })
             })
             .collect();
-        let unready: Vec<Value> = self
+        let mut unready: Vec<Value> = self
             .reasons
             .iter()
             .filter(|(n, _)| !self.readiness.get(*n).is_some_and(|r| r.is_ready()))
             .map(|(n, r)| json!({"slot": n, "code": r.code(), "reason": r.to_string()}))
             .collect();
+        unready.extend(self.native.unready_json());
         let errors: Vec<Value> = self
             .slot_errors
             .iter()
@@ -155,6 +165,8 @@ impl SlotManager {
                 "candidate_flush": a.candidate_flush.map(|l| l.to_string()), "source": a.source,
             })).collect::<Vec<_>>(),
             "ready": self.summary.as_ref().map(|s| s.ready),
+            "failover_slots_mode": self.native.method.map(|m| m.as_str()),
+            "native": self.native.to_json(),
         })
     }
 }

@@ -204,9 +204,54 @@ pub fn render(st: &NodeStatus) -> Result<String, std::fmt::Error> {
         "On the primary: 1 if a logical slot's consumer was sent a change a failover candidate has not flushed.",
         sent_beyond,
     );
+    register_native(st, &labels, &mut registry);
     let mut out = String::new();
     encode(&mut out, &registry)?;
     Ok(out)
+}
+
+/// The failover-slot mode, native readiness per failover slot, and the managed `synchronized_standby_slots`.
+fn register_native(st: &NodeStatus, labels: &Labels, registry: &mut Registry) {
+    use serde_json::Value;
+    let mode = Family::<Labels, Gauge>::default();
+    if let Some(m) = st.slots.get("failover_slots_mode").and_then(Value::as_str) {
+        let mut l = labels.clone();
+        l.push(("mode".into(), m.to_string()));
+        mode.get_or_create(&l).set(1);
+    }
+    registry.register("keel_failover_slots_mode", "Value is 1 for the failover-slot mode in force.", mode);
+    let ready = Family::<Labels, Gauge>::default();
+    let rows = |ptr: &str| st.slots.pointer(ptr).and_then(Value::as_array).cloned().unwrap_or_default();
+    for r in rows("/native/readiness") {
+        let (Some(slot), Some(ok)) = (r.get("slot").and_then(Value::as_str), r.get("ready").and_then(Value::as_bool))
+        else {
+            continue;
+        };
+        let mut l = labels.clone();
+        l.push(("slot".into(), slot.to_string()));
+        ready.get_or_create(&l).set(i64::from(ok));
+    }
+    registry.register(
+        "keel_failover_slot_synced_ready",
+        "Native mode: value is 1 if this standby's synced copy of a failover slot is safe to use after promotion.",
+        ready,
+    );
+    let listed = Family::<Labels, Gauge>::default();
+    for m in rows("/native/synchronized_standby_slots/members") {
+        let (Some(member), Some(on)) =
+            (m.get("member").and_then(Value::as_str), m.get("listed").and_then(Value::as_bool))
+        else {
+            continue;
+        };
+        let mut l = labels.clone();
+        l.push(("member".into(), member.to_string()));
+        listed.get_or_create(&l).set(i64::from(on));
+    }
+    registry.register(
+        "keel_synchronized_standby_slot_listed",
+        "Native mode, primary: value is 1 if the member's slot is in synchronized_standby_slots.",
+        listed,
+    );
 }
 
 const POSTGRES_STATE_HELP: &str = "Numeric representation of PostgreSQL state: 0=initdb, 1=initdb_failed, \
@@ -287,5 +332,33 @@ mod tests {
         assert!(!text.contains(&format!("keel_slot_consumer_ahead_bytes{}", l("n3"))), "{text}");
         assert!(text.contains(&format!("keel_slot_consumer_sent_beyond{} 1", l("n2"))), "{text}");
         assert!(text.contains(&format!("keel_slot_consumer_sent_beyond{} 0", l("n3"))), "{text}");
+    }
+
+    #[test]
+    fn renders_the_native_failover_slot_series() {
+        let st = NodeStatus {
+            scope: "batman".into(),
+            name: "n1".into(),
+            slots: serde_json::json!({
+                "failover_slots_mode": "native",
+                "native": {
+                    "readiness": [{"slot": "cdc", "ready": true}, {"slot": "own", "ready": false}],
+                    "synchronized_standby_slots": {"value": "n2", "members": [
+                        {"member": "n2", "listed": true}, {"member": "n3", "listed": false},
+                    ]},
+                },
+            }),
+            ..Default::default()
+        };
+        let text = render(&st).unwrap();
+        for series in [
+            "keel_failover_slots_mode{scope=\"batman\",name=\"n1\",mode=\"native\"} 1",
+            "keel_failover_slot_synced_ready{scope=\"batman\",name=\"n1\",slot=\"cdc\"} 1",
+            "keel_failover_slot_synced_ready{scope=\"batman\",name=\"n1\",slot=\"own\"} 0",
+            "keel_synchronized_standby_slot_listed{scope=\"batman\",name=\"n1\",member=\"n2\"} 1",
+            "keel_synchronized_standby_slot_listed{scope=\"batman\",name=\"n1\",member=\"n3\"} 0",
+        ] {
+            assert!(text.contains(series), "{series} missing in {text}");
+        }
     }
 }

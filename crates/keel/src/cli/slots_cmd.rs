@@ -58,6 +58,25 @@ pub fn rows(member: &str, role: &str, doc: &Value) -> Vec<Vec<Value>> {
         .collect()
 }
 
+/// Native failover slots: the mode and the managed
+/// `synchronized_standby_slots` with each member's reason.
+fn native_notes(member: &str, doc: &Value) -> Vec<String> {
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+    let mut out = Vec::new();
+    if let Some(mode) = doc.get("failover_slots_mode").and_then(Value::as_str) {
+        out.push(format!("{member}: failover slots: {mode}"));
+    }
+    // Unready synced copies are in the table and in `unready` like copy mode's.
+    let native = doc.get("native").cloned().unwrap_or(Value::Null);
+    if let Some(sss) = native.get("synchronized_standby_slots").filter(|v| !v.is_null()) {
+        out.push(format!("{member}: synchronized_standby_slots = '{}'", text(sss, "value")));
+        for m in sss.get("members").and_then(Value::as_array).into_iter().flatten() {
+            out.push(format!("{member}:   {}: {}", text(m, "member"), text(m, "reason")));
+        }
+    }
+    out
+}
+
 /// The lines printed under the table for one member: slots it could not create as leader, logical slots it has
 /// no copy of and why, continuity breaks it recorded as leader, and what its last promotion check found other
 /// than "in step".
@@ -78,6 +97,7 @@ pub fn notes(member: &str, doc: &Value) -> Vec<String> {
             out.push(format!("{member}: no usable copy of slot {slot}: {} ({})", text(u, "reason"), text(u, "code")));
         }
     }
+    out.extend(native_notes(member, doc));
     for b in doc.get("continuity_breaks").and_then(Value::as_array).into_iter().flatten() {
         out.push(format!(
             "{member}: continuity break on slot {} (last published {})",
@@ -232,6 +252,27 @@ mod tests {
         assert_eq!(
             n,
             ["n1: consumer of slot cdc is 4096 bytes ahead of n3's flushed WAL (and was sent changes it lacks)"]
+        );
+    }
+
+    #[test]
+    fn notes_name_the_mode_and_the_standby_slots_with_reasons() {
+        let doc = json!({
+            "failover_slots_mode": "native",
+            "native": {"synchronized_standby_slots": {"value": "node2", "members": [
+                {"member": "node2", "listed": true, "reason": "listed: streaming, 0 bytes behind"},
+                {"member": "node3", "listed": false, "reason": "not listed: not streaming from this primary"},
+            ]}},
+        });
+        let n = notes("node1", &doc);
+        assert_eq!(
+            n,
+            [
+                "node1: failover slots: native",
+                "node1: synchronized_standby_slots = 'node2'",
+                "node1:   node2: listed: streaming, 0 bytes behind",
+                "node1:   node3: not listed: not streaming from this primary",
+            ]
         );
     }
 }

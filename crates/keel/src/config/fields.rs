@@ -187,6 +187,7 @@ pub const DCS: &[Field] = &[
             "failover_slots is auto (native on PostgreSQL 17+, copy below), native or copy",
         ),
     ),
+    opt("failover_slots_max_lag", Kind::Int),
     opt("ttl", Kind::Seconds),
     opt("loop_wait", Kind::Seconds),
     opt("retry_timeout", Kind::Seconds),

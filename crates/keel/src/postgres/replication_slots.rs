@@ -2,7 +2,11 @@
 //!
 //! Every statement names the slot as a bind parameter, never by string concatenation.
 
+use std::collections::BTreeMap;
+
 use keel_core::lsn::Lsn;
+use keel_core::slots::native::NativeSlot;
+use keel_core::slots::standby_slots::PhysicalSlotObs;
 use serde_json::Value;
 
 use super::observe::{PgError, Session};
@@ -93,6 +97,91 @@ pub async fn create_logical(session: &Session, name: &str, plugin: &str) -> Resu
         .await?;
     let text: String = rows.first().map(|r| r.get(0)).unwrap_or_default();
     text.parse().map_err(|_| PgError::BadValue { what: "pg_create_logical_replication_slot", value: text })
+}
+
+/// Creates a logical slot with `failover = true` (PostgreSQL 17+: the slotsync worker keeps standbys' copies).
+pub async fn create_logical_failover(session: &Session, name: &str, plugin: &str) -> Result<Lsn, PgError> {
+    let rows = session
+        .query(
+            "SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, $2, false, false, true)",
+            &[&name, &plugin],
+        )
+        .await?;
+    let text: String = rows.first().map(|r| r.get(0)).unwrap_or_default();
+    text.parse().map_err(|_| PgError::BadValue { what: "pg_create_logical_replication_slot", value: text })
+}
+
+/// Logical slots with the native columns (PostgreSQL 17+). `failover_only`: only non-temporary failover slots
+/// (what the slotsync worker reads on a primary); otherwise every logical slot, temporary synced ones included.
+pub async fn list_native(session: &Session, failover_only: bool) -> Result<Vec<NativeSlot>, PgError> {
+    let filter = if failover_only { "failover AND NOT temporary" } else { "slot_type = 'logical'" };
+    let sql = format!(
+        "SELECT slot_name, coalesce(database, ''), coalesce(plugin, ''), failover, synced, temporary, \
+         invalidation_reason, confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE {filter}"
+    );
+    let rows = session.query(&sql, &[]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| NativeSlot {
+            name: r.get(0),
+            database: r.get(1),
+            plugin: r.get(2),
+            failover: r.get(3),
+            synced: r.get(4),
+            temporary: r.get(5),
+            invalidated: r.get(6),
+            confirmed_flush: r.get::<_, Option<String>>(7).and_then(|t| t.parse().ok()),
+        })
+        .collect())
+}
+
+/// The primary's physical slots with whether a walsender streams on them (`pg_stat_replication.state`), and its
+/// flush position: what the managed `synchronized_standby_slots` is decided from.
+pub async fn physical_streaming(session: &Session) -> Result<(Lsn, BTreeMap<String, PhysicalSlotObs>), PgError> {
+    let rows = session
+        .query(
+            "SELECT s.slot_name, coalesce(r.state = 'streaming', false), s.restart_lsn::text, \
+             pg_catalog.pg_current_wal_flush_lsn()::text \
+             FROM pg_catalog.pg_replication_slots s LEFT JOIN pg_catalog.pg_stat_replication r ON r.pid = s.active_pid \
+             WHERE s.slot_type = 'physical' AND NOT s.temporary",
+            &[],
+        )
+        .await?;
+    let mut flush = None;
+    let mut out = BTreeMap::new();
+    for r in &rows {
+        flush = flush.or_else(|| r.get::<_, Option<String>>(3).and_then(|t| t.parse::<Lsn>().ok()));
+        let restart_lsn = r.get::<_, Option<String>>(2).and_then(|t| t.parse().ok());
+        out.insert(r.get::<_, String>(0), PhysicalSlotObs { streaming: r.get(1), restart_lsn });
+    }
+    let flush = match flush {
+        Some(f) => f,
+        None => current_flush(session).await?,
+    };
+    Ok((flush, out))
+}
+
+async fn current_flush(session: &Session) -> Result<Lsn, PgError> {
+    let rows = session.query("SELECT pg_catalog.pg_current_wal_flush_lsn()::text", &[]).await?;
+    let text: String = rows.first().map(|r| r.get(0)).unwrap_or_default();
+    text.parse().map_err(|_| PgError::BadValue { what: "pg_current_wal_flush_lsn", value: text })
+}
+
+/// `ALTER SYSTEM SET synchronized_standby_slots` (or `RESET` for `None`) and a reload; the parameter is reloadable.
+pub async fn set_synchronized_standby_slots(session: &Session, value: Option<&str>) -> Result<(), PgError> {
+    let sql = match value {
+        Some(v) => format!("ALTER SYSTEM SET synchronized_standby_slots = '{}'", v.replace('\'', "''")),
+        None => "ALTER SYSTEM RESET synchronized_standby_slots".to_string(),
+    };
+    session.query(&sql, &[]).await?;
+    session.query("SELECT pg_catalog.pg_reload_conf()", &[]).await?;
+    Ok(())
+}
+
+/// The value of `synchronized_standby_slots` in force (after the last reload).
+pub async fn synchronized_standby_slots(session: &Session) -> Result<String, PgError> {
+    let rows = session.query("SELECT pg_catalog.current_setting('synchronized_standby_slots')", &[]).await?;
+    Ok(rows.first().map(|r| r.get(0)).unwrap_or_default())
 }
 
 /// Drops a slot (`pg_drop_replication_slot`); an active slot makes PostgreSQL refuse.

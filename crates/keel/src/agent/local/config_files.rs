@@ -34,7 +34,10 @@ impl Local {
         if let Some(v) = params.remove("hot_standby_feedback") {
             sc.hot_standby_feedback = matches!(v.as_str(), "on" | "true" | "1" | "yes");
         }
-        sc.hot_standby_feedback |= self.force_hsf;
+        sc.hot_standby_feedback |= self.force_hsf || self.slot_sync;
+        if self.slot_sync {
+            params.insert("sync_replication_slots".into(), "on".into());
+        }
         if let Some(ssn) = &self.synchronous_standby_names {
             params.insert("synchronous_standby_names".into(), ssn.clone());
         }
@@ -118,6 +121,12 @@ impl Local {
     /// configuration.
     pub fn force_hot_standby_feedback(&mut self, force: bool) {
         self.force_hsf = force;
+    }
+
+    /// Native failover slots (17+): `sync_replication_slots` and `hot_standby_feedback` on. Both are reloadable,
+    /// and `primary_conninfo` already names a database (`dbname`), as the slotsync worker needs.
+    pub fn set_slot_sync(&mut self, on: bool) {
+        self.slot_sync = on;
     }
 
     /// Takes the run-time changeable parts of a re-read configuration file; `apply_parameters` writes them.
