@@ -431,6 +431,40 @@ async fn etcd_paused_calls_fail_within_timeout() {
     assert_eq!(a.load().await.unwrap().leader.unwrap().name, "a");
 }
 
+/// The HA loop's store (`begin_cycle`): once etcd stops answering within a cycle, the cycle's later writes fail at
+/// once, so a cycle that found the store up and then lost it costs one timeout, not one per write (leader key,
+/// status, member key), and cannot overrun the fence's deadline before the next cycle notices the outage.
+#[tokio::test]
+async fn a_cycle_waits_out_one_timeout_per_outage_not_one_per_call() {
+    let env = EtcdEnv::start();
+    let timeout = Duration::from_secs(2);
+    let a = ClusterStore::new(env.backend_with_timeout(timeout), "/service/", "batman", "a", 30);
+    a.begin_cycle();
+    a.refresh_lease().await.unwrap();
+    a.load().await.unwrap();
+    assert!(a.acquire_leader().await.unwrap());
+    env.server.pause().unwrap();
+    let t = Instant::now();
+    assert!(a.set_status(&Status { optime: Some(Lsn(1)), ..Status::default() }).await.unwrap_err().is_unavailable());
+    let first = t.elapsed();
+    let err = a.touch_member(&json!({"state": "running"})).await.unwrap_err();
+    assert!(matches!(err, DcsError::NotTried { .. }) && err.is_unavailable(), "{err}");
+    assert!(a.delete_leader().await.unwrap_err().is_unavailable());
+    assert!(t.elapsed() < first + Duration::from_millis(500), "{:?} after the first {first:?}", t.elapsed());
+    // The next cycle asks the store again.
+    env.server.resume().unwrap();
+    a.begin_cycle();
+    eventually("etcd answers again", Duration::from_secs(30), || async { a.load().await.is_ok() }).await;
+    a.touch_member(&json!({"state": "running"})).await.unwrap();
+    // A store outside the loop (the REST API's, a control command's) asks the store on every call.
+    let api = ClusterStore::new(env.backend_with_timeout(timeout), "/service/", "batman", "b", 30);
+    env.server.pause().unwrap();
+    assert!(api.load().await.unwrap_err().is_unavailable());
+    let err = api.load().await.unwrap_err();
+    assert!(!matches!(err, DcsError::NotTried { .. }), "{err}");
+    env.server.resume().unwrap();
+}
+
 /// With several hosts configured, an unreachable one is skipped.
 #[tokio::test]
 async fn etcd_falls_over_to_next_endpoint() {

@@ -17,6 +17,10 @@ use crate::dcs::KvBackend;
 impl<B: KvBackend> Agent<B> {
     /// Answers one request.
     pub(super) async fn handle_request(&mut self, request: AgentRequest, now: Millis) {
+        if !matches!(request, AgentRequest::Wakeup) {
+            // Each request asks the store afresh, whatever the last cycle found.
+            self.store.begin_cycle();
+        }
         let (reply, answer) = match request {
             AgentRequest::Wakeup => return,
             AgentRequest::Restart { request, reply } => (reply, self.restart_request(request).await),

@@ -239,6 +239,7 @@ impl<B: KvBackend> Agent<B> {
     /// One HA cycle.
     async fn cycle(&mut self) -> Result<()> {
         let now = Millis(unix_ms());
+        self.store.begin_cycle();
         let store_ok = self.read_store().await;
         self.store_reachable = store_ok;
         self.check_store_config()?;

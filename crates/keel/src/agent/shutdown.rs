@@ -17,6 +17,7 @@ use crate::postgres::{datadir, process::RunAs};
 
 impl<B: KvBackend> Agent<B> {
     pub(super) async fn shutdown(&mut self) -> Result<()> {
+        self.store.begin_cycle();
         let paused = self.dynamic_config().pause;
         let still_running = match shutdown_start(paused) {
             ShutdownStart::LeaveRunning => {

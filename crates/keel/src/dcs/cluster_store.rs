@@ -55,6 +55,11 @@ struct State {
     dirty: bool,
     /// When our lease was last refreshed.
     refreshed: Option<Instant>,
+    /// Set by [`ClusterStore::begin_cycle`] (the HA loop's store): a call the store did not answer makes the
+    /// cycle's later calls fail at once, so one outage costs a cycle one timeout, not one per call.
+    per_cycle: bool,
+    /// The store did not answer a call since the last [`ClusterStore::begin_cycle`].
+    unanswered: bool,
 }
 
 impl<B: KvBackend> ClusterStore<B> {
@@ -94,7 +99,36 @@ impl<B: KvBackend> ClusterStore<B> {
     /// Runs a write; the next [`load`](Self::load) reads the store so that it sees it.
     async fn txn(&self, txn: &Txn) -> Result<bool, DcsError> {
         self.state().dirty = true;
-        self.backend.txn(txn).await
+        self.call("txn", self.backend.txn(txn)).await
+    }
+
+    /// Starts an HA cycle: the store is asked again, and from now on a call it does not answer makes the later
+    /// calls of this cycle fail at once ([`DcsError::NotTried`]). Without this, a cycle that found the store
+    /// answering and then lost it would wait out one timeout per write (leader key, status, member key) and could
+    /// overrun the fence's deadline before the next cycle even notices the outage.
+    pub fn begin_cycle(&self) {
+        let mut st = self.state();
+        st.per_cycle = true;
+        st.unanswered = false;
+    }
+
+    /// One call to the store, unless it already failed to answer in this cycle.
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        call: impl std::future::Future<Output = Result<T, DcsError>>,
+    ) -> Result<T, DcsError> {
+        if self.state().unanswered {
+            return Err(DcsError::NotTried { op });
+        }
+        let result = call.await;
+        if let Err(e) = &result {
+            if e.is_unavailable() {
+                let mut st = self.state();
+                st.unanswered = st.per_cycle;
+            }
+        }
+        result
     }
 
     pub fn backend(&self) -> &B {
@@ -142,7 +176,7 @@ impl<B: KvBackend> ClusterStore<B> {
         let range: Range = match cached {
             Some(r) => r,
             None => {
-                let r = self.backend.range(self.ops.prefix()).await?;
+                let r = self.call("range", self.backend.range(self.ops.prefix())).await?;
                 self.follower.absorb(&r);
                 r
             }
@@ -168,7 +202,7 @@ impl<B: KvBackend> ClusterStore<B> {
     }
 
     async fn grant(&self) -> Result<i64, DcsError> {
-        let lease = self.backend.grant_lease(self.ttl).await?;
+        let lease = self.call("grant", self.backend.grant_lease(self.ttl)).await?;
         debug!(lease, ttl = self.ttl, "granted a new lease");
         let mut st = self.state();
         st.lease = Some(lease);
@@ -191,7 +225,7 @@ impl<B: KvBackend> ClusterStore<B> {
     /// Keeps our lease alive; a lost lease is replaced by a new one. Returns the lease in use.
     pub async fn refresh_lease(&self) -> Result<i64, DcsError> {
         let Some(lease) = self.state().lease else { return self.grant().await };
-        match self.backend.keepalive(lease).await {
+        match self.call("keepalive", self.backend.keepalive(lease)).await {
             Ok(()) => {
                 self.state().refreshed = Some(Instant::now());
                 Ok(lease)

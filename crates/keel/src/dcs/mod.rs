@@ -45,6 +45,8 @@ pub enum DcsError {
          the store is running"
     )]
     Unreachable { store: String, op: &'static str, detail: String },
+    #[error("{op} not tried: the store did not answer an earlier call in this cycle; the next cycle asks it again")]
+    NotTried { op: &'static str },
     #[error(
         "TLS with the store ({store}) failed for {op}: {detail}; check etcd3.cacert (the CA that signed etcd's \
          certificate), etcd3.cert and etcd3.key (the client certificate etcd trusts) and etcd3.protocol"
@@ -71,7 +73,11 @@ impl DcsError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            DcsError::Timeout { .. } | DcsError::Unreachable { .. } | DcsError::Tls { .. } | DcsError::Auth { .. }
+            DcsError::Timeout { .. }
+                | DcsError::Unreachable { .. }
+                | DcsError::NotTried { .. }
+                | DcsError::Tls { .. }
+                | DcsError::Auth { .. }
         )
     }
 }
