@@ -51,10 +51,10 @@ fn stream() -> Stream {
 /// Keel's own copies on every major (`failover_slots: copy`): these scenarios are about copy mode's mechanics
 /// (stages, file copies, continuity breaks); native mode on 17+ has `slot_native.rs`, and `slot_databases.rs`
 /// runs with the default (native on 17+).
-fn slots_yaml() -> String {
+fn slots_yaml(mode: &str) -> String {
     let plugin = plugin().name();
     format!(
-        "    failover_slots: copy
+        "    failover_slots: {mode}
     slots:
       test_logical:
         type: logical
@@ -73,10 +73,15 @@ fn slots_yaml() -> String {
 }
 
 fn options(extra: &str) -> KeelOptions {
+    options_in_mode("copy", extra)
+}
+
+/// [`options`] with another `failover_slots` mode.
+fn options_in_mode(mode: &str, extra: &str) -> KeelOptions {
     KeelOptions {
         keel_bin: Some(env!("CARGO_BIN_EXE_keel").into()),
         logical: true,
-        extra_dcs_yaml: format!("{}{extra}", slots_yaml()),
+        extra_dcs_yaml: format!("{}{extra}", slots_yaml(mode)),
         ..KeelOptions::default()
     }
 }
@@ -455,7 +460,10 @@ fn prefer_promotes_the_ready_replica_over_an_unready_one_ahead() {
 #[test]
 fn failsafe_keeps_the_primary_and_slot_copies_follow_during_a_store_outage() {
     let _serial = serial();
-    let (c, leader) = up(KeelOptions { failsafe_mode: true, ..options("") });
+    // The default mode (native on 17+): native copies are ready within a second, so the outage starts right
+    // after the leader first wrote the failsafe key, before any cycle read it back (the exchange must use what
+    // the leader wrote, or the primary demotes).
+    let (c, leader) = up(KeelOptions { failsafe_mode: true, ..options_in_mode("auto", "") });
     let reps = replicas(&c, &leader);
     c.psql(&leader, "CREATE TABLE g (id serial primary key, v text)").unwrap();
     wait_ready_consuming(&c, &leader, &reps);

@@ -134,8 +134,14 @@ impl<B: KvBackend> Agent<B> {
             self.view.members.values().filter_map(|m| m.api_url.clone().map(|u| (m.name.clone(), u))).collect();
         members.insert(self.cfg.name.clone(), self.api_url.clone());
         if self.view.failsafe.as_ref() != Some(&members) {
-            if let Err(e) = self.store.set_failsafe(&members).await {
-                warn!("cannot write the failsafe key: {e}");
+            match self.store.set_failsafe(&members).await {
+                // What we wrote is the list an outage starting before the next read must ask: without this, a
+                // store lost right after the write left the exchange with the old list and the primary demoted.
+                Ok(()) => {
+                    self.failsafe.set_config(config.failsafe_mode, Some(members.clone()));
+                    self.view.failsafe = Some(members);
+                }
+                Err(e) => warn!("cannot write the failsafe key: {e}"),
             }
         }
     }
