@@ -63,7 +63,20 @@ pub fn run_round(
     match env.wait_healthy(HEAL_BOUND) {
         Ok(p) => {
             out.heal = Some(clock() - t_heal);
-            println!("   healed in {:.1} s, primary {p}", clock() - t_heal);
+            let view = env.cluster.members().unwrap_or_default();
+            let states: Vec<String> = view
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{}={}/{}/tl{}",
+                        m["name"].as_str().unwrap_or("?"),
+                        m["role"].as_str().unwrap_or("?"),
+                        m["state"].as_str().unwrap_or("?"),
+                        m["timeline"]
+                    )
+                })
+                .collect();
+            println!("   healed in {:.1} s, primary {p}; members {}", clock() - t_heal, states.join(" "));
         }
         Err(e) => out.violations.push(format!("no heal within {} s: {e:#}", HEAL_BOUND.as_secs())),
     }

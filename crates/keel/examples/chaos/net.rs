@@ -102,7 +102,10 @@ impl ChaosEnv {
         }
         let lab = NetLab::create(&["node1", "node2", "node3", ETCD]).context("creating network namespaces")?;
         println!("chaos: namespaces {}-* on bridge {} ({}/24)", lab.tag, lab.bridge, lab.root_addr);
-        let base = tempfile::Builder::new().prefix("keel-chaos-").tempdir()?;
+        // KEEL_CHAOS_KEEP=1 keeps the logs and data directories for a look after the run.
+        let keep = std::env::var_os("KEEL_CHAOS_KEEP").is_some();
+        let base = tempfile::Builder::new().prefix("keel-chaos-").disable_cleanup(keep).tempdir()?;
+        println!("chaos: files under {}{}", base.path().display(), if keep { " (kept)" } else { "" });
         let etcd = start_etcd(&lab, base.path())?;
         let subnet = format!("{}/24", lab.root_addr);
         let hba = vec![
@@ -182,9 +185,20 @@ impl ChaosEnv {
     pub fn wait_healthy(&self, deadline: Duration) -> Result<String> {
         self.wait("one primary and two streaming replicas", deadline, || {
             let leader = self.cluster.leader().ok_or("no leader key")?;
-            let streaming = self.cluster.streaming_replicas(&leader)?;
+            // A replica cut off keeps its pg_stat_replication row until wal_sender_timeout: count only replicas
+            // that answered within the last 12 s (they report every wal_receiver_status_interval, 10 s).
+            let sql = "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming' \
+                       AND reply_time > now() - interval '12 s'";
+            let rows = self.cluster.psql(&leader, sql)?;
+            let mut streaming: Vec<String> =
+                self.cluster.names().into_iter().filter(|n| rows.lines().any(|l| l == n)).collect();
+            streaming.retain(|n| *n != leader);
             if streaming.len() < 2 {
                 return Err(format!("leader {leader} has streaming replicas {streaming:?}"));
+            }
+            // And the store agrees: every member key says running or streaming on the leader's timeline.
+            if !self.cluster.members_settled()? {
+                return Err(format!("leader {leader}: the member keys have not settled"));
             }
             Ok(self.cluster.writable(&leader).then_some(leader))
         })
