@@ -26,6 +26,8 @@ pub struct RoundOutcome {
     pub lost_async: usize,
     /// Changes the consumer received that the final primary lacks.
     pub phantoms: usize,
+    /// Agent log lines where Keel's promotion check reported a logical slot's continuity break.
+    pub continuity_breaks: usize,
 }
 
 /// How long the cluster gets to heal.
@@ -82,6 +84,9 @@ pub fn run_round(
     }
     crate::nap(Duration::from_secs(3))?;
     let (last_id, t_end) = (writer.next_id(), clock());
+    // Inserts of ids below last_id still in flight end within the writer's deadline: only then is what the final
+    // primary has comparable with what the consumer received (else a late commit looks like a phantom).
+    crate::nap(crate::writer::DEADLINE + Duration::from_secs(1))?;
     let acks = writer.acks_between(t_start, t_end);
     out.acks = acks.len();
     out.writable_after = longest_gap(&acks, t_fault, t_end);
@@ -90,6 +95,7 @@ pub fn run_round(
     let first_id = acks.iter().map(|a| a.id).min().unwrap_or(first_id).min(first_id);
     check_data(env, consumer, &acks, (first_id, last_id), &mut out)?;
     out.violations.extend(logs.check(env));
+    out.continuity_breaks = logs.notes(env);
     restart_exited_agents(env, &mut out);
     Ok(out)
 }
@@ -193,21 +199,44 @@ fn check_data(
     Ok(())
 }
 
-/// Where each node's PostgreSQL log stood at the start of the round.
-struct LogMarks(Vec<(String, u64)>);
+/// Where each node's PostgreSQL and agent logs stood at the start of the round.
+struct LogMarks(Vec<(String, u64, u64)>);
+
+fn file_len(p: &std::path::Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+fn read_from(p: &std::path::Path, mark: u64) -> String {
+    let text = std::fs::read(p).unwrap_or_default();
+    String::from_utf8_lossy(text.get(mark as usize..).unwrap_or_default()).into_owned()
+}
 
 impl LogMarks {
     fn take(env: &ChaosEnv) -> LogMarks {
-        let len = |p: std::path::PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        LogMarks(env.cluster.nodes.iter().map(|n| (n.name.clone(), len(n.pg_log_path()))).collect())
+        let nodes = env.cluster.nodes.iter();
+        LogMarks(nodes.map(|n| (n.name.clone(), file_len(&n.pg_log_path()), file_len(&n.log_path))).collect())
+    }
+
+    /// Keel's own promotion check saying a logical slot's continuity broke: printed as a note (the consumer
+    /// checks above are what fails a run).
+    fn notes(&self, env: &ChaosEnv) -> usize {
+        let mut n = 0;
+        for (name, _, mark) in &self.0 {
+            for line in
+                read_from(&env.cluster.node(name).log_path, *mark).lines().filter(|l| l.contains("CONTINUITY BREAK"))
+            {
+                println!("   NOTE {name}: {}", line.get(..300).unwrap_or(line));
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Crash loops (too many starts) and slot files PostgreSQL refused, since the marks.
     fn check(&self, env: &ChaosEnv) -> Vec<String> {
         let mut found = Vec::new();
-        for (name, mark) in &self.0 {
-            let text = std::fs::read(env.cluster.node(name).pg_log_path()).unwrap_or_default();
-            let new = String::from_utf8_lossy(text.get(*mark as usize..).unwrap_or_default()).into_owned();
+        for (name, mark, _) in &self.0 {
+            let new = read_from(&env.cluster.node(name).pg_log_path(), *mark);
             let starts = new.matches("database system is ready to accept").count();
             if starts > MAX_STARTS {
                 found.push(format!("crash loop: {name}'s PostgreSQL became ready {starts} times in one round"));

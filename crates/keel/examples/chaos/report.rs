@@ -13,6 +13,7 @@ struct Row {
     heal: Vec<f64>,
     phantoms: usize,
     lost_async: usize,
+    breaks: usize,
 }
 
 fn median(v: &mut [f64]) -> Option<f64> {
@@ -39,6 +40,7 @@ pub fn print(results: &[RoundOutcome], seed: u64) {
             row.heal.extend(r.heal);
             row.phantoms += r.phantoms;
             row.lost_async += r.lost_async;
+            row.breaks += r.continuity_breaks;
         }
     }
     let sync = results.iter().filter(|r| r.sync).count();
@@ -51,14 +53,14 @@ pub fn print(results: &[RoundOutcome], seed: u64) {
         println!("round {} ({} violation(s)): {}", r.round, r.violations.len(), r.violations.join("; "));
     }
     println!(
-        "| fault | rounds | violations | no-write window s (median / max) | heal s (median / max) | phantoms | async lost acks |"
+        "| fault | rounds | violations | no-write window s (median / max) | heal s (median / max) | phantoms | async lost acks | slot continuity breaks (Keel's log) |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for (kind, mut row) in rows {
         let wmax = row.writable.iter().copied().reduce(f64::max);
         let hmax = row.heal.iter().copied().reduce(f64::max);
         println!(
-            "| {} | {} | {} | {} / {} | {} / {} | {} | {} |",
+            "| {} | {} | {} | {} / {} | {} / {} | {} | {} | {} |",
             kind.name(),
             row.rounds,
             row.violations,
@@ -67,7 +69,8 @@ pub fn print(results: &[RoundOutcome], seed: u64) {
             secs(median(&mut row.heal)),
             secs(hmax),
             row.phantoms,
-            row.lost_async
+            row.lost_async,
+            row.breaks
         );
     }
 }

@@ -44,7 +44,7 @@ pub struct Writer {
 }
 
 /// The longest a single insert may take, client side (connection 2 s + statement 3 s + margin).
-const DEADLINE: Duration = Duration::from_secs(7);
+pub const DEADLINE: Duration = Duration::from_secs(7);
 
 impl Writer {
     pub fn start(env: &ChaosEnv) -> Result<Writer> {
