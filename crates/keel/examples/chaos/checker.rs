@@ -46,6 +46,10 @@ pub fn run_round(
     let mut out = RoundOutcome { round, sync, faults: kinds.to_vec(), ..Default::default() };
     env.set_synchronous(sync)?;
     let primary = env.wait_healthy(HEAL_BOUND)?;
+    match env.wait_slots_ready(HEAL_BOUND) {
+        Ok(d) => println!("   slot copies ready on every replica after {:.1} s", d.as_secs_f64()),
+        Err(e) => println!("   WARNING: injecting anyway: {e:#}"),
+    }
     let replica = env.cluster.names().into_iter().find(|n| *n != primary).unwrap_or_default();
     let logs = LogMarks::take(env);
     let (first_id, t_start) = (writer.next_id(), clock());
@@ -171,6 +175,7 @@ fn check_data(
     println!("   {} acknowledged, final primary has {}, consumer received {}", acks.len(), have.len(), got.len());
     let lost: Vec<u64> = have.iter().filter(|id| !got.contains_key(id)).copied().collect();
     if !lost.is_empty() {
+        env.recreate_slot();
         out.violations.push(format!(
             "the consumer lost {} change(s) the final primary has (first: {:?}; consumer \
             connections so far: {})",

@@ -204,6 +204,31 @@ impl ChaosEnv {
         })
     }
 
+    /// Waits until every replica's `GET /slots` says its copies of the permanent slots are `ready` (safe to use
+    /// after a failover); returns how long that took.
+    pub fn wait_slots_ready(&self, deadline: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        self.wait("the slot copies to be ready on every replica", deadline, || {
+            let leader = self.cluster.leader().ok_or("no leader key")?;
+            for name in self.cluster.names().into_iter().filter(|n| *n != leader) {
+                let (_, slots) = self.cluster.http(&name, "GET", "/slots", None)?;
+                if slots.get("ready") != Some(&Value::Bool(true)) {
+                    return Err(format!("{name}: slots not ready"));
+                }
+            }
+            Ok(Some(()))
+        })?;
+        Ok(start.elapsed())
+    }
+
+    /// `POST /slots/recreate` of `cdc` on the leader, after a continuity break the suite reported.
+    pub fn recreate_slot(&self) {
+        if let Some(leader) = self.cluster.leader() {
+            let r = self.cluster.http(&leader, "POST", "/slots/recreate", Some(&json!({"slot": "cdc"})));
+            println!("   re-created slot cdc on {leader} to go on: {r:?}");
+        }
+    }
+
     pub fn nodes(&self) -> Vec<NodeAddr> {
         let n = &self.cluster.nodes;
         n.iter()
