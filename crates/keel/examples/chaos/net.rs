@@ -96,6 +96,7 @@ impl ChaosEnv {
     /// the database `app`, its table and the permanent slot `cdc`.
     pub fn start(pg_version: u32) -> Result<ChaosEnv> {
         clock();
+        require_test_decoding(&cluster_runner::pg_bin_dir(pg_version))?;
         let keel = keel_bin();
         if !keel.exists() {
             bail!("{} not found: build it first (cargo build -p keel --bin keel), or set KEEL_BIN", keel.display());
@@ -316,4 +317,18 @@ fn wait_etcd(addr: &str) -> Result<()> {
         }
         crate::nap(Duration::from_millis(200))?;
     }
+}
+
+/// The consumer decodes test_decoding's text: refuse a build without it (the PostgreSQL 16 under /opt/keel/pg has
+/// only pgoutput) rather than report every change as lost.
+fn require_test_decoding(bin_dir: &Path) -> Result<()> {
+    let out = Command::new(bin_dir.join("pg_config")).arg("--pkglibdir").output().context("running pg_config")?;
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !Path::new(&dir).join("test_decoding.so").exists() {
+        bail!(
+            "this PostgreSQL build has no test_decoding (looked in {dir}): the consumer needs it; use a build with \
+               contrib (15, 17 and 18 here)"
+        );
+    }
+    Ok(())
 }
