@@ -1,10 +1,10 @@
 //! Network namespaces for fault injection: one namespace per member, each with a veth pair on a bridge in the
 //! root namespace, which also gets an address on the bridge so this process reaches every member.
 //!
-//! Every name starts with a per-run tag, `kc` and this process's pid in hex (`kc00a1b2-n1`), so two runs never
-//! collide and a later run can tell leftovers of a dead run (their pid is gone) from a live one. [`NetLab`]
-//! removes everything it made when dropped (also on panic); [`NetLab::create`] first removes the leftovers of dead
-//! runs. Needs root and `ip` (iproute2); `tc` only for [`NetLab::has_netem`]'s delay.
+//! Every name starts with a per-run tag, `kc`, this process's pid in hex and a counter (`kc00a1b20-n1`), so two
+//! runs never collide and a later run can tell leftovers of a dead run (their pid is gone) from a live one.
+//! [`NetLab`] removes everything it made when dropped (also on panic); [`NetLab::create`] first removes the
+//! leftovers of dead runs. Needs root and `ip` (iproute2); `tc` only for [`NetLab::has_netem`]'s delay.
 
 use std::io;
 use std::process::{Command, Stdio};
@@ -110,7 +110,10 @@ impl NetLab {
     /// Creates the bridge and one namespace per name in `names` (short names: `n1`, `etcd`).
     pub fn create(names: &[&str]) -> io::Result<NetLab> {
         cleanup_leftovers()?;
-        let tag = format!("{PREFIX}{:06x}", std::process::id());
+        // A counter after the pid keeps two labs of one process (parallel tests) apart.
+        static LABS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = LABS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 16;
+        let tag = format!("{PREFIX}{:06x}{n:x}", std::process::id());
         let x = free_subnet()?;
         let bridge = format!("{tag}-br");
         let root_addr = format!("10.213.{x}.1");
@@ -225,5 +228,30 @@ mod tests {
         assert_eq!(tag_pid("eth0"), None);
         assert_eq!(tag_pid("kcxyz"), None);
         assert!(!owner_dead(&format!("{PREFIX}{:06x}-br", std::process::id())));
+    }
+
+    /// Creates a lab, applies and removes each fault, and checks that dropping it leaves nothing behind.
+    #[test]
+    fn a_lab_is_built_faulted_and_removed() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: network namespaces need root");
+            return;
+        }
+        let lab = NetLab::create(&["a", "b"]).unwrap();
+        let (a, b) = (lab.member("a").clone(), lab.member("b").clone());
+        assert!(ip(&["netns", "list"]).unwrap().contains(&a.netns));
+        assert!(ip(&["-n", &a.netns, "-4", "addr", "show", INNER_IF]).unwrap().contains(&a.addr));
+        lab.set_blackhole("a", &b.addr, true).unwrap();
+        assert!(ip(&["-n", &a.netns, "route", "show"]).unwrap().contains("blackhole"));
+        lab.set_blackhole("a", &b.addr, false).unwrap();
+        lab.set_link("b", false).unwrap();
+        assert!(ip(&["-n", &b.netns, "link", "show", INNER_IF]).unwrap().contains("state DOWN"));
+        lab.set_link("b", true).unwrap();
+        let bridge = lab.bridge.clone();
+        drop(lab);
+        let left = ip(&["netns", "list"]).unwrap();
+        assert!(!left.contains(&a.netns) && !left.contains(&b.netns), "{left}");
+        assert!(ip(&["link", "show", &bridge]).is_err(), "the bridge {bridge} is still there");
     }
 }
