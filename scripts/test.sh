@@ -43,6 +43,19 @@ if [ "$status" = 0 ] && [ $# = 0 ]; then
     echo "test: slot_native on PostgreSQL 17 took $((SECONDS - start)) s"
     [ "$suite_status" = 0 ] || status=$suite_status
 fi
+# The fault-injection suite's short seeded run (docs/reliability.md): 6 rounds covering the partition, freeze and
+# kill faults, in network namespaces (its own addresses and names, so it cannot collide with the tests), about 6
+# minutes in the debug profile. The long run (100+ rounds, --release) is run by hand.
+if [ "$status" = 0 ] && [ $# = 0 ]; then
+    echo "test: chaos (fault injection, 6 rounds, seed 1)"
+    start=$SECONDS
+    cargo run -q -p keel --example chaos -- --rounds 6 --seed 1 \
+        --faults primary-etcd-partition,primary-isolated,replica-isolated,freeze-primary-agent,freeze-primary-postgres,kill-primary-both \
+        2>&1 | tee -a "$log"
+    chaos_status=${PIPESTATUS[0]}
+    echo "test: chaos took $((SECONDS - start)) s"
+    [ "$chaos_status" = 0 ] || status=$chaos_status
+fi
 set -e
 # One closing line with the totals over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }

@@ -6,6 +6,7 @@
 
 mod cluster;
 mod etcd;
+pub mod netns;
 mod pki;
 
 pub use cluster::{EtcdAuth, KeelCluster, KeelOptions};

@@ -127,6 +127,10 @@ pub struct ClusterOptions {
     pub run_as: Option<String>,
     /// TLS and authentication settings written into each node's file (empty by default).
     pub security: SecurityOptions,
+    /// Node i runs inside network namespace `node_netns[i].0` and listens on its address `node_netns[i].1` with
+    /// the default ports (8008, 5432); empty (the default): every node on 127.0.0.1 with free ports. Used by the
+    /// fault-injection program (`examples/chaos`), which creates the namespaces.
+    pub node_netns: Vec<(String, String)>,
 }
 
 /// Security settings for a test cluster's files, as YAML lines, and how the runner itself reaches etcd.
@@ -165,6 +169,7 @@ impl Default for ClusterOptions {
             reclone_on_rewind_failure: false,
             run_as: (current_euid() == 0).then(|| "postgres".to_string()),
             security: SecurityOptions::default(),
+            node_netns: Vec::new(),
         }
     }
 }
@@ -181,11 +186,15 @@ pub struct NodeSpec {
     pub config_path: PathBuf,
     /// The agent's stdout and stderr.
     pub log_path: PathBuf,
+    /// The address PostgreSQL and the REST API listen on (127.0.0.1 unless in a network namespace).
+    pub host: String,
+    /// The network namespace the agent (and so PostgreSQL) runs in; `None`: this process's.
+    pub netns: Option<String>,
 }
 
 impl NodeSpec {
     pub fn api_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.api_port)
+        format!("http://{}:{}", self.host, self.api_port)
     }
 
     /// PostgreSQL's server log (`pg_ctl -l`), beside the data directory.
@@ -203,8 +212,7 @@ impl NodeSpec {
 pub fn render_config(opts: &ClusterOptions, node: &NodeSpec, etcd_hosts: &str) -> String {
     let ClusterOptions { scope, ttl, loop_wait, retry_timeout, synchronous_mode, failsafe_mode, .. } = opts;
     let name = &node.name;
-    let api = node.api_port;
-    let pg = node.pg_port;
+    let (host, api, pg) = (&node.host, node.api_port, node.pg_port);
     let dir = node.dir.display();
     let data_dir = node.data_dir.display();
     let bin_dir = opts.bin_dir.display();
@@ -231,8 +239,8 @@ namespace: /service/
 name: {name}
 
 restapi:
-  listen: 127.0.0.1:{api}
-  connect_address: 127.0.0.1:{api}
+  listen: {host}:{api}
+  connect_address: {host}:{api}
 {restapi_extra}
 etcd3:
   hosts: {etcd_hosts}
@@ -260,8 +268,8 @@ bootstrap:
   - data-checksums
 
 postgresql:
-  listen: 127.0.0.1:{pg}
-  connect_address: 127.0.0.1:{pg}
+  listen: {host}:{pg}
+  connect_address: {host}:{pg}
   data_dir: {data_dir}
   bin_dir: {bin_dir}
   pgpass: {dir}/pgpass
@@ -375,8 +383,19 @@ pub fn psql_db_timeout(
     sql: &str,
     timeout: Duration,
 ) -> Result<String, String> {
+    psql_at(bin_dir, ("127.0.0.1", port), database, sql, timeout)
+}
+
+/// [`psql_db_timeout`] against `host:port` (a node in a network namespace).
+pub fn psql_at(
+    bin_dir: &Path,
+    (host, port): (&str, u16),
+    database: &str,
+    sql: &str,
+    timeout: Duration,
+) -> Result<String, String> {
     let out = Command::new(bin_dir.join("psql"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", SUPERUSER.0, "-d", database])
+        .args(["-h", host, "-p", &port.to_string(), "-U", SUPERUSER.0, "-d", database])
         .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .env("PGPASSWORD", SUPERUSER.1)
         .env("PGCONNECT_TIMEOUT", "3")
@@ -443,8 +462,33 @@ pub struct Agent {
 impl Agent {
     /// Starts `keel_bin run config` with stdout and stderr appended to `log`, as `user` when given.
     pub fn spawn(keel_bin: &Path, config: &Path, log: &Path, user: Option<&str>) -> io::Result<Agent> {
+        Agent::spawn_in(keel_bin, config, log, user, None)
+    }
+
+    /// [`Agent::spawn`] inside network namespace `netns` (`ip netns exec NS setpriv ... keel run CONFIG`: both
+    /// exec, so the child's pid is the agent's). Entering a namespace needs root, so the user switch happens
+    /// after it, in `setpriv`.
+    pub fn spawn_in(
+        keel_bin: &Path,
+        config: &Path,
+        log: &Path,
+        user: Option<&str>,
+        netns: Option<&str>,
+    ) -> io::Result<Agent> {
         let log_file = fs::OpenOptions::new().create(true).append(true).open(log)?;
-        let mut cmd = Command::new(keel_bin);
+        let mut cmd = match netns {
+            None => Command::new(keel_bin),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]);
+                if let Some(user) = user {
+                    let (uid, gid) = user_ids(user)?;
+                    c.args(["setpriv", &format!("--reuid={uid}"), &format!("--regid={gid}"), "--init-groups"]);
+                }
+                c.arg(keel_bin);
+                c
+            }
+        };
         cmd.arg("run").arg(config).stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file);
         cmd.process_group(0).current_dir("/");
         if std::env::var_os("RUST_LOG").is_none() {
@@ -452,7 +496,9 @@ impl Agent {
         }
         if let Some(user) = user {
             let (uid, gid) = user_ids(user)?;
-            cmd.uid(uid).gid(gid);
+            if netns.is_none() {
+                cmd.uid(uid).gid(gid);
+            }
             let home = passwd_home(user).unwrap_or_else(|| "/".into());
             cmd.env("HOME", home).env("USER", user).env("LOGNAME", user);
         }
@@ -508,13 +554,23 @@ fn passwd_home(user: &str) -> Option<String> {
 /// A one-shot HTTP/1.0 request to `127.0.0.1:port`; the status and the body parsed as JSON (`Value::Null` when
 /// empty, a JSON string when not JSON).
 pub fn http_request(port: u16, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value), String> {
-    let addr = ("127.0.0.1", port).to_socket_addrs().map_err(|e| e.to_string())?.next().ok_or("no address")?;
+    http_request_to(("127.0.0.1", port), method, path, body)
+}
+
+/// [`http_request`] to `host:port` (a node in a network namespace).
+pub fn http_request_to(
+    (host, port): (&str, u16),
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, Value), String> {
+    let addr = (host, port).to_socket_addrs().map_err(|e| e.to_string())?.next().ok_or("no address")?;
     let mut s =
         TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| format!("connect :{port}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
     let payload = body.map(Value::to_string).unwrap_or_default();
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {host}:{port}\r\nConnection: close\r\n");
     if body.is_some() {
         req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", payload.len()));
     }
@@ -625,15 +681,25 @@ impl LocalCluster {
     pub fn create(opts: ClusterOptions, base_dir: &Path, etcd_hosts: &str) -> Result<LocalCluster, String> {
         let owner = opts.run_as.as_deref().map(user_ids).transpose().map_err(|e| e.to_string())?;
         make_dir(base_dir, owner).map_err(|e| format!("{}: {e}", base_dir.display()))?;
-        let ports = free_ports(2 * opts.nodes).map_err(|e| e.to_string())?;
+        let ports = if opts.node_netns.is_empty() {
+            free_ports(2 * opts.nodes).map_err(|e| e.to_string())?
+        } else {
+            [8008, 5432].repeat(opts.nodes)
+        };
         let mut nodes = Vec::new();
         for i in 0..opts.nodes {
             let name = format!("node{}", i + 1);
             let dir = base_dir.join(&name);
             make_dir(&dir, owner).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let (netns, host) = match opts.node_netns.get(i) {
+                Some((ns, addr)) => (Some(ns.clone()), addr.clone()),
+                None => (None, "127.0.0.1".to_string()),
+            };
             let node = NodeSpec {
                 api_port: ports[2 * i],
                 pg_port: ports[2 * i + 1],
+                host,
+                netns,
                 data_dir: dir.join("data"),
                 config_path: dir.join(format!("{name}.yml")),
                 log_path: dir.join("keel.log"),
@@ -685,7 +751,8 @@ impl LocalCluster {
             }
         }
         let node = &self.nodes[i];
-        let agent = Agent::spawn(&self.opts.keel_bin, &node.config_path, &node.log_path, self.opts.run_as.as_deref())
+        let (bin, user) = (&self.opts.keel_bin, self.opts.run_as.as_deref());
+        let agent = Agent::spawn_in(bin, &node.config_path, &node.log_path, user, node.netns.as_deref())
             .map_err(|e| e.to_string())?;
         self.agents[i] = Some(agent);
         Ok(())
@@ -761,17 +828,21 @@ impl LocalCluster {
 
     /// A REST call to node `name`.
     pub fn http(&self, name: &str, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value), String> {
-        http_request(self.node(name).api_port, method, path, body)
+        let node = self.node(name);
+        http_request_to((&node.host, node.api_port), method, path, body)
     }
 
     /// Runs `sql` with `psql` as the superuser on node `name`; stdout (unaligned, tuples only) or the error.
     pub fn psql(&self, name: &str, sql: &str) -> Result<String, String> {
-        psql(&self.opts.bin_dir, self.node(name).pg_port, sql).map_err(|e| format!("{name}: {e}"))
+        let node = self.node(name);
+        psql_at(&self.opts.bin_dir, (&node.host, node.pg_port), "postgres", sql, Duration::from_secs(20))
+            .map_err(|e| format!("{name}: {e}"))
     }
 
     /// [`LocalCluster::psql`] in database `database`.
     pub fn psql_db(&self, name: &str, database: &str, sql: &str) -> Result<String, String> {
-        psql_db(&self.opts.bin_dir, self.node(name).pg_port, database, sql)
+        let node = self.node(name);
+        psql_at(&self.opts.bin_dir, (&node.host, node.pg_port), database, sql, Duration::from_secs(20))
             .map_err(|e| format!("{name}/{database}: {e}"))
     }
 
@@ -925,6 +996,8 @@ mod tests {
             data_dir: "/tmp/x/node1/data".into(),
             config_path: "/tmp/x/node1/node1.yml".into(),
             log_path: "/tmp/x/node1/keel.log".into(),
+            host: "127.0.0.1".into(),
+            netns: None,
         };
         (opts, node)
     }
