@@ -104,6 +104,9 @@ pub struct SlotManager {
     pub promotion: Option<PromotionReport>,
     /// Logical copies are paused because failsafe mode is active.
     copies_paused: bool,
+    /// The last cycle left permanent logical slots to create (its time for creating them ran out): the HA loop
+    /// runs the next cycle soon instead of a `loop_wait` later.
+    pub creations_deferred: bool,
 }
 
 /// What was known at the moment of promotion.
@@ -142,6 +145,7 @@ impl SlotManager {
             pending_promotion: None,
             promotion: None,
             copies_paused: false,
+            creations_deferred: false,
         }
     }
 

@@ -1,0 +1,70 @@
+//! Permanent slots at scale against a real etcd, agent and PostgreSQL (15 by default, `KEEL_TEST_PG_VERSION` for
+//! another major): adding hundreds of permanent logical slots at once to a busy primary must not cost the leader
+//! its key. Creating a logical slot waits for a snapshot of the running transactions; done all in one HA cycle,
+//! 300 of them outlast the TTL and the fence kills PostgreSQL.
+
+use std::time::{Duration, Instant};
+
+use keel::workload::{Target, Writer};
+use keel_testkit::{KeelCluster, KeelOptions, SecurityOptions};
+use serde_json::{json, Value};
+
+const SLOTS: usize = 300;
+const UP: Duration = Duration::from_secs(120);
+const CREATED: Duration = Duration::from_secs(300);
+
+#[test]
+fn leader_keeps_its_key_while_creating_hundreds_of_permanent_slots() {
+    // A short TTL (the fence fires 5 s before it ends) makes one long cycle visible quickly.
+    let opts = KeelOptions {
+        keel_bin: Some(env!("CARGO_BIN_EXE_keel").into()),
+        logical: true,
+        timing: Some((12, 2, 5)),
+        security: SecurityOptions {
+            pg_parameters_yaml: format!("    max_replication_slots: {}\n", SLOTS + 10),
+            ..SecurityOptions::default()
+        },
+        ..KeelOptions::default()
+    };
+    let c = KeelCluster::start(1, opts).expect("start etcd and one agent");
+    let leader = c.wait_for_leader(UP).unwrap_or_else(|e| panic!("{e}\n{}", c.logs(40)));
+    c.psql(&leader, "CREATE TABLE busy (id integer PRIMARY KEY)").unwrap();
+    let postmaster = c.postmaster_pid(&leader).expect("postmaster pid");
+
+    // A busy primary: every slot creation waits for the transactions running at that moment.
+    let target = Target {
+        api_ports: vec![c.node(&leader).api_port],
+        database: "postgres".into(),
+        table: "busy".into(),
+        bin_dir: c.opts.bin_dir.clone(),
+    };
+    let mut writer = Writer::start(target, Duration::from_millis(5));
+    c.wait("the writer going", Duration::from_secs(30), || Ok((writer.acknowledged() >= 20).then_some(()))).unwrap();
+
+    let slots: serde_json::Map<String, Value> = (0..SLOTS)
+        .map(|i| {
+            (format!("many_{i:03}"), json!({"type": "logical", "database": "postgres", "plugin": "test_decoding"}))
+        })
+        .collect();
+    let t0 = Instant::now();
+    c.patch_store_config(&json!({ "slots": slots })).unwrap();
+    let count = "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'many_%'";
+    let res = c.wait(&format!("{SLOTS} slots on {leader}"), CREATED, || {
+        if c.postmaster_pid(&leader) != Some(postmaster) {
+            return Ok(Some(Err("PostgreSQL was restarted (fenced?) while the slots were being created")));
+        }
+        let n: usize = c.psql(&leader, count)?.parse().map_err(|e| format!("{e}"))?;
+        Ok((n == SLOTS).then_some(Ok(())))
+    });
+    let acked = writer.stop().len();
+    let log = std::fs::read_to_string(&c.node(&leader).log_path).unwrap_or_default();
+    match res {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("{e}\n{}", c.logs(40)),
+        Err(e) => panic!("{e}\n{}", c.logs(40)),
+    }
+    eprintln!("{SLOTS} slots created in {:.1}s beside {acked} inserts", t0.elapsed().as_secs_f64());
+    assert!(!log.contains("not refreshed in time"), "the fence fired:\n{}", c.logs(40));
+    assert_eq!(c.leader().as_deref(), Some(leader.as_str()), "{leader} lost the leader key:\n{}", c.logs(40));
+    assert_eq!(c.postmaster_pid(&leader), Some(postmaster), "PostgreSQL was restarted:\n{}", c.logs(40));
+}
