@@ -1,7 +1,8 @@
-//! Permanent slots at scale against a real etcd, agent and PostgreSQL (15 by default, `KEEL_TEST_PG_VERSION` for
-//! another major): adding hundreds of permanent logical slots at once to a busy primary must not cost the leader
-//! its key. Creating a logical slot waits for a snapshot of the running transactions; done all in one HA cycle,
-//! 300 of them outlast the TTL and the fence kills PostgreSQL.
+//! Permanent slots at scale against a real etcd, agents and PostgreSQL (15 by default, `KEEL_TEST_PG_VERSION` for
+//! another major). Adding hundreds of permanent logical slots at once to a busy primary must not cost the leader
+//! its key: creating a logical slot waits for a snapshot of the running transactions; done all in one HA cycle,
+//! 300 of them outlast the TTL and the fence kills PostgreSQL. And a replica's copies of more slots than
+//! `max_connections` must still become ready: the follower once held a connection per slot.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,8 @@ use keel_testkit::{KeelCluster, KeelOptions, SecurityOptions};
 use serde_json::{json, Value};
 
 const SLOTS: usize = 300;
+/// More logical slots than the harness's `max_connections` (30).
+const MANY_COPIES: usize = 60;
 const UP: Duration = Duration::from_secs(120);
 const CREATED: Duration = Duration::from_secs(300);
 
@@ -67,4 +70,49 @@ fn leader_keeps_its_key_while_creating_hundreds_of_permanent_slots() {
     assert!(!log.contains("not refreshed in time"), "the fence fired:\n{}", c.logs(40));
     assert_eq!(c.leader().as_deref(), Some(leader.as_str()), "{leader} lost the leader key:\n{}", c.logs(40));
     assert_eq!(c.postmaster_pid(&leader), Some(postmaster), "PostgreSQL was restarted:\n{}", c.logs(40));
+}
+
+#[test]
+fn copies_of_more_slots_than_connections_become_ready() {
+    let opts = KeelOptions {
+        keel_bin: Some(env!("CARGO_BIN_EXE_keel").into()),
+        logical: true,
+        security: SecurityOptions {
+            pg_parameters_yaml: format!("    max_replication_slots: {}\n", MANY_COPIES + 10),
+            ..SecurityOptions::default()
+        },
+        ..KeelOptions::default()
+    };
+    let c = KeelCluster::start(2, opts).expect("start etcd and two agents");
+    let (leader, replicas) = c.wait_replicas_streaming(1, UP).unwrap_or_else(|e| panic!("{e}\n{}", c.logs(40)));
+    let replica = &replicas[0];
+    let slots: serde_json::Map<String, Value> = (0..MANY_COPIES)
+        .map(|i| {
+            (format!("copy_{i:02}"), json!({"type": "logical", "database": "postgres", "plugin": "test_decoding"}))
+        })
+        .collect();
+    c.patch_store_config(&json!({ "slots": slots })).unwrap();
+    // Consumers on the primary: every slot moves, so every copy can prove itself and be advanced.
+    let advance = "CREATE TABLE IF NOT EXISTS moved (id serial); INSERT INTO moved DEFAULT VALUES; \
+                   SELECT count(pg_replication_slot_advance(slot_name, pg_current_wal_flush_lsn())) \
+                   FROM pg_replication_slots WHERE slot_name LIKE 'copy_%'";
+    let t0 = Instant::now();
+    c.wait(&format!("{MANY_COPIES} ready copies on {replica}"), CREATED, || {
+        let _ = c.psql(&leader, advance);
+        let (_, v) = c.http_get(replica, "/slots")?;
+        let ready = v["slots"]
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|s| s["readiness"] == "Ready" && s["name"] != replica.as_str()).count());
+        if ready >= MANY_COPIES && v["ready"] == json!(true) {
+            Ok(Some(()))
+        } else {
+            let unready = v["unready"].as_array().and_then(|a| a.first().cloned()).unwrap_or_default();
+            Err(format!("{ready} of {MANY_COPIES} ready; first unready: {unready}"))
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(40)));
+    eprintln!(
+        "{MANY_COPIES} copies ready on {replica} {:.1}s after the configuration change",
+        t0.elapsed().as_secs_f64()
+    );
 }
