@@ -22,7 +22,8 @@ use keel_testkit::{KeelCluster, KeelOptions, SecurityOptions};
 use serde_json::{json, Value};
 use tokio_postgres::{Client, NoTls};
 
-const DEADLINE: Duration = Duration::from_secs(300);
+/// 1,000 slots are created in 2 s slices of HA cycles and copied in batches: give each step 20 minutes.
+const DEADLINE: Duration = Duration::from_secs(1200);
 const PREFIX: &str = "scale_";
 
 /// The load on the primary: rows written and advance rounds done.
@@ -48,18 +49,22 @@ async fn connect(port: u16) -> Result<Client, tokio_postgres::Error> {
 }
 
 async fn writer(port: u16, load: Arc<Load>) {
-    let Ok(client) = connect(port).await else { return };
+    let Ok(mut client) = connect(port).await else { return };
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     while !load.stop.load(Ordering::SeqCst) {
         tick.tick().await;
         if client.batch_execute("INSERT INTO scale_load DEFAULT VALUES").await.is_ok() {
             load.rows.fetch_add(1, Ordering::SeqCst);
+        } else if client.is_closed() {
+            if let Ok(c) = connect(port).await {
+                client = c;
+            }
         }
     }
 }
 
 async fn advancer(port: u16, load: Arc<Load>) {
-    let Ok(client) = connect(port).await else { return };
+    let Ok(mut client) = connect(port).await else { return };
     let sql = format!(
         "SELECT count(pg_replication_slot_advance(slot_name, pg_current_wal_flush_lsn())) FROM pg_replication_slots \
          WHERE slot_type = 'logical' AND slot_name LIKE '{PREFIX}%' AND NOT active"
@@ -71,7 +76,15 @@ async fn advancer(port: u16, load: Arc<Load>) {
             Ok(()) => {
                 load.rounds.fetch_add(1, Ordering::SeqCst);
             }
-            Err(e) => eprintln!("advance: {e}"),
+            Err(e) => {
+                eprintln!("advance: {e}");
+                if client.is_closed() {
+                    match connect(port).await {
+                        Ok(c) => client = c,
+                        Err(e) => eprintln!("advance: reconnecting: {e}"),
+                    }
+                }
+            }
         }
     }
 }
@@ -109,6 +122,7 @@ fn run(count: usize, window: Duration) {
     };
     let mut c = KeelCluster::start(3, opts).expect("start the cluster");
     let (leader, _) = c.wait_replicas_streaming(2, DEADLINE).expect("bootstrap");
+    let postmaster = c.postmaster_pid(&leader);
     let replicas: Vec<String> = c.names().into_iter().filter(|n| *n != leader).collect();
     let version = c.psql(&leader, "SHOW server_version").unwrap_or_default();
     c.psql(&leader, "CREATE TABLE scale_load (id bigserial PRIMARY KEY, at timestamptz DEFAULT now())")
@@ -168,6 +182,10 @@ fn run(count: usize, window: Duration) {
         let _ = rt.block_on(t);
     }
 
+    // A run in which the primary was restarted or lost its key measures a failover, not the slots.
+    if c.leader().as_deref() != Some(leader.as_str()) || c.postmaster_pid(&leader) != postmaster {
+        println!("\n## {count} slots: INVALID RUN, {leader} lost the leader key or was restarted\n{}", c.logs(20));
+    }
     let (ttl, loop_wait, retry) = timing();
     let mode = mode.unwrap_or_else(|| "copy (/slots names no mode: the only one this build has)".into());
     println!("\n## {count} permanent logical slots, PostgreSQL {version}, mode: {mode}");
