@@ -13,3 +13,4 @@ pub mod node;
 pub mod postgres;
 pub mod status;
 pub mod tls_verify;
+pub mod workload;

@@ -4,10 +4,11 @@
 //! Every [`TICK`] it reads the managed slots' positions on the leader (`restart_lsn` for physical slots,
 //! `confirmed_flush_lsn` for logical ones) and the local replay position, and advances each local slot where the
 //! core's rule says (`keel_core::slots::advance_step`: the leader's position, else the published one, capped at
-//! replay; the HA cycle's plan uses the same rule). Each slot advances in its own task on its own connection, bounded by
-//! [`ADVANCE_TIMEOUT`]: a slow or stuck advance delays neither the HA loop nor the other slots. A logical slot's
-//! connection goes to the slot's own database (PostgreSQL 16 and older refuse to advance another database's
-//! slot); at most [`MAX_IN_FLIGHT`] advances run at once. The outcome of each attempt, a failure classified by
+//! replay; the HA cycle's plan uses the same rule). Each slot advances in its own task, bounded by
+//! [`ADVANCE_TIMEOUT`]: a slow or stuck advance delays neither the HA loop nor the other slots. A logical slot
+//! advances on a connection to the slot's own database (PostgreSQL 16 and older refuse to advance another
+//! database's slot); at most [`MAX_IN_FLIGHT`] advances run at once, on a pool of at most [`MAX_IN_FLIGHT`]
+//! connections per database, so hundreds of slots do not exhaust `max_connections`. The outcome of each attempt, a failure classified by
 //! SQLSTATE ([`keel_core::slots::copycheck::classify`]), is kept in a shared table that the HA loop reads.
 
 use std::collections::BTreeMap;
@@ -86,7 +87,7 @@ async fn run(mut plans: watch::Receiver<Option<FollowPlan>>, progress: Progress)
     let mut leader: Option<(ConnParams, Session)> = None;
     let mut local: Option<(ConnParams, Session)> = None;
     let mut in_flight: BTreeMap<String, JoinHandle<()>> = BTreeMap::new();
-    let mut sessions: BTreeMap<String, SlotSession> = BTreeMap::new();
+    let mut pools: BTreeMap<String, SessionPool> = BTreeMap::new();
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -102,7 +103,7 @@ async fn run(mut plans: watch::Receiver<Option<FollowPlan>>, progress: Progress)
             continue;
         };
         in_flight.retain(|_, h| !h.is_finished());
-        sessions.retain(|name, _| plan.slots.contains_key(name));
+        pools.retain(|db, _| plan.slots.values().any(|d| pool_key(d) == *db));
         lock(&progress).retain(|name, _| plan.slots.contains_key(name));
         if plan.slots.is_empty() {
             continue;
@@ -159,7 +160,7 @@ async fn run(mut plans: watch::Receiver<Option<FollowPlan>>, progress: Progress)
             if in_flight.contains_key(name) || in_flight.len() >= MAX_IN_FLIGHT {
                 continue;
             }
-            let session = sessions.entry(name.clone()).or_default().clone();
+            let pool = pools.entry(pool_key(database)).or_insert_with(new_pool).clone();
             let params = match database {
                 Some(db) => plan.local.clone().with_database(db.clone()),
                 None => plan.local.clone(),
@@ -172,7 +173,7 @@ async fn run(mut plans: watch::Receiver<Option<FollowPlan>>, progress: Progress)
                 goal,
                 position: input.current,
             };
-            in_flight.insert(name.clone(), tokio::spawn(advance_task(attempt, progress.clone(), session)));
+            in_flight.insert(name.clone(), tokio::spawn(advance_task(attempt, progress.clone(), pool)));
         }
     }
 }
@@ -235,9 +236,22 @@ async fn local_positions(
     Ok((replay, out))
 }
 
-/// A slot's own connection (and the parameters it was opened with), kept between advances (connecting costs more
-/// than a small advance).
+/// A connection (and the parameters it was opened with), kept between advances (connecting costs more than a
+/// small advance).
 type SlotSession = Arc<tokio::sync::Mutex<Option<(ConnParams, Session)>>>;
+
+/// The connections of one database: [`MAX_IN_FLIGHT`] of them, so an advance always finds one free (at most
+/// [`MAX_IN_FLIGHT`] run at once). One connection per slot held 1,000 connections for 1,000 slots.
+type SessionPool = Arc<Vec<SlotSession>>;
+
+fn new_pool() -> SessionPool {
+    Arc::new((0..MAX_IN_FLIGHT).map(|_| SlotSession::default()).collect())
+}
+
+/// The pool of a slot's database (physical slots use the local connection's database).
+fn pool_key(database: &Option<String>) -> String {
+    database.clone().unwrap_or_default()
+}
 
 /// One advance attempt: where, which slot, to where, and from where.
 struct Attempt {
@@ -250,10 +264,18 @@ struct Attempt {
     position: Option<Lsn>,
 }
 
-/// One advance on the slot's own connection, bounded in time; the outcome goes into the progress table. A failed
-/// or timed-out attempt drops the connection, so a stuck statement never blocks the next one.
-async fn advance_task(a: Attempt, progress: Progress, session: SlotSession) {
-    let mut guard = session.lock().await;
+/// One advance on a free connection of the slot's database, bounded in time; the outcome goes into the progress
+/// table. A failed or timed-out attempt drops the connection, so a stuck statement never blocks the next one.
+async fn advance_task(a: Attempt, progress: Progress, pool: SessionPool) {
+    let free = pool.iter().find_map(|s| s.clone().try_lock_owned().ok());
+    let mut guard = match free {
+        Some(g) => g,
+        // Not expected (no more advances run than the pool has connections): wait for the first one.
+        None => match pool.first() {
+            Some(s) => s.clone().lock_owned().await,
+            None => return,
+        },
+    };
     let attempt = async {
         let stale = guard.as_ref().is_none_or(|(p, s)| s.is_closed() || *p != a.params);
         if stale {

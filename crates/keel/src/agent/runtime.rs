@@ -286,6 +286,8 @@ impl<B: KvBackend> Agent<B> {
         self.next_soon = store_ok && result.is_ok() && ha::next_cycle_soon(applied, self.after_quick);
         info!("{applied}");
         self.after_actions(&input, applied, now).await;
+        // Permanent slots left to create (their time in this cycle ran out): go on soon.
+        self.next_soon |= store_ok && self.slots.creations_deferred;
         self.publish(store_ok, now).await;
         result
     }

@@ -3,7 +3,7 @@
 //! PostgreSQL restart (`slot_copy.rs`). What the plan is and when a copy may run are the core's decisions.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use keel_core::lsn::Lsn;
@@ -19,6 +19,11 @@ use super::SlotManager;
 use crate::agent::local::Local;
 use crate::postgres::observe::PgError;
 use crate::postgres::replication_slots::{self as pg_slots, PgSlot};
+
+/// How long one cycle may spend creating logical slots. The HA loop waits for the slot cycle, and a leader that
+/// spends its whole TTL creating hundreds of slots (each waits for a snapshot of running transactions) loses its
+/// key and is fenced; the slots left over are created in the next cycles, which then run soon.
+const CREATE_BUDGET: Duration = Duration::from_secs(2);
 
 /// A logical slot the leader could not create.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +134,8 @@ impl SlotManager {
     ) {
         let mut skip: BTreeSet<String> = BTreeSet::new();
         let mut copies: Vec<(String, String, String)> = Vec::new();
+        let started = Instant::now();
+        let mut deferred = 0usize;
         for action in plan {
             if skip.contains(action.slot()) {
                 continue;
@@ -141,6 +148,10 @@ impl SlotManager {
                         Ok(())
                     }
                     .await
+                }
+                SlotAction::CreateLogical { .. } if started.elapsed() >= CREATE_BUDGET => {
+                    deferred += 1;
+                    Ok(())
                 }
                 SlotAction::CreateLogical { slot, database, plugin, reason } => {
                     self.create_logical(local, slot, database, plugin, reason).await;
@@ -179,6 +190,13 @@ impl SlotManager {
                 warn!("slot action {action:?} failed: {e:#}");
             }
         }
+        if deferred > 0 {
+            info!(
+                "{deferred} permanent logical slots left for the next cycle: one cycle creates slots for at most \
+                 {CREATE_BUDGET:?}, so that the leader key is refreshed in time"
+            );
+        }
+        self.creations_deferred = deferred > 0;
         if !copies.is_empty() {
             match leader {
                 Some(l) => self.copy_all(copies, local, l, now).await,

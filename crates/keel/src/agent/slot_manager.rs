@@ -116,6 +116,9 @@ pub struct SlotManager {
     copies_paused: bool,
     /// Native failover slots (17+): readiness from PostgreSQL, the managed `synchronized_standby_slots`.
     pub native: native::NativeSlots,
+    /// The last cycle left permanent logical slots to create (its time for creating them ran out): the HA loop
+    /// runs the next cycle soon instead of a `loop_wait` later.
+    pub creations_deferred: bool,
 }
 
 /// What was known at the moment of promotion.
@@ -157,6 +160,7 @@ impl SlotManager {
             promotion: None,
             copies_paused: false,
             native: native::NativeSlots::new(),
+            creations_deferred: false,
         }
     }
 

@@ -1,9 +1,13 @@
 //! `keel demo`: a local etcd and three Keel nodes on loopback, until Ctrl-C.
 //!
 //! With `--failover` it also kills the primary (agent and postmaster, with SIGKILL), shows the election of a new
-//! primary, restarts the killed node and shows it rejoining as a replica.
+//! primary, restarts the killed node and shows it rejoining as a replica. Across it, a writer inserts into a
+//! table of database `app` and a `pg_recvlogical` consumer follows a permanent logical slot (`changes`): the demo
+//! ends with the count of changes written, received, lost (exit status 1 unless 0) and received twice.
 
-use std::path::PathBuf;
+mod changes;
+
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -109,6 +113,8 @@ pub fn run(args: &DemoArgs) -> u8 {
                 bin_dir,
                 keel_bin,
                 reclone_on_rewind_failure: true,
+                // Logical decoding for the change stream of --failover.
+                wal_level: if args.failover { "logical" } else { "replica" }.into(),
                 ..ClusterOptions::default()
             };
             let status = match LocalCluster::create(opts, &dir, &etcd.hosts()) {
@@ -117,7 +123,7 @@ pub fn run(args: &DemoArgs) -> u8 {
                     EXIT_FAILED
                 }
                 Ok(mut cluster) => {
-                    let status = match demo(&mut cluster, args) {
+                    let status = match demo(&mut cluster, args, &dir) {
                         Ok(()) => EXIT_OK,
                         Err(Halt::Interrupted) => EXIT_OK,
                         Err(Halt::Failed(e)) => {
@@ -178,7 +184,7 @@ fn wait<T>(
     }
 }
 
-fn demo(cluster: &mut LocalCluster, args: &DemoArgs) -> Result<(), Halt> {
+fn demo(cluster: &mut LocalCluster, args: &DemoArgs, dir: &Path) -> Result<(), Halt> {
     cluster.start_all()?;
     for n in &cluster.nodes {
         println!("{}: keel run {} (log: {})", n.name, n.config_path.display(), n.log_path.display());
@@ -207,7 +213,17 @@ fn demo(cluster: &mut LocalCluster, args: &DemoArgs) -> Result<(), Halt> {
     );
 
     if args.failover {
-        failover(cluster, &leader)?;
+        let stream = match changes::unavailable(&cluster.opts.bin_dir) {
+            None => Some(changes::Changes::start(cluster, &leader, dir)?),
+            Some(why) => {
+                println!("\nNo writer and consumer: {why}.");
+                None
+            }
+        };
+        failover(cluster, &leader, stream.as_ref())?;
+        if let Some(stream) = stream {
+            stream.finish(cluster)?;
+        }
     }
     if args.exit_after {
         return Ok(());
@@ -228,7 +244,7 @@ fn settle(cluster: &mut LocalCluster) {
     });
 }
 
-fn failover(cluster: &mut LocalCluster, old: &str) -> Result<(), Halt> {
+fn failover(cluster: &mut LocalCluster, old: &str, stream: Option<&changes::Changes>) -> Result<(), Halt> {
     println!("\n=== kill -9 of {old}'s agent and postmaster ===");
     let t0 = Instant::now();
     cluster.kill9(old);
@@ -248,6 +264,9 @@ fn failover(cluster: &mut LocalCluster, old: &str) -> Result<(), Halt> {
     })?;
     println!("New primary {new} accepts writes {:.1}s after the kill.\n", t0.elapsed().as_secs_f64());
     print!("{}", table(cluster));
+    if let Some(stream) = stream {
+        stream.wait_resumed(cluster, &new, t0)?;
+    }
 
     println!("\n=== restarting {old}'s agent: it rejoins as a replica (pg_rewind when needed) ===");
     let t1 = Instant::now();
