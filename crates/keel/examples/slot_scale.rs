@@ -98,7 +98,8 @@ fn ready_count(c: &KeelCluster, node: &str) -> Result<(usize, bool, Option<Strin
         .iter()
         .filter(|s| s["name"].as_str().is_some_and(|n| n.starts_with(PREFIX)) && s["readiness"] == "Ready")
         .count();
-    let mode = ["failover_slots", "mode", "method"].iter().find_map(|k| v[*k].as_str().map(str::to_string));
+    let mode =
+        ["failover_slots_mode", "failover_slots", "mode"].iter().find_map(|k| v[*k].as_str().map(str::to_string));
     Ok((ready, v["ready"] == json!(true), mode))
 }
 
