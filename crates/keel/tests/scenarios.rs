@@ -668,3 +668,35 @@ fn send_signal_group(postmaster: u32, sig: libc::c_int) {
         let _ = send_signal(child, sig);
     }
 }
+
+/// The leader's agent alone is killed (kill -9 of its pid, as the OOM killer does) and started again at once: its
+/// fence outlives it with the last arming, as it must while no agent runs. The new agent takes the key back and
+/// arms its own fence, and then stops the old one: PostgreSQL is not killed at the old fence's deadline, the
+/// node stays the writable leader.
+#[test]
+fn a_restarted_agent_takes_over_the_fence_its_killed_predecessor_left() {
+    let _serial = serial();
+    let (mut c, leader) = up(options());
+    let agent = c.agent_pid(&leader).expect("the leader's agent runs");
+    let postmaster = c.postmaster_pid(&leader).expect("the leader's postmaster runs");
+    let old_fence = c
+        .wait("the leader's fence", Duration::from_secs(30), || Ok(children_named(agent, "fence").first().copied()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    send_signal(agent, libc::SIGKILL).expect("kill -9 the agent");
+    let killed = Instant::now();
+    while c.agent_exit(&leader).is_none() {
+        assert!(killed.elapsed() < Duration::from_secs(10), "the killed agent did not exit");
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(cluster_runner::process_alive(old_fence), "the fence outlives a killed agent");
+    c.start_agent(&leader).expect("start the agent again");
+    c.wait("the old fence stopped", Duration::from_secs(c.opts.ttl + 10), || {
+        Ok((!cluster_runner::process_alive(old_fence)).then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(30)));
+    // Past the old fence's deadline (the last refresh + ttl - safety_margin): PostgreSQL was never killed.
+    thread::sleep(Duration::from_secs(c.opts.ttl));
+    assert_eq!(c.postmaster_pid(&leader), Some(postmaster), "the old fence killed PostgreSQL\n{}", c.logs(30));
+    assert_eq!(c.leader().as_deref(), Some(leader.as_str()), "{}", c.table());
+    assert!(c.writable(&leader), "{leader} no longer accepts writes\n{}", c.table());
+}

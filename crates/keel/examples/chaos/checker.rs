@@ -140,10 +140,14 @@ pub fn two_primaries(acks: &[Ack]) -> Vec<String> {
     found
 }
 
+/// The ids the leader has, asked until it answers (a primary may still restart after healing, e.g. fenced by an
+/// old deadline: "the database system is starting up" is a wait, not a failure of the run).
 fn final_ids(env: &ChaosEnv, (from, to): (u64, u64)) -> Result<BTreeSet<u64>> {
-    let leader = env.cluster.leader().ok_or_else(|| anyhow!("no leader after healing"))?;
     let sql = format!("SELECT id FROM chaos WHERE id >= {from} AND id < {to}");
-    let rows = env.cluster.psql_db(&leader, "app", &sql).map_err(|e| anyhow!(e))?;
+    let rows = env.wait("the final primary's ids", Duration::from_secs(60), || {
+        let leader = env.cluster.leader().ok_or("no leader after healing")?;
+        env.cluster.psql_db(&leader, "app", &sql).map(Some)
+    })?;
     Ok(rows.lines().filter_map(|l| l.trim().parse().ok()).collect())
 }
 

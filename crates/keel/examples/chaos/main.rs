@@ -87,6 +87,7 @@ fn main() {
     }
     install_signal_handlers();
     match run(&args) {
+        Ok(0) if interrupted() => println!("chaos: no violation in the completed rounds (seed {})", args.seed),
         Ok(0) => println!("chaos: PASS (seed {}, {} rounds)", args.seed, args.rounds),
         Ok(n) => {
             println!("chaos: FAIL: {n} violation(s) (seed {}, {} rounds)", args.seed, args.rounds);
@@ -121,7 +122,15 @@ fn run(args: &Args) -> Result<usize> {
             if sync { "synchronous" } else { "asynchronous" },
             faults::names(&faults)
         );
-        let outcome = checker::run_round(&mut env, &writer, &consumer, round, sync, &faults)?;
+        let outcome = match checker::run_round(&mut env, &writer, &consumer, round, sync, &faults) {
+            Ok(outcome) => outcome,
+            // Ctrl-C (or SIGTERM) during a long run: report the rounds completed so far.
+            Err(e) if interrupted() && !results.is_empty() => {
+                println!("chaos: interrupted in round {round} ({e:#}); the table covers rounds 1-{}", round - 1);
+                break;
+            }
+            Err(e) => return Err(e),
+        };
         for v in &outcome.violations {
             println!("VIOLATION round {round} seed {}: {v}", args.seed);
         }
