@@ -29,6 +29,7 @@ pub mod readiness;
 pub mod reconcile;
 pub mod recopy;
 pub mod risk;
+pub mod schedule;
 pub mod standby_slots;
 pub mod status;
 
@@ -48,6 +49,7 @@ pub use reconcile::{
     reconcile, ActualSlot, ActualSlots, CreateReason, DropReason, LeaderState, ReconcileContext, SlotAction, WalStatus,
 };
 pub use risk::{manual_failover_risk, SlotsAtRisk};
+pub use schedule::fair_pick;
 pub use status::{published_slots, published_status, PublishInput, RetainClock};
 
 /// Patroni's mapping from a member name to its physical slot name: lower case, `-` and `.` become `_`, any

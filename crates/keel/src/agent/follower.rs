@@ -8,7 +8,9 @@
 //! [`ADVANCE_TIMEOUT`]: a slow or stuck advance delays neither the HA loop nor the other slots. A logical slot
 //! advances on a connection to the slot's own database (PostgreSQL 16 and older refuse to advance another
 //! database's slot); at most [`MAX_IN_FLIGHT`] advances run at once, on a pool of at most [`MAX_IN_FLIGHT`]
-//! connections per database, so hundreds of slots do not exhaust `max_connections`. The outcome of each attempt, a failure classified by
+//! connections per database, so hundreds of slots do not exhaust `max_connections`; when more slots want an
+//! advance than there are places, the one whose last advance started longest ago goes first
+//! ([`keel_core::slots::fair_pick`]), so none is starved by a busy primary. The outcome of each attempt, a failure classified by
 //! SQLSTATE ([`keel_core::slots::copycheck::classify`]), is kept in a shared table that the HA loop reads.
 
 use std::collections::BTreeMap;
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use keel_core::lsn::Lsn;
 use keel_core::slots::copycheck::{self, CopyFailure, FailureContext};
-use keel_core::slots::{advance_step, advance_target, AdvanceInput, AdvanceStep, NodeRole};
+use keel_core::slots::{advance_step, advance_target, fair_pick, AdvanceInput, AdvanceStep, NodeRole};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
@@ -83,11 +85,19 @@ pub fn spawn() -> (watch::Sender<Option<FollowPlan>>, Progress, JoinHandle<()>) 
     (tx, progress, handle)
 }
 
+/// What the follower keeps from one tick to the next.
+#[derive(Default)]
+struct FollowerState {
+    leader: Option<(ConnParams, Session)>,
+    local: Option<(ConnParams, Session)>,
+    in_flight: BTreeMap<String, JoinHandle<()>>,
+    pools: BTreeMap<String, SessionPool>,
+    /// When each slot's last advance started: the order in which waiting slots get a place ([`fair_pick`]).
+    started: BTreeMap<String, Instant>,
+}
+
 async fn run(mut plans: watch::Receiver<Option<FollowPlan>>, progress: Progress) {
-    let mut leader: Option<(ConnParams, Session)> = None;
-    let mut local: Option<(ConnParams, Session)> = None;
-    let mut in_flight: BTreeMap<String, JoinHandle<()>> = BTreeMap::new();
-    let mut pools: BTreeMap<String, SessionPool> = BTreeMap::new();
+    let mut state = FollowerState::default();
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -96,86 +106,109 @@ async fn run(mut plans: watch::Receiver<Option<FollowPlan>>, progress: Progress)
             _ = interval.tick() => {}
         }
         let plan = plans.borrow().clone();
-        let Some(plan) = plan else {
-            leader = None;
-            local = None;
-            lock(&progress).clear();
-            continue;
-        };
-        in_flight.retain(|_, h| !h.is_finished());
-        pools.retain(|db, _| plan.slots.values().any(|d| pool_key(d) == *db));
-        lock(&progress).retain(|name, _| plan.slots.contains_key(name));
-        if plan.slots.is_empty() {
-            continue;
-        }
-        if let Err(e) = ensure(&mut leader, &plan.leader).await.and(ensure(&mut local, &plan.local).await) {
-            debug!("slot follower cannot connect: {e}");
-            continue;
-        }
-        let (Some((_, leader_session)), Some((_, local_session))) = (&leader, &local) else { continue };
-        let names: Vec<String> = plan.slots.keys().cloned().collect();
-        let targets = match leader_positions(leader_session, &names).await {
-            Ok(t) => t,
-            Err(e) => {
-                debug!("slot follower cannot read the leader's slots: {e}");
-                leader = None;
-                continue;
+        match plan {
+            Some(plan) => tick(&mut state, &plan, &progress, Instant::now()).await,
+            None => {
+                state.leader = None;
+                state.local = None;
+                lock(&progress).clear();
             }
-        };
-        let (replay, locals) = match local_positions(local_session, &names).await {
-            Ok(v) => v,
-            Err(e) => {
-                debug!("slot follower cannot read the local slots: {e}");
-                local = None;
-                continue;
-            }
-        };
-        for (name, database) in &plan.slots {
-            let input = {
-                let mut table = lock(&progress);
-                let entry = table.entry(name.clone()).or_default();
-                let local_lsn = locals.get(name).copied().flatten();
-                let input = AdvanceInput {
-                    role: NodeRole::Replica,
-                    leader: targets.get(name).copied().flatten(),
-                    published: plan.published.get(name).copied(),
-                    replay,
-                    current: local_lsn,
-                    unproven: entry.advances == 0 && entry.last_error.is_none(),
-                };
-                entry.leader_lsn = advance_target(input.leader, input.published);
-                entry.highest_leader_lsn = entry.highest_leader_lsn.max(entry.leader_lsn);
-                if entry.local_lsn.is_none() || local_lsn > entry.local_lsn {
-                    entry.local_lsn = local_lsn;
-                }
-                input
-            };
-            let step = advance_step(&input);
-            if matches!(step, AdvanceStep::CaughtUp | AdvanceStep::Prove(_)) {
-                if let Some(entry) = lock(&progress).get_mut(name) {
-                    entry.caught_up_at = Some(Instant::now());
-                }
-            }
-            let (AdvanceStep::To(goal) | AdvanceStep::Prove(goal)) = step else { continue };
-            if in_flight.contains_key(name) || in_flight.len() >= MAX_IN_FLIGHT {
-                continue;
-            }
-            let pool = pools.entry(pool_key(database)).or_insert_with(new_pool).clone();
-            let params = match database {
-                Some(db) => plan.local.clone().with_database(db.clone()),
-                None => plan.local.clone(),
-            };
-            let attempt = Attempt {
-                params,
-                name: name.clone(),
-                database: database.clone(),
-                pg_major: plan.pg_major,
-                goal,
-                position: input.current,
-            };
-            in_flight.insert(name.clone(), tokio::spawn(advance_task(attempt, progress.clone(), pool)));
         }
     }
+}
+
+/// One tick: read the leader's and the local positions, record them, and start the advances that fit.
+async fn tick(st: &mut FollowerState, plan: &FollowPlan, progress: &Progress, now: Instant) {
+    st.in_flight.retain(|_, h| !h.is_finished());
+    st.pools.retain(|db, _| plan.slots.values().any(|d| pool_key(d) == *db));
+    st.started.retain(|name, _| plan.slots.contains_key(name));
+    lock(progress).retain(|name, _| plan.slots.contains_key(name));
+    if plan.slots.is_empty() {
+        return;
+    }
+    if let Err(e) = ensure(&mut st.leader, &plan.leader).await.and(ensure(&mut st.local, &plan.local).await) {
+        debug!("slot follower cannot connect: {e}");
+        return;
+    }
+    let (Some((_, leader_session)), Some((_, local_session))) = (&st.leader, &st.local) else { return };
+    let names: Vec<String> = plan.slots.keys().cloned().collect();
+    let targets = match leader_positions(leader_session, &names).await {
+        Ok(t) => t,
+        Err(e) => {
+            debug!("slot follower cannot read the leader's slots: {e}");
+            st.leader = None;
+            return;
+        }
+    };
+    let (replay, locals) = match local_positions(local_session, &names).await {
+        Ok(v) => v,
+        Err(e) => {
+            debug!("slot follower cannot read the local slots: {e}");
+            st.local = None;
+            return;
+        }
+    };
+    let wanting = wanted_advances(plan, &targets, replay, &locals, progress, now);
+    let waiting: Vec<(String, Option<Instant>)> = wanting
+        .keys()
+        .filter(|name| !st.in_flight.contains_key(*name))
+        .map(|name| (name.clone(), st.started.get(name).copied()))
+        .collect();
+    for name in fair_pick(&waiting, MAX_IN_FLIGHT.saturating_sub(st.in_flight.len())) {
+        let (Some(&(goal, position)), Some(database)) = (wanting.get(&name), plan.slots.get(&name)) else { continue };
+        let params = match database {
+            Some(db) => plan.local.clone().with_database(db.clone()),
+            None => plan.local.clone(),
+        };
+        let pool = st.pools.entry(pool_key(database)).or_insert_with(new_pool).clone();
+        let attempt =
+            Attempt { params, name: name.clone(), database: database.clone(), pg_major: plan.pg_major, goal, position };
+        st.started.insert(name.clone(), now);
+        st.in_flight.insert(name, tokio::spawn(advance_task(attempt, progress.clone(), pool)));
+    }
+}
+
+/// Records each slot's positions in the progress table and returns the slots to advance now, with their goal and
+/// local position (the core's [`advance_step`]).
+fn wanted_advances(
+    plan: &FollowPlan,
+    targets: &BTreeMap<String, Option<Lsn>>,
+    replay: Option<Lsn>,
+    locals: &BTreeMap<String, Option<Lsn>>,
+    progress: &Progress,
+    now: Instant,
+) -> BTreeMap<String, (Lsn, Option<Lsn>)> {
+    let mut table = lock(progress);
+    let mut wanting = BTreeMap::new();
+    for name in plan.slots.keys() {
+        let entry = table.entry(name.clone()).or_default();
+        let local_lsn = locals.get(name).copied().flatten();
+        let input = AdvanceInput {
+            role: NodeRole::Replica,
+            leader: targets.get(name).copied().flatten(),
+            published: plan.published.get(name).copied(),
+            replay,
+            current: local_lsn,
+            unproven: entry.advances == 0 && entry.last_error.is_none(),
+        };
+        entry.leader_lsn = advance_target(input.leader, input.published);
+        entry.highest_leader_lsn = entry.highest_leader_lsn.max(entry.leader_lsn);
+        if entry.local_lsn.is_none() || local_lsn > entry.local_lsn {
+            entry.local_lsn = local_lsn;
+        }
+        match advance_step(&input) {
+            AdvanceStep::To(goal) => {
+                wanting.insert(name.clone(), (goal, input.current));
+            }
+            AdvanceStep::Prove(goal) => {
+                entry.caught_up_at = Some(now);
+                wanting.insert(name.clone(), (goal, input.current));
+            }
+            AdvanceStep::CaughtUp => entry.caught_up_at = Some(now),
+            AdvanceStep::Unknown => {}
+        }
+    }
+    wanting
 }
 
 fn lock(p: &Progress) -> std::sync::MutexGuard<'_, BTreeMap<String, SlotProgress>> {
@@ -292,15 +325,24 @@ async fn advance_task(a: Attempt, progress: Progress, pool: SessionPool) {
         *guard = None;
     }
     drop(guard);
+    record_outcome(&a, outcome, &progress);
+}
+
+/// Puts one attempt's outcome into the progress table (a failure logged once per change of cause).
+fn record_outcome(
+    a: &Attempt,
+    outcome: Result<Result<Option<Lsn>, PgError>, tokio::time::error::Elapsed>,
+    progress: &Progress,
+) {
     let error = match &outcome {
         Ok(Ok(_)) => None,
-        Ok(Err(e)) => Some(AdvanceError { failure: classify(&a, e.sqlstate(), false), message: e.message() }),
+        Ok(Err(e)) => Some(AdvanceError { failure: classify(a, e.sqlstate(), false), message: e.message() }),
         Err(_) => Some(AdvanceError {
-            failure: classify(&a, None, true),
+            failure: classify(a, None, true),
             message: format!("no answer within {ADVANCE_TIMEOUT:?}"),
         }),
     };
-    let mut table = lock(&progress);
+    let mut table = lock(progress);
     let entry = table.entry(a.name.clone()).or_default();
     match (outcome, error) {
         (Ok(Ok(end)), _) => {
