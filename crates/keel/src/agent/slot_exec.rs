@@ -133,77 +133,77 @@ impl SlotManager {
         now: Millis,
     ) {
         let mut skip: BTreeSet<String> = BTreeSet::new();
-        let mut copies: Vec<(String, String, String)> = Vec::new();
-        let started = Instant::now();
-        let mut deferred = 0usize;
+        let mut batch = Batch { started: Instant::now(), deferred: 0, copies: Vec::new() };
         for action in plan {
             if skip.contains(action.slot()) {
                 continue;
             }
-            let result: Result<()> = match action {
-                SlotAction::CreatePhysical { slot, reason } => {
-                    async {
-                        pg_slots::create_physical(local.local_session().await?, slot).await?;
-                        info!("created physical replication slot {slot} ({reason:?})");
-                        Ok(())
-                    }
-                    .await
-                }
-                SlotAction::CreateLogical { .. } if started.elapsed() >= CREATE_BUDGET => {
-                    deferred += 1;
-                    Ok(())
-                }
-                SlotAction::CreateLogical { slot, database, plugin, reason } => {
-                    self.create_logical(local, slot, database, plugin, reason).await;
-                    Ok(())
-                }
-                SlotAction::CopyLogical { slot, database, plugin, .. } => {
-                    // Every copy restarts PostgreSQL: repeated ones back off.
-                    if recopy_due(&self.recopies.get(slot).copied().unwrap_or_default(), now) {
-                        copies.push((slot.clone(), database.clone(), plugin.clone()));
-                    }
-                    Ok(())
-                }
-                SlotAction::AdvancePhysical { slot, to } => {
-                    async {
-                        let s = local.local_session().await?;
-                        tokio::time::timeout(Duration::from_secs(5), pg_slots::advance(s, slot, *to))
-                            .await
-                            .map_err(|_| anyhow!("advance did not finish within 5 s"))??;
-                        Ok(())
-                    }
-                    .await
-                }
-                SlotAction::Drop { slot, reason } => {
-                    let dropped = self.drop_slot(local, slot, reason).await;
-                    if dropped.is_err() {
-                        skip.insert(slot.clone());
-                    }
-                    dropped
-                }
-                SlotAction::ContinuityBreak { slot, last_published } => {
-                    self.record_break(slot, *last_published);
-                    Ok(())
-                }
-            };
+            let result = self.execute_one(action, local, now, &mut batch).await;
             if let Err(e) = result {
+                if matches!(action, SlotAction::Drop { .. }) {
+                    skip.insert(action.slot().to_string());
+                }
                 warn!("slot action {action:?} failed: {e:#}");
             }
         }
-        if deferred > 0 {
+        if batch.deferred > 0 {
             info!(
-                "{deferred} permanent logical slots left for the next cycle: one cycle creates slots for at most \
-                 {CREATE_BUDGET:?}, so that the leader key is refreshed in time"
+                "{} permanent logical slots left for the next cycle: one cycle creates slots for at most \
+                 {CREATE_BUDGET:?}, so that the leader key is refreshed in time",
+                batch.deferred
             );
         }
-        self.creations_deferred = deferred > 0;
-        if !copies.is_empty() {
+        self.creations_deferred = batch.deferred > 0;
+        if !batch.copies.is_empty() {
             match leader {
-                Some(l) => self.copy_all(copies, local, l, now).await,
+                Some(l) => self.copy_all(batch.copies, local, l, now).await,
                 None => warn!("cannot copy logical slots: no leader"),
             }
         }
     }
+
+    /// Runs one action of the plan; logical copies and creations over the budget are only collected in `batch`.
+    async fn execute_one(
+        &mut self,
+        action: &SlotAction,
+        local: &mut Local,
+        now: Millis,
+        batch: &mut Batch,
+    ) -> Result<()> {
+        match action {
+            SlotAction::CreatePhysical { slot, reason } => {
+                pg_slots::create_physical(local.local_session().await?, slot).await?;
+                info!("created physical replication slot {slot} ({reason:?})");
+            }
+            SlotAction::CreateLogical { .. } if batch.started.elapsed() >= CREATE_BUDGET => batch.deferred += 1,
+            SlotAction::CreateLogical { slot, database, plugin, reason } => {
+                self.create_logical(local, slot, database, plugin, reason).await;
+            }
+            SlotAction::CopyLogical { slot, database, plugin, .. } => {
+                // Every copy restarts PostgreSQL: repeated ones back off.
+                if recopy_due(&self.recopies.get(slot).copied().unwrap_or_default(), now) {
+                    batch.copies.push((slot.clone(), database.clone(), plugin.clone()));
+                }
+            }
+            SlotAction::AdvancePhysical { slot, to } => {
+                let s = local.local_session().await?;
+                tokio::time::timeout(Duration::from_secs(5), pg_slots::advance(s, slot, *to))
+                    .await
+                    .map_err(|_| anyhow!("advance did not finish within 5 s"))??;
+            }
+            SlotAction::Drop { slot, reason } => self.drop_slot(local, slot, reason).await?,
+            SlotAction::ContinuityBreak { slot, last_published } => self.record_break(slot, *last_published),
+        }
+        Ok(())
+    }
+}
+
+/// What one cycle's plan collects while it runs: when it started (the creation budget), the creations left for
+/// the next cycle, and the logical copies to make together (slot, database, plugin).
+struct Batch {
+    started: Instant,
+    deferred: usize,
+    copies: Vec<(String, String, String)>,
 }
 
 impl SlotManager {

@@ -252,18 +252,8 @@ impl SlotManager {
     pub async fn cycle(&mut self, c: &SlotCycle<'_>, local: &mut Local) -> Option<Status> {
         let config = SlotsConfig::from_dynamic(c.dynamic);
         let role = if c.leader_primary { NodeRole::Primary } else { NodeRole::Replica };
-        let input =
-            DesiredInput { name: c.me, role, tags: c.tags, pg_major: local.bins.major, view: c.view, config: &config };
-        let desired = desired_slots(&input);
-        let mut notes: Vec<String> = config.notes.iter().map(|n| n.to_string()).collect();
-        notes.extend(desired.notes.iter().map(|n| n.to_string()));
-        self.log_notes(notes);
-        let method = config.sync_method(local.bins.major);
+        let (desired, method) = self.desired_and_method(c, local, &config, role);
         let native_mode = method == SlotSyncMethod::Native;
-        self.native.method = Some(method);
-        local.force_hot_standby_feedback(enforce_hot_standby_feedback(&input) || native_mode);
-        local.set_slot_sync(native_mode);
-
         if !c.leader_primary {
             self.retain = None;
         }
@@ -315,6 +305,28 @@ impl SlotManager {
             self.update_readiness(c, local, &desired, &actual, leader_member.as_ref()).await;
         }
         None
+    }
+
+    /// The slots this node should have and how copies are kept (native or copy), with the configuration notes
+    /// logged once; sets `hot_standby_feedback` and the slotsync worker for that method.
+    fn desired_and_method(
+        &mut self,
+        c: &SlotCycle<'_>,
+        local: &mut Local,
+        config: &SlotsConfig,
+        role: NodeRole,
+    ) -> (DesiredSlots, SlotSyncMethod) {
+        let input = DesiredInput { name: c.me, role, tags: c.tags, pg_major: local.bins.major, view: c.view, config };
+        let desired = desired_slots(&input);
+        let mut notes: Vec<String> = config.notes.iter().map(|n| n.to_string()).collect();
+        notes.extend(desired.notes.iter().map(|n| n.to_string()));
+        self.log_notes(notes);
+        let method = config.sync_method(local.bins.major);
+        let native_mode = method == SlotSyncMethod::Native;
+        self.native.method = Some(method);
+        local.force_hot_standby_feedback(enforce_hot_standby_feedback(&input) || native_mode);
+        local.set_slot_sync(native_mode);
+        (desired, method)
     }
 
     /// After pg_rewind or pg_basebackup, every logical slot on this replica describes another history: stale

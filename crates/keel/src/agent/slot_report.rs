@@ -13,8 +13,10 @@ use serde_json::{json, Value};
 use tracing::{error, info, warn};
 
 use super::{SlotCycle, SlotManager};
+use crate::agent::follower::SlotProgress;
 use crate::agent::local::Local;
 use crate::postgres::online_slots;
+use crate::postgres::replication_slots::PgSlot;
 
 /// The result of the promotion check.
 pub struct PromotionReport {
@@ -93,45 +95,8 @@ impl SlotManager {
     /// leader could not create; continuity breaks; the last promotion check.
     pub fn to_json(&self, published: &Status, current_lsn: Option<Lsn>) -> Value {
         let progress = self.progress.lock().map(|p| p.clone()).unwrap_or_default();
-        let slots: Vec<Value> = self
-            .last_actual
-            .iter()
-            .map(|s| {
-                let position = if s.is_logical() { s.confirmed_flush_lsn } else { s.restart_lsn };
-                let p = progress.get(&s.name);
-                let leader_pos = p.and_then(|p| p.leader_lsn).or(published.slots.get(&s.name).copied());
-                let lag = match (leader_pos, position) {
-                    (Some(l), Some(p)) => Some(l.saturating_sub(p)),
-                    _ => None,
-                };
-                let retained = match (current_lsn, s.restart_lsn) {
-                    (Some(c), Some(r)) => Some(c.saturating_sub(r)),
-                    _ => None,
-                };
-                let reason = self.reasons.get(&s.name);
-                let native = self.native.slot_readiness(&s.name);
-                json!({
-                    "name": s.name,
-                    "type": s.slot_type,
-                    "database": s.database,
-                    "plugin": s.plugin,
-                    "active": s.active,
-                    "position": position.map(|l| l.to_string()),
-                    "restart_lsn": s.restart_lsn.map(|l| l.to_string()),
-                    "lag_bytes": lag,
-                    "seconds_since_caught_up": p.and_then(|p| p.caught_up_at).map(|t| t.elapsed().as_secs_f64()),
-                    "wal_retained_bytes": retained,
-                    "wal_status": s.wal_status,
-                    "readiness": native.as_ref().map(|n| n.0.to_string())
-                        .or_else(|| self.readiness.get(&s.name).map(|r| format!("{:?}", r.stage))),
-                    "readiness_reason": native.as_ref().map(|n| n.1.clone()).or(reason.map(ToString::to_string)),
-                    "readiness_code": native.as_ref().map(|n| n.2).or(reason.map(|r| r.code())),
-                    "last_error": p.and_then(|p| p.last_error.as_ref()).map(|e| json!({
-                        "code": e.failure.code(), "reason": e.failure.to_string(), "message": e.message,
-                    })),
-                })
-            })
-            .collect();
+        let slots: Vec<Value> =
+            self.last_actual.iter().map(|s| self.slot_json(s, progress.get(&s.name), published, current_lsn)).collect();
         let mut unready: Vec<Value> = self
             .reasons
             .iter()
@@ -167,6 +132,44 @@ impl SlotManager {
             "ready": self.summary.as_ref().map(|s| s.ready),
             "failover_slots_mode": self.native.method.map(|m| m.as_str()),
             "native": self.native.to_json(),
+        })
+    }
+}
+
+impl SlotManager {
+    /// One local slot in `GET /slots`: position, lag behind the leader, retained WAL, readiness and last error.
+    fn slot_json(&self, s: &PgSlot, p: Option<&SlotProgress>, published: &Status, current_lsn: Option<Lsn>) -> Value {
+        let position = if s.is_logical() { s.confirmed_flush_lsn } else { s.restart_lsn };
+        let leader_pos = p.and_then(|p| p.leader_lsn).or(published.slots.get(&s.name).copied());
+        let lag = match (leader_pos, position) {
+            (Some(l), Some(p)) => Some(l.saturating_sub(p)),
+            _ => None,
+        };
+        let retained = match (current_lsn, s.restart_lsn) {
+            (Some(c), Some(r)) => Some(c.saturating_sub(r)),
+            _ => None,
+        };
+        let reason = self.reasons.get(&s.name);
+        let native = self.native.slot_readiness(&s.name);
+        json!({
+            "name": s.name,
+            "type": s.slot_type,
+            "database": s.database,
+            "plugin": s.plugin,
+            "active": s.active,
+            "position": position.map(|l| l.to_string()),
+            "restart_lsn": s.restart_lsn.map(|l| l.to_string()),
+            "lag_bytes": lag,
+            "seconds_since_caught_up": p.and_then(|p| p.caught_up_at).map(|t| t.elapsed().as_secs_f64()),
+            "wal_retained_bytes": retained,
+            "wal_status": s.wal_status,
+            "readiness": native.as_ref().map(|n| n.0.to_string())
+                .or_else(|| self.readiness.get(&s.name).map(|r| format!("{:?}", r.stage))),
+            "readiness_reason": native.as_ref().map(|n| n.1.clone()).or(reason.map(ToString::to_string)),
+            "readiness_code": native.as_ref().map(|n| n.2).or(reason.map(|r| r.code())),
+            "last_error": p.and_then(|p| p.last_error.as_ref()).map(|e| json!({
+                "code": e.failure.code(), "reason": e.failure.to_string(), "message": e.message,
+            })),
         })
     }
 }
