@@ -16,6 +16,7 @@ use keel::postgres::datadir::{self, ClusterState, DataDirError, DataDirState};
 use keel::postgres::observe::{self, Observation, ReplicationState, Session};
 use keel::postgres::pg_ctl::{CtlError, InitdbOption, InitdbParams, PgCtl, RewindOutcome, StopMode};
 use keel::postgres::process::RunAs;
+use keel::postgres::replication_slots;
 use keel::postgres::roles::{self, RoleKind, RoleSpec};
 use keel::postgres::ConnParams;
 use keel_core::lsn::Lsn;
@@ -178,6 +179,13 @@ async fn lifecycle(major: u32, bin_dir: &Path) {
     // The columns Patroni's GET /patroni shows under "replication".
     assert!(row.usename.is_some(), "no usename in {row:?}");
     assert_eq!(row.sync_priority, Some(0), "an asynchronous standby: {row:?}");
+    // The copy check reads the leader's slots only from a server out of recovery: a standby's (a demoted leader
+    // restarting read-only) are not the primary's.
+    let on_primary = replication_slots::list_on_primary(&session).await.expect("list on the primary");
+    assert!(on_primary.is_some_and(|l| l.iter().any(|s| s.name == "replica1")));
+    let standby = connect(port2).await;
+    assert!(replication_slots::list_on_primary(&standby).await.expect("list on the standby").is_none());
+    drop(standby);
     drop(session);
 
     // Promote the replica: it leaves recovery on timeline 2.

@@ -47,7 +47,15 @@ async fn read_leader(local: &Local, leader: Option<&Member>, own_slot: &str) -> 
     let Ok(Ok(s)) = tokio::time::timeout(LEADER_QUERY_TIMEOUT, local.leader_session(l, local.database())).await else {
         return unknown;
     };
-    let Ok(Ok(list)) = tokio::time::timeout(LEADER_QUERY_TIMEOUT, pg_slots::list(&s)).await else { return unknown };
+    match tokio::time::timeout(LEADER_QUERY_TIMEOUT, pg_slots::list_on_primary(&s)).await {
+        Ok(Ok(answer)) => leader_slots(answer, own_slot),
+        _ => unknown,
+    }
+}
+
+/// The leader's slots from its answer; a leader in recovery (`None`) tells nothing about the primary's slots.
+fn leader_slots(answer: Option<Vec<PgSlot>>, own_slot: &str) -> LeaderSlots {
+    let Some(list) = answer else { return LeaderSlots { physical: PrimaryPhysicalSlot::Unknown, logical: None } };
     let physical = match list.iter().find(|x| x.name == own_slot) {
         None => PrimaryPhysicalSlot::Missing,
         Some(p) => match p.catalog_xmin {
@@ -228,5 +236,38 @@ impl SlotManager {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keel_core::slots::readiness::{PrimaryPhysicalSlot, Xid};
+    use serde_json::json;
+
+    use super::{leader_slots, PgSlot};
+
+    fn slot(v: serde_json::Value) -> PgSlot {
+        PgSlot::from_json(&v).expect("a slot row")
+    }
+
+    /// A leader restarted read-only (demoted when it lost the store) reads its logical slots back from disk,
+    /// older than what their consumers confirmed: this replica's copy then looked "ahead of the primary", was
+    /// dropped and copied again, and a promotion right after reported a continuity break the consumer never had
+    /// (chaos suite, primary cut off from etcd). A leader in recovery tells nothing about the primary's slots.
+    #[test]
+    fn a_leader_in_recovery_is_unknown_not_behind() {
+        let in_recovery = leader_slots(None, "node3");
+        assert_eq!(in_recovery.physical, PrimaryPhysicalSlot::Unknown);
+        assert!(in_recovery.logical.is_none());
+
+        let list = vec![
+            slot(json!({"slot_name": "node3", "slot_type": "physical", "catalog_xmin": "740", "active": true})),
+            slot(json!({"slot_name": "cdc", "slot_type": "logical", "database": "app", "plugin": "pgoutput",
+                "confirmed_flush_lsn": "0/4671300", "active": true})),
+        ];
+        let primary = leader_slots(Some(list), "node3");
+        assert_eq!(primary.physical, PrimaryPhysicalSlot::CatalogXmin(Xid(740)));
+        assert!(primary.logical.is_some_and(|m| m.contains_key("cdc")));
+        assert_eq!(leader_slots(Some(Vec::new()), "node3").physical, PrimaryPhysicalSlot::Missing);
     }
 }
