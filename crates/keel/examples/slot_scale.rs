@@ -11,7 +11,8 @@
 //! `cargo build --release --bin keel --example slot_scale && target/release/examples/slot_scale [COUNTS...]`
 //! (default `200 1000`; as root or a user that can run PostgreSQL). `KEEL_TEST_PG_VERSION` picks PostgreSQL
 //! (default 15); `KEEL_BENCH_TIMING=ttl,loop_wait,retry_timeout` the timing (default Patroni's 30,10,10);
-//! `SLOT_SCALE_WINDOW` the CPU window in seconds (default 30).
+//! `SLOT_SCALE_WINDOW` the CPU window in seconds (default 30); `SLOT_SCALE_PLUGIN` the slots' plugin (default
+//! test_decoding; `pgoutput` for PostgreSQL 16 from the wheel, which lacks test_decoding).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -134,10 +135,10 @@ fn run(count: usize, window: Duration) {
     let port = c.node(&leader).pg_port;
     let tasks = [rt.spawn(writer(port, load.clone())), rt.spawn(advancer(port, load.clone()))];
 
+    // pgoutput on PostgreSQL 16 from the wheel, which has no test_decoding (advancing never decodes a change).
+    let plugin = std::env::var("SLOT_SCALE_PLUGIN").unwrap_or_else(|_| "test_decoding".into());
     let slots: serde_json::Map<String, Value> = (0..count)
-        .map(|i| {
-            (format!("{PREFIX}{i:04}"), json!({"type": "logical", "database": "postgres", "plugin": "test_decoding"}))
-        })
+        .map(|i| (format!("{PREFIX}{i:04}"), json!({"type": "logical", "database": "postgres", "plugin": plugin})))
         .collect();
     let t0 = Instant::now();
     c.patch_store_config(&json!({ "slots": slots })).expect("add the slots to the dynamic configuration");
