@@ -26,6 +26,16 @@ pub enum FaultKind {
 const TTL: u64 = 20;
 
 impl FaultKind {
+    /// Whether both faults act on the same process of the primary (its agent, its PostgreSQL): the second would
+    /// find it already killed or frozen (seed 100, round 29 drew kill-primary-both + kill-primary-agent and the
+    /// run stopped on "node2's agent is not running"), so such a pair is one fault.
+    pub fn same_process(self, other: FaultKind) -> bool {
+        use FaultKind::*;
+        let agent = |k: FaultKind| matches!(k, FreezePrimaryAgent | KillPrimaryAgent | KillPrimaryBoth);
+        let postgres = |k: FaultKind| matches!(k, FreezePrimaryPostgres | KillPrimaryPostgres | KillPrimaryBoth);
+        (agent(self) && agent(other)) || (postgres(self) && postgres(other))
+    }
+
     pub const ALL: [FaultKind; 10] = [
         FaultKind::PrimaryEtcdPartition,
         FaultKind::PrimaryIsolated,
@@ -152,7 +162,7 @@ impl Deck {
         let mut faults = vec![first];
         if self.kinds.len() > 1 && self.rng.below(100) < self.double_percent {
             let second = self.kinds[self.rng.below(self.kinds.len() as u64) as usize];
-            if second != first {
+            if second != first && !first.same_process(second) {
                 faults.push(second);
             }
         }
