@@ -2,7 +2,7 @@
 //! advances and continuity breaks run here once per cycle; logical copies are collected and made in one
 //! PostgreSQL restart (`slot_copy.rs`). What the plan is and when a copy may run are the core's decisions.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 
 use super::SlotManager;
 use crate::agent::local::Local;
-use crate::postgres::observe::PgError;
+use crate::postgres::observe::{PgError, Session};
 use crate::postgres::replication_slots::{self as pg_slots, PgSlot};
 
 /// How long one cycle may spend creating logical slots. The HA loop waits for the slot cycle, and a leader that
@@ -77,6 +77,7 @@ impl SlotManager {
     async fn create_logical(
         &mut self,
         local: &mut Local,
+        sessions: &mut BTreeMap<String, Session>,
         slot: &str,
         database: &str,
         plugin: &str,
@@ -84,12 +85,19 @@ impl SlotManager {
     ) {
         let failover = self.native.method == Some(keel_core::slots::SlotSyncMethod::Native);
         let created: Result<Lsn> = async {
-            let s = local.session_on(database).await?;
-            if failover {
-                Ok(pg_slots::create_logical_failover(&s, slot, plugin).await?)
+            // One session per database for the cycle: a new connection per slot (authentication included) cost
+            // more than the creation itself when hundreds of slots are added at once.
+            let s = match sessions.remove(database) {
+                Some(s) if !s.is_closed() => s,
+                _ => local.session_on(database).await?,
+            };
+            let lsn = if failover {
+                pg_slots::create_logical_failover(&s, slot, plugin).await?
             } else {
-                Ok(pg_slots::create_logical(&s, slot, plugin).await?)
-            }
+                pg_slots::create_logical(&s, slot, plugin).await?
+            };
+            sessions.insert(database.to_string(), s);
+            Ok(lsn)
         }
         .await;
         match created {
@@ -133,7 +141,7 @@ impl SlotManager {
         now: Millis,
     ) {
         let mut skip: BTreeSet<String> = BTreeSet::new();
-        let mut batch = Batch { started: Instant::now(), deferred: 0, copies: Vec::new() };
+        let mut batch = Batch { started: Instant::now(), deferred: 0, copies: Vec::new(), sessions: BTreeMap::new() };
         for action in plan {
             if skip.contains(action.slot()) {
                 continue;
@@ -177,7 +185,7 @@ impl SlotManager {
             }
             SlotAction::CreateLogical { .. } if batch.started.elapsed() >= CREATE_BUDGET => batch.deferred += 1,
             SlotAction::CreateLogical { slot, database, plugin, reason } => {
-                self.create_logical(local, slot, database, plugin, reason).await;
+                self.create_logical(local, &mut batch.sessions, slot, database, plugin, reason).await;
             }
             SlotAction::CopyLogical { slot, database, plugin, .. } => {
                 // Every copy restarts PostgreSQL: repeated ones back off.
@@ -199,11 +207,13 @@ impl SlotManager {
 }
 
 /// What one cycle's plan collects while it runs: when it started (the creation budget), the creations left for
-/// the next cycle, and the logical copies to make together (slot, database, plugin).
+/// the next cycle, the logical copies to make together (slot, database, plugin), and one session per database
+/// for the slots it creates.
 struct Batch {
     started: Instant,
     deferred: usize,
     copies: Vec<(String, String, String)>,
+    sessions: BTreeMap<String, Session>,
 }
 
 impl SlotManager {
