@@ -258,3 +258,63 @@ fn native_failover_slots_survive_failover_and_switchover_without_restarts() {
     let reps_end = replicas(&c, &third);
     wait_synced_ready(&c, &reps_end, &s.slot);
 }
+
+/// A standby cascading from another standby (`replicatefrom`) gets no synced slots (PostgreSQL 17 and 18 sync
+/// only from the primary): Keel keeps its copy as in copy mode, made on the standby without a restart and
+/// advanced by the follower, and it becomes ready, while its upstream keeps PostgreSQL's synced copy.
+#[test]
+fn a_cascading_standby_keeps_a_ready_copy_in_native_mode() {
+    let major = pg_version_from_env();
+    if major < keel_core::slots::NATIVE_SLOT_SYNC_MAJOR {
+        eprintln!("native failover slots need PostgreSQL 17 or newer; this run uses {major}: nothing to test");
+        return;
+    }
+    let _serial = serial();
+    let s = stream();
+    let (mut c, leader) = up(options(&s), UP);
+    let reps = replicas(&c, &leader);
+    let (upstream, cascade) = (reps[0].clone(), reps[1].clone());
+    assert!(c.stop_agent(&cascade, Duration::from_secs(60)), "the agent of {cascade} did not stop");
+    let path = c.node(&cascade).config_path.clone();
+    let mut text = std::fs::read_to_string(&path).expect("read the config");
+    text.push_str(&format!("tags:\n  replicatefrom: {upstream}\n"));
+    std::fs::write(&path, text).expect("write the config");
+    c.start_agent(&cascade).expect("start the agent");
+    wait_streaming_from(&c, &upstream, &cascade, FAILOVER);
+    let started = postmaster_start(&c, &cascade);
+
+    create_database(&c, &leader, &s);
+    c.wait(&format!("{} created with failover on {leader}", s.slot), SLOTS, || {
+        Ok((slot_flags(&c, &leader, &s.slot)? == "t|f|f").then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(40)));
+    let file = c.dir().join("cascade.out");
+    let mut consumer = Consumer::start(&c, &leader, &s, &file);
+    let mut writer = Writer::start(&c, &leader, &s.database);
+    writer.wait_more(&c, 30);
+    wait_synced_ready(&c, std::slice::from_ref(&upstream), &s.slot);
+    c.wait(&format!("a ready copy of {} on the cascading {cascade}", s.slot), SLOTS, || {
+        let v = slots_api(&c, &cascade)?;
+        let copy = v["slots"].as_array().and_then(|a| a.iter().find(|x| x["name"] == s.slot.as_str()).cloned());
+        let readiness = copy.as_ref().map(|x| x["readiness"].clone());
+        let flags = slot_flags(&c, &cascade, &s.slot)?;
+        let member = c.view()?.members.get(cascade.as_str()).and_then(|m| m.data.pointer("/keel_slots/ready").cloned());
+        if v["failover_slots_mode"] == "copy"
+            && readiness == Some(json!("Ready"))
+            && flags == "f|f|f"
+            && member == Some(json!(true))
+        {
+            Ok(Some(()))
+        } else {
+            Err(format!(
+                "mode {}, readiness {readiness:?}, flags {flags:?}, member key {member:?}",
+                v["failover_slots_mode"]
+            ))
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(40)));
+    assert_eq!(postmaster_start(&c, &cascade), started, "{cascade}'s PostgreSQL was restarted");
+    assert_eq!(c.psql(&cascade, "SHOW sync_replication_slots").unwrap(), "off", "{cascade}");
+    writer.stop();
+    consumer.stop();
+}

@@ -96,6 +96,13 @@ pub fn slot_name_on_primary(view: &ClusterView, name: &str, tags: &Tags) -> Opti
     }
 }
 
+/// Whether `name` streams from another standby: its `replicatefrom` names an existing member other than itself
+/// and the leader.
+pub fn cascades(view: &ClusterView, name: &str, tags: &Tags) -> bool {
+    let leader = view.leader.as_ref().map(|l| l.name.as_str());
+    tags.replicatefrom.as_deref().is_some_and(|r| r != name && Some(r) != leader && view.members.contains_key(r))
+}
+
 /// The member slots of this node (Patroni's `_get_members_slots`), including retained slots.
 fn member_slots(input: &DesiredInput, notes: &mut Vec<SlotNote>) -> BTreeMap<String, DesiredSlot> {
     let mut out = BTreeMap::new();

@@ -41,8 +41,8 @@ pub use config::{
     SlotsConfig, NATIVE_SLOT_SYNC_MAJOR,
 };
 pub use desired::{
-    desired_slots, enforce_hot_standby_feedback, has_permanent_slots, should_query_slots, slot_name_on_primary,
-    DesiredInput, DesiredSlot, DesiredSlots, NodeRole, SlotOrigin,
+    cascades, desired_slots, enforce_hot_standby_feedback, has_permanent_slots, should_query_slots,
+    slot_name_on_primary, DesiredInput, DesiredSlot, DesiredSlots, NodeRole, SlotOrigin,
 };
 pub use readiness::{SlotsReadiness, Xid, MEMBER_KEY_FIELD};
 pub use reconcile::{

@@ -1,6 +1,8 @@
 //! Native failover slots (PostgreSQL 17+, `failover_slots: native` or `auto`): PostgreSQL's slotsync worker keeps
 //! the standbys' copies, Keel sets it up, watches it and clears what blocks it (postgresql-slots.md §4).
 //!
+//! - [`node_method`]: a standby cascading from another standby keeps copies as in copy mode (PostgreSQL syncs
+//!   slots only from the primary);
 //! - [`plan_for_method`]: in native mode a replica makes no copies of its own (no file copy, no restart);
 //! - [`failover_switches`]: permanent logical slots on the primary still without `failover` (made by copy mode,
 //!   an older Keel, or by hand) are switched to it;
@@ -48,6 +50,17 @@ pub struct NativeSlot {
 /// The bytes a standby (or a synced copy) may trail the primary and still count.
 pub fn lag_bound(cfg: &DynamicConfig) -> u64 {
     cfg.raw.get(MAX_LAG_KEY).and_then(parse_uint).unwrap_or(cfg.maximum_lag_on_failover)
+}
+
+/// The method of one node. Native needs PostgreSQL's slot synchronization, which 17 and 18 run only against the
+/// primary: a standby that cascades from another standby would never get synced copies, so it keeps them as in
+/// copy mode (made on the standby, advanced by Keel, judged by copy readiness). The primary keeps the configured
+/// method (its slots carry `failover`).
+pub fn node_method(configured: SlotSyncMethod, role: NodeRole, cascading: bool) -> SlotSyncMethod {
+    match (configured, role, cascading) {
+        (SlotSyncMethod::Native, NodeRole::Replica, true) => SlotSyncMethod::Copy,
+        (method, _, _) => method,
+    }
 }
 
 /// The slot plan as executed under `method`: in native mode a replica copies no logical slot itself.

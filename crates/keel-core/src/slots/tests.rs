@@ -1132,3 +1132,29 @@ fn leader_member_slots_settle_with_replicatefrom() {
         assert!(created.iter().all(|s| want.contains(s)), "{label}: created {created:?}");
     }
 }
+
+/// PostgreSQL 17 and 18 sync slots only from the primary: in native mode a standby cascading from another standby
+/// keeps its copies as in copy mode; a member naming the leader, itself or a missing member does not cascade.
+#[test]
+fn a_cascading_standby_keeps_copies_in_native_mode() {
+    use super::native::node_method;
+    let members = [
+        ("n1", json!({"role": "primary"})),
+        ("n2", json!({})),
+        ("n3", json!({"tags": {"replicatefrom": "n2"}})),
+        ("n4", json!({"tags": {"replicatefrom": "n1"}})),
+        ("n5", json!({"tags": {"replicatefrom": "gone"}})),
+        ("n6", json!({"tags": {"replicatefrom": "n6"}})),
+    ];
+    let v = view(&json!({}), &members, Some("n1"), json!({"optime": 1}));
+    let cascading = |n: &str| super::cascades(&v, n, &v.members[n].tags);
+    assert!(cascading("n3"));
+    for n in ["n1", "n2", "n4", "n5", "n6"] {
+        assert!(!cascading(n), "{n}");
+    }
+    let (native, copy) = (SlotSyncMethod::Native, SlotSyncMethod::Copy);
+    assert_eq!(node_method(native, NodeRole::Replica, true), copy);
+    assert_eq!(node_method(native, NodeRole::Replica, false), native);
+    assert_eq!(node_method(native, NodeRole::Primary, true), native);
+    assert_eq!(node_method(copy, NodeRole::Replica, false), copy);
+}

@@ -321,7 +321,8 @@ impl SlotManager {
         let mut notes: Vec<String> = config.notes.iter().map(|n| n.to_string()).collect();
         notes.extend(desired.notes.iter().map(|n| n.to_string()));
         self.log_notes(notes);
-        let method = config.sync_method(local.bins.major);
+        let cascading = slots::cascades(c.view, c.me, c.tags);
+        let method = slots::native::node_method(config.sync_method(local.bins.major), role, cascading);
         let native_mode = method == SlotSyncMethod::Native;
         self.native.method = Some(method);
         local.force_hot_standby_feedback(enforce_hot_standby_feedback(&input) || native_mode);
