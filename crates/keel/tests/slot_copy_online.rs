@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 mod slotkit;
 use slotkit::cdc::{check_continuity, table_ids, Consumer, Writer, TABLE};
 use slotkit::cluster::{
-    promotion_check, replicas, serial, slots_api, up, wait_new_leader, wait_slot, wait_streaming_from,
+    make_cascade, promotion_check, replicas, serial, slots_api, up, wait_new_leader, wait_slot, wait_streaming_from,
 };
 use slotkit::{decoded_ids, Plugin, Stream};
 
@@ -214,13 +214,7 @@ fn cascading_replica_keeps_ready_copies() {
     let (mut c, leader) = up(options(), UP);
     let reps = replicas(&c, &leader);
     let (upstream, cascade) = (reps[0].clone(), reps[1].clone());
-    assert!(c.stop_agent(&cascade, Duration::from_secs(60)), "the agent of {cascade} did not stop");
-    let path = c.node(&cascade).config_path.clone();
-    let mut text = std::fs::read_to_string(&path).expect("read the config");
-    text.push_str(&format!("tags:\n  replicatefrom: {upstream}\n"));
-    std::fs::write(&path, text).expect("write the config");
-    c.start_agent(&cascade).expect("start the agent");
-    wait_streaming_from(&c, &upstream, &cascade, FAILOVER);
+    make_cascade(&mut c, &cascade, &upstream, FAILOVER);
     let before: Vec<String> = [&upstream, &cascade].iter().map(|r| postmaster(&c, r).unwrap()).collect();
 
     create_database(&c, &leader);

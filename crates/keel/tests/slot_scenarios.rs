@@ -19,7 +19,8 @@ use serde_json::{json, Value};
 mod slotkit;
 use slotkit::cdc::{check_continuity, Consumer, Writer};
 use slotkit::cluster::{
-    self, has_slot, replicas, serial, slot_names, slots_api, wait_new_leader, wait_slot, wait_streaming_from,
+    self, has_slot, make_cascade, replicas, serial, slot_names, slots_api, wait_new_leader, wait_slot,
+    wait_streaming_from,
 };
 use slotkit::{Plugin, Stream};
 
@@ -566,13 +567,7 @@ fn cascading_member_has_no_slot_on_the_leader_with_member_slots_ttl_0() {
     wait_slot(&c, &leader, &cascade, true, SLOTS);
 
     // Restart the cascade's agent with `replicatefrom: <upstream>`.
-    assert!(c.stop_agent(&cascade, Duration::from_secs(60)), "the agent of {cascade} did not stop");
-    let path = c.node(&cascade).config_path.clone();
-    let mut text = std::fs::read_to_string(&path).expect("read the config");
-    text.push_str(&format!("tags:\n  replicatefrom: {upstream}\n"));
-    std::fs::write(&path, text).expect("write the config");
-    c.start_agent(&cascade).expect("start the agent");
-    wait_streaming_from(&c, &upstream, &cascade, FAILOVER);
+    make_cascade(&mut c, &cascade, &upstream, FAILOVER);
     wait_slot(&c, &upstream, &cascade, true, SLOTS);
     wait_slot(&c, &leader, &cascade, false, SLOTS);
 

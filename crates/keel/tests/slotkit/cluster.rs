@@ -77,6 +77,17 @@ pub fn wait_new_leader(c: &KeelCluster, old: &str, deadline: Duration) -> String
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs(40)))
 }
 
+/// Restarts `cascade`'s agent with `replicatefrom: <upstream>` and waits until it streams from `upstream`.
+pub fn make_cascade(c: &mut KeelCluster, cascade: &str, upstream: &str, deadline: Duration) {
+    assert!(c.stop_agent(cascade, Duration::from_secs(60)), "the agent of {cascade} did not stop");
+    let path = c.node(cascade).config_path.clone();
+    let mut text = std::fs::read_to_string(&path).expect("read the config");
+    text.push_str(&format!("tags:\n  replicatefrom: {upstream}\n"));
+    std::fs::write(&path, text).expect("write the config");
+    c.start_agent(cascade).expect("start the agent");
+    wait_streaming_from(c, upstream, cascade, deadline);
+}
+
 pub fn wait_streaming_from(c: &KeelCluster, leader: &str, replica: &str, deadline: Duration) {
     c.wait(&format!("{replica} streaming from {leader}"), deadline, || {
         let names = c.streaming_replicas(leader)?;
