@@ -231,11 +231,23 @@ pub fn inject(env: &mut ChaosEnv, kind: FaultKind, primary: &str, replica: &str)
     })
 }
 
+/// SIGSTOP of `pids`: the first (the agent, or the postmaster) must exist; a child that exited since it was
+/// listed is skipped (seed 100, round 71: a backend ended between the listing and the signal).
 fn stop_all(pids: &[u32]) -> Result<Active> {
-    for pid in pids {
-        send_signal(*pid, libc::SIGSTOP).map_err(|e| anyhow!("SIGSTOP {pid}: {e}"))?;
+    let mut stopped = Vec::new();
+    for (i, pid) in pids.iter().enumerate() {
+        match send_signal(*pid, libc::SIGSTOP) {
+            Ok(()) => stopped.push(*pid),
+            Err(e) if i > 0 && e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => {
+                for p in &stopped {
+                    let _ = send_signal(*p, libc::SIGCONT);
+                }
+                bail!("SIGSTOP {pid}: {e}");
+            }
+        }
     }
-    Ok(Active::Stopped(pids.to_vec()))
+    Ok(Active::Stopped(stopped))
 }
 
 /// kill -9 of the agent's process group only (PostgreSQL runs in its own session and stays).

@@ -129,6 +129,14 @@ fn run(args: &Args) -> Result<usize> {
                 println!("chaos: interrupted in round {round} ({e:#}); the table covers rounds 1-{}", round - 1);
                 break;
             }
+            // An error of the suite itself (not a violation): keep the evidence of the rounds completed.
+            Err(e) if !results.is_empty() => {
+                println!("chaos: suite error in round {round}: {e:#}; the table covers rounds 1-{}", round - 1);
+                writer.stop();
+                consumer.stop();
+                report::print(&results, args.seed);
+                return Err(e);
+            }
             Err(e) => return Err(e),
         };
         for v in &outcome.violations {
