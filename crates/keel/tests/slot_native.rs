@@ -28,6 +28,16 @@ const SLOTS: Duration = Duration::from_secs(90);
 /// slack for two shared cores).
 const LEAVE: Duration = Duration::from_secs(5);
 
+/// Whether this run's PostgreSQL has native failover slots (17+); says so when it has not.
+fn native_major() -> bool {
+    let major = pg_version_from_env();
+    let native = major >= keel_core::slots::NATIVE_SLOT_SYNC_MAJOR;
+    if !native {
+        eprintln!("native failover slots need PostgreSQL 17 or newer; this run uses {major}: nothing to test");
+    }
+    native
+}
+
 fn stream() -> Stream {
     let bin_dir = pg_bin_dir(pg_version_from_env());
     Stream { slot: "cdc_app".into(), database: "app".into(), plugin: Plugin::text_or_pgoutput(&bin_dir, "app_pub") }
@@ -129,9 +139,7 @@ fn switchover(c: &KeelCluster, leader: &str, target: &str) {
 
 #[test]
 fn native_failover_slots_survive_failover_and_switchover_without_restarts() {
-    let major = pg_version_from_env();
-    if major < keel_core::slots::NATIVE_SLOT_SYNC_MAJOR {
-        eprintln!("native failover slots need PostgreSQL 17 or newer; this run uses {major}: nothing to test");
+    if !native_major() {
         return;
     }
     let _serial = serial();
@@ -264,9 +272,7 @@ fn native_failover_slots_survive_failover_and_switchover_without_restarts() {
 /// advanced by the follower, and it becomes ready, while its upstream keeps PostgreSQL's synced copy.
 #[test]
 fn a_cascading_standby_keeps_a_ready_copy_in_native_mode() {
-    let major = pg_version_from_env();
-    if major < keel_core::slots::NATIVE_SLOT_SYNC_MAJOR {
-        eprintln!("native failover slots need PostgreSQL 17 or newer; this run uses {major}: nothing to test");
+    if !native_major() {
         return;
     }
     let _serial = serial();
