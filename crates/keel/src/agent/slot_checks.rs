@@ -53,7 +53,8 @@ async fn read_leader(local: &Local, leader: Option<&Member>, own_slot: &str) -> 
     }
 }
 
-/// The leader's slots from its answer; a leader in recovery (`None`) tells nothing about the primary's slots.
+/// The leader's slots from its answer; a leader in recovery, or an answer that cannot be read (`None`), tells
+/// nothing about the primary's slots.
 fn leader_slots(answer: Option<Vec<PgSlot>>, own_slot: &str) -> LeaderSlots {
     let Some(list) = answer else { return LeaderSlots { physical: PrimaryPhysicalSlot::Unknown, logical: None } };
     let physical = match list.iter().find(|x| x.name == own_slot) {

@@ -69,41 +69,37 @@ impl PgSlot {
     }
 }
 
-/// Every non-temporary slot. `to_jsonb` keeps the query the same across majors whose views differ in columns.
+/// The non-temporary slots as one JSON array. `to_jsonb` keeps the query the same across majors whose views
+/// differ in columns.
+const SLOTS_AS_JSON: &str = "coalesce(json_agg(to_jsonb(s) ORDER BY s.slot_name), '[]')::text \
+                             FROM pg_catalog.pg_replication_slots s WHERE NOT s.temporary";
+
+/// Every non-temporary slot.
+pub async fn list(session: &Session) -> Result<Vec<PgSlot>, PgError> {
+    let rows = session.query(&format!("SELECT {SLOTS_AS_JSON}"), &[]).await?;
+    let text: String = rows.first().map(|r| r.get(0)).unwrap_or_else(|| "[]".into());
+    parse_slot_list(text)
+}
+
 /// The non-temporary slots of a server that is not in recovery; `None` when it is in recovery (a demoted leader,
 /// or one restarting read-only: its slots are not the primary's, and a logical slot's position read back from
 /// disk after a restart can be older than what its consumer confirmed).
 pub async fn list_on_primary(session: &Session) -> Result<Option<Vec<PgSlot>>, PgError> {
-    let rows = session
-        .query(
-            "SELECT pg_catalog.pg_is_in_recovery(), coalesce(json_agg(to_jsonb(s) ORDER BY s.slot_name), '[]')::text \
-             FROM pg_catalog.pg_replication_slots s WHERE NOT s.temporary",
-            &[],
-        )
-        .await?;
+    let rows = session.query(&format!("SELECT pg_catalog.pg_is_in_recovery(), {SLOTS_AS_JSON}"), &[]).await?;
     let Some(row) = rows.first() else { return Ok(None) };
-    if row.try_get::<_, bool>(0).unwrap_or(true) {
-        return Ok(None);
+    let in_recovery: Option<bool> = row.try_get(0).ok();
+    let text: Option<String> = row.try_get(1).ok();
+    match (in_recovery, text) {
+        (Some(false), Some(text)) => parse_slot_list(text).map(Some),
+        // In recovery, or an answer that cannot be read: nothing is known of the primary's slots.
+        _ => Ok(None),
     }
-    parse_slot_list(row.try_get::<_, String>(1).unwrap_or_else(|_| "[]".into())).map(Some)
 }
 
 fn parse_slot_list(text: String) -> Result<Vec<PgSlot>, PgError> {
     let parsed: Value =
         serde_json::from_str(&text).map_err(|_| PgError::BadValue { what: "pg_replication_slots", value: text })?;
     Ok(parsed.as_array().map(|a| a.iter().filter_map(PgSlot::from_json).collect()).unwrap_or_default())
-}
-
-pub async fn list(session: &Session) -> Result<Vec<PgSlot>, PgError> {
-    let rows = session
-        .query(
-            "SELECT coalesce(json_agg(to_jsonb(s) ORDER BY s.slot_name), '[]')::text \
-             FROM pg_catalog.pg_replication_slots s WHERE NOT s.temporary",
-            &[],
-        )
-        .await?;
-    let text: String = rows.first().map(|r| r.get(0)).unwrap_or_else(|| "[]".into());
-    parse_slot_list(text)
 }
 
 /// Creates a physical slot that reserves WAL immediately.
