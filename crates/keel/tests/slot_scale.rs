@@ -90,10 +90,10 @@ fn copies_of_more_slots_than_connections_are_all_followed() {
     let c = KeelCluster::start(2, opts).expect("start etcd and two agents");
     let (leader, replicas) = c.wait_replicas_streaming(1, UP).unwrap_or_else(|e| panic!("{e}\n{}", c.logs(40)));
     let replica = &replicas[0];
+    // CDC slots in the application's database: the follower advances each on a connection to it.
+    c.psql(&leader, "CREATE DATABASE app").unwrap_or_else(|e| panic!("{e}"));
     let slots: serde_json::Map<String, Value> = (0..MANY_COPIES)
-        .map(|i| {
-            (format!("copy_{i:02}"), json!({"type": "logical", "database": "postgres", "plugin": "test_decoding"}))
-        })
+        .map(|i| (format!("copy_{i:02}"), json!({"type": "logical", "database": "app", "plugin": "test_decoding"})))
         .collect();
     c.patch_store_config(&json!({ "slots": slots })).unwrap();
     // Consumers on the primary: every slot moves, so every copy can prove itself and be advanced.
@@ -104,7 +104,7 @@ fn copies_of_more_slots_than_connections_are_all_followed() {
     // Every copy ready (copied, advanced, protected by the replica's feedback) and none failing to advance: more
     // copies than the replica has connections, each advanced in its turn while the primary keeps moving.
     c.wait(&format!("{MANY_COPIES} ready copies on {replica}"), CREATED, || {
-        let _ = c.psql(&leader, advance);
+        let _ = c.psql_db(&leader, "app", advance);
         let (_, v) = c.http_get(replica, "/slots")?;
         let copies: Vec<&Value> = v["slots"]
             .as_array()
